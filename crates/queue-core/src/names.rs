@@ -1,0 +1,329 @@
+//! Validated identifiers: queue names, session ids and message ids.
+//!
+//! Each newtype accepts only values that every supported provider accepts, so a value
+//! that validates here never fails later because one cloud is stricter than another.
+
+use std::{fmt, str::FromStr, sync::Arc};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{NameKind, QueueError};
+
+/// Longest queue name, counting a `.fifo` suffix (the SQS limit, stricter than Service Bus).
+pub const MAX_QUEUE_NAME_LEN: usize = 80;
+/// Longest session id (SQS `MessageGroupId` and Service Bus `SessionId` both allow 128).
+pub const MAX_SESSION_ID_LEN: usize = 128;
+/// Longest message id (SQS `MessageDeduplicationId` and Service Bus `MessageId` allow 128).
+pub const MAX_MESSAGE_ID_LEN: usize = 128;
+
+const FIFO_SUFFIX: &str = ".fifo";
+
+fn invalid(kind: NameKind, reason: impl Into<String>) -> QueueError {
+    QueueError::InvalidName {
+        kind,
+        reason: reason.into(),
+    }
+}
+
+/// A queue name valid on every provider.
+///
+/// Rules (the intersection of SQS and Service Bus): 1 to 80 characters including an
+/// optional `.fifo` suffix; otherwise only ASCII letters, digits, `-` and `_`; the name
+/// starts and ends (before the suffix) with a letter or digit.
+///
+/// ```
+/// use queue_core::QueueName;
+/// let q: QueueName = "pull-requests.fifo".parse()?;
+/// assert!(q.is_fifo());
+/// assert!("bad name".parse::<QueueName>().is_err());
+/// # Ok::<(), queue_core::QueueError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueName(Arc<str>);
+
+impl QueueName {
+    /// Validates `name` and wraps it.
+    pub fn new(name: impl AsRef<str>) -> Result<Self, QueueError> {
+        let name = name.as_ref();
+        if name.is_empty() {
+            return Err(invalid(NameKind::Queue, "must not be empty"));
+        }
+        if name.len() > MAX_QUEUE_NAME_LEN {
+            return Err(invalid(
+                NameKind::Queue,
+                format!(
+                    "is {} characters long, the limit is {MAX_QUEUE_NAME_LEN}",
+                    name.len()
+                ),
+            ));
+        }
+        let stem = name.strip_suffix(FIFO_SUFFIX).unwrap_or(name);
+        if stem.is_empty() {
+            return Err(invalid(NameKind::Queue, "needs a name before `.fifo`"));
+        }
+        if let Some(bad) = stem
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(invalid(
+                NameKind::Queue,
+                format!(
+                    "contains {bad:?}; only ASCII letters, digits, `-`, `_` and a `.fifo` suffix are allowed"
+                ),
+            ));
+        }
+        let first = stem.as_bytes()[0];
+        let last = stem.as_bytes()[stem.len() - 1];
+        if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+            return Err(invalid(
+                NameKind::Queue,
+                "must start and end with a letter or digit",
+            ));
+        }
+        Ok(Self(Arc::from(name)))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the name carries the `.fifo` suffix (an SQS FIFO queue).
+    pub fn is_fifo(&self) -> bool {
+        self.0.ends_with(FIFO_SUFFIX)
+    }
+}
+
+/// An ordering key: all messages with the same session id are delivered in send order.
+///
+/// Maps to a Service Bus `SessionId` and an SQS FIFO `MessageGroupId`. 1 to 128
+/// characters of printable ASCII other than space (SQS rejects spaces in group ids).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(Arc<str>);
+
+/// A message id, also the de-duplication id (SQS `MessageDeduplicationId`).
+///
+/// 1 to 128 characters of printable ASCII other than space. A GitHub delivery id
+/// (`X-GitHub-Delivery`, a UUID) is a good message id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(Arc<str>);
+
+fn validate_token(kind: NameKind, value: &str, max: usize) -> Result<(), QueueError> {
+    if value.is_empty() {
+        return Err(invalid(kind, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(invalid(
+            kind,
+            format!("is {} characters long, the limit is {max}", value.len()),
+        ));
+    }
+    if let Some(pos) = value.bytes().position(|b| !b.is_ascii_graphic()) {
+        return Err(invalid(
+            kind,
+            format!("has a character that is not printable ASCII (or is a space) at byte {pos}"),
+        ));
+    }
+    Ok(())
+}
+
+impl SessionId {
+    /// Validates `id` and wraps it.
+    pub fn new(id: impl AsRef<str>) -> Result<Self, QueueError> {
+        let id = id.as_ref();
+        validate_token(NameKind::Session, id, MAX_SESSION_ID_LEN)?;
+        Ok(Self(Arc::from(id)))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl MessageId {
+    /// Validates `id` and wraps it.
+    pub fn new(id: impl AsRef<str>) -> Result<Self, QueueError> {
+        let id = id.as_ref();
+        validate_token(NameKind::Message, id, MAX_MESSAGE_ID_LEN)?;
+        Ok(Self(Arc::from(id)))
+    }
+
+    /// A fresh random id (a UUID v4 in its hyphenated form).
+    pub fn random() -> Self {
+        Self(Arc::from(random_uuid().as_str()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A random UUID v4 string built from the standard library's randomly seeded hasher,
+/// so `queue-core` needs no RNG dependency. Uniqueness, not secrecy, is the goal here.
+fn random_uuid() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_usize(i);
+        if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            h.write_u128(d.as_nanos());
+        }
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+macro_rules! string_newtype_impls {
+    ($ty:ident) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($ty), &*self.0)
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = QueueError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<&str> for $ty {
+            type Error = QueueError;
+            fn try_from(s: &str) -> Result<Self, Self::Error> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = QueueError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::new(s)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(deserializer)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+string_newtype_impls!(QueueName);
+string_newtype_impls!(SessionId);
+string_newtype_impls!(MessageId);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_intersection_of_both_clouds() {
+        for ok in [
+            "a",
+            "prs",
+            "pull-requests",
+            "a_b-9",
+            "events.fifo",
+            &"x".repeat(80),
+        ] {
+            assert!(QueueName::new(ok).is_ok(), "{ok} should be valid");
+        }
+        let long_fifo = format!("{}.fifo", "x".repeat(75));
+        assert!(QueueName::new(&long_fifo).is_ok());
+        assert!(QueueName::new(format!("{}.fifo", "x".repeat(76))).is_err());
+        for bad in [
+            "",
+            ".fifo",
+            "-a",
+            "a-",
+            "_a",
+            "a b",
+            "a.b",
+            "a/b",
+            "ü",
+            "a.fifo.fifo",
+            &"x".repeat(81),
+        ] {
+            let err = QueueName::new(bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    QueueError::InvalidName {
+                        kind: NameKind::Queue,
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(QueueName::new("q.fifo").unwrap().is_fifo());
+        assert!(!QueueName::new("q").unwrap().is_fifo());
+    }
+
+    #[test]
+    fn session_and_message_ids_are_printable_ascii_up_to_128() {
+        assert!(SessionId::new("octo/repo#42").is_ok());
+        assert!(SessionId::new("x".repeat(128)).is_ok());
+        assert!(SessionId::new("x".repeat(129)).is_err());
+        assert!(SessionId::new("has space").is_err());
+        assert!(SessionId::new("tab\t").is_err());
+        assert!(SessionId::new("é").is_err());
+        assert!(SessionId::new("").is_err());
+        assert!(MessageId::new("72d3162e-cc78-11e3-81ab-4c9367dc0958").is_ok());
+        assert!(MessageId::new("\n").is_err());
+    }
+
+    #[test]
+    fn random_message_ids_are_distinct_uuids() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| MessageId::random()).collect();
+        assert_eq!(ids.len(), 1000);
+        let one = MessageId::random();
+        assert_eq!(one.as_str().len(), 36);
+        assert_eq!(one.as_str().as_bytes()[14], b'4');
+    }
+
+    #[test]
+    fn names_round_trip_through_serde_and_reject_invalid_input() {
+        let q: QueueName = serde_json::from_str("\"jobs\"").unwrap();
+        assert_eq!(serde_json::to_string(&q).unwrap(), "\"jobs\"");
+        assert!(serde_json::from_str::<QueueName>("\"no spaces\"").is_err());
+    }
+}
