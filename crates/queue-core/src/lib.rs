@@ -30,6 +30,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod message;
 pub mod names;
 pub mod provider;
@@ -37,6 +38,7 @@ pub mod secret;
 
 pub use config::{MemorySettings, ProviderSettings, ServiceBusSettings, SqsSettings};
 pub use error::{AuthFailure, BatchEntryError, BoxError, NameKind, QueueError, Result, RetryClass};
+pub use gate::{MessageGate, Rejection};
 pub use message::{
     Attributes, DeadLetterReason, MAX_DELIVERY_COUNT_EXCEEDED, Message, Receipt, ReceivedMessage,
     TTL_EXPIRED,
