@@ -1,0 +1,302 @@
+//! Running commands, finding the workspace and the target directory, checking tools.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Why a command failed, with the exit code `xtask` should end with.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self::with_code(message, 1)
+    }
+
+    pub(crate) fn with_code(message: impl Into<String>, code: u8) -> Self {
+        Self {
+            message: message.into(),
+            code: code.max(1),
+        }
+    }
+
+    pub(crate) fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A cargo subcommand that is installed separately, with the version this repository's
+/// configuration was checked against (`--install` installs exactly that version).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CargoTool {
+    /// The crate on crates.io, also the binary name.
+    pub(crate) krate: &'static str,
+    /// The `cargo <subcommand>` it provides.
+    pub(crate) subcommand: &'static str,
+    pub(crate) version: &'static str,
+}
+
+pub(crate) const CARGO_DENY: CargoTool = CargoTool {
+    krate: "cargo-deny",
+    subcommand: "deny",
+    version: "0.20.2",
+};
+
+pub(crate) const CARGO_AUDIT: CargoTool = CargoTool {
+    krate: "cargo-audit",
+    subcommand: "audit",
+    version: "0.22.2",
+};
+
+pub(crate) const CARGO_FUZZ: CargoTool = CargoTool {
+    krate: "cargo-fuzz",
+    subcommand: "fuzz",
+    version: "0.13.2",
+};
+
+/// What every command needs: where the workspace is and how to call cargo.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    /// The workspace root (the parent of `xtask/`).
+    pub(crate) root: PathBuf,
+    /// The cargo binary that runs us (`$CARGO`), or `cargo`.
+    pub(crate) cargo_program: OsString,
+    /// Install missing cargo tools instead of failing.
+    pub(crate) install: bool,
+    /// Pass `--locked` to cargo (set when `CI` is set).
+    pub(crate) locked: bool,
+}
+
+impl Ctx {
+    pub(crate) fn new(install: bool) -> Result<Self, Failure> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or_else(|| Failure::new("xtask is not inside a workspace"))?
+            .to_path_buf();
+        let cargo_program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let locked = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        Ok(Self {
+            root,
+            cargo_program,
+            install,
+            locked,
+        })
+    }
+
+    /// `cargo` in the workspace root.
+    pub(crate) fn cargo(&self) -> Command {
+        let mut cmd = Command::new(&self.cargo_program);
+        cmd.current_dir(&self.root);
+        cmd
+    }
+
+    /// `cargo <args>` with `--locked` appended when running in CI.
+    pub(crate) fn cargo_locked(&self, args: &[&str]) -> Command {
+        let mut cmd = self.cargo();
+        cmd.args(args);
+        if self.locked {
+            cmd.arg("--locked");
+        }
+        cmd
+    }
+
+    /// Prints the command line, runs it with inherited stdio, fails on a non-zero exit.
+    pub(crate) fn run(&self, cmd: &mut Command) -> Result<(), Failure> {
+        let shown = display(cmd);
+        println!("$ {shown}");
+        let status = cmd
+            .status()
+            .map_err(|e| Failure::new(format!("could not start `{shown}`: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            let code = status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1);
+            Err(Failure::with_code(
+                format!("`{shown}` exited with {status}"),
+                code,
+            ))
+        }
+    }
+
+    /// The target directory: `$CARGO_TARGET_DIR` or what `cargo metadata` reports.
+    pub(crate) fn target_dir(&self) -> Result<PathBuf, Failure> {
+        if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            return Ok(if dir.is_absolute() {
+                dir
+            } else {
+                self.root.join(dir)
+            });
+        }
+        let out = self
+            .cargo()
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| Failure::new(format!("could not run cargo metadata: {e}")))?;
+        if !out.status.success() {
+            return Err(Failure::new("cargo metadata failed"));
+        }
+        let json = String::from_utf8_lossy(&out.stdout);
+        json_string_field(&json, "target_directory")
+            .map(PathBuf::from)
+            .ok_or_else(|| Failure::new("cargo metadata printed no target_directory"))
+    }
+
+    /// Checks that `cargo <subcommand>` works; installs it with `--install`, otherwise
+    /// fails with the install command. Returns the tool's version line.
+    pub(crate) fn ensure_tool(&self, tool: CargoTool) -> Result<String, Failure> {
+        if let Some(version) = self.tool_version(tool) {
+            println!("using {version}");
+            return Ok(version);
+        }
+        let install = format!("cargo install --locked {}@{}", tool.krate, tool.version);
+        if !self.install {
+            return Err(Failure::new(format!(
+                "`cargo {}` is not installed. Install it with\n    {install}\nor run this command again with --install.",
+                tool.subcommand
+            )));
+        }
+        println!(
+            "{} is missing; installing it (this takes several minutes)",
+            tool.krate
+        );
+        self.run(self.cargo().args([
+            "install",
+            "--locked",
+            &format!("{}@{}", tool.krate, tool.version),
+        ]))?;
+        self.tool_version(tool).ok_or_else(|| {
+            Failure::new(format!(
+                "`{install}` succeeded but `cargo {}` still does not run: is ~/.cargo/bin on PATH?",
+                tool.subcommand
+            ))
+        })
+    }
+
+    fn tool_version(&self, tool: CargoTool) -> Option<String> {
+        let out = self
+            .cargo()
+            .args([tool.subcommand, "--version"])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Checks that a rustup component (rustfmt, clippy) answers `cargo <probe>`.
+    pub(crate) fn ensure_component(&self, component: &str, probe: &[&str]) -> Result<(), Failure> {
+        let ok = self
+            .cargo()
+            .args(probe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(())
+        } else {
+            Err(Failure::new(format!(
+                "`cargo {}` does not work. Install it with\n    rustup component add {component}",
+                probe.join(" ")
+            )))
+        }
+    }
+}
+
+/// Prints a visible header for a step.
+pub(crate) fn section(title: &str) {
+    println!("\n==> {title}");
+}
+
+/// The command line as a shell would show it, with the environment variables we set.
+pub(crate) fn display(cmd: &Command) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            parts.push(format!(
+                "{}={}",
+                k.to_string_lossy(),
+                quote(&v.to_string_lossy())
+            ));
+        }
+    }
+    parts.push(quote(&cmd.get_program().to_string_lossy()));
+    parts.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
+    parts.join(" ")
+}
+
+fn quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Extracts the string value of `"key":"..."` from JSON printed by cargo (no nesting
+/// needed: cargo metadata prints `target_directory` and `workspace_root` at top level).
+pub(crate) fn json_string_field(json: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\":\"");
+    let start = json.find(&needle)? + needle.len();
+    let mut out = String::new();
+    let mut chars = json[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_field_extraction_handles_escapes() {
+        let json = r#"{"packages":[],"target_directory":"C:\\work\\t \"x\"","version":1}"#;
+        assert_eq!(
+            json_string_field(json, "target_directory").as_deref(),
+            Some(r#"C:\work\t "x""#)
+        );
+        assert_eq!(json_string_field(json, "workspace_root"), None);
+        assert_eq!(json_string_field(r#"{"a":"unterminated"#, "a"), None);
+    }
+
+    #[test]
+    fn display_quotes_what_a_shell_would_split() {
+        let mut cmd = Command::new("cargo");
+        cmd.args(["test", "--", "it's here"]).env("A", "1 2");
+        assert_eq!(display(&cmd), r"A='1 2' cargo test -- 'it'\''s here'");
+    }
+}

@@ -1,0 +1,373 @@
+//! `cargo xtask test`: the test servers and the workspace tests.
+//!
+//! 1. A Python virtual environment at `<target-dir>/test-venv` with the pinned packages of
+//!    `xtask/requirements-test.txt` (installed once, again only when that file changes).
+//! 2. `moto_server -H 127.0.0.1 -p <free port>` in the background, waited for until it
+//!    answers HTTP, for the SQS provider's tests (`QUEUE_TEST_SQS_ENDPOINT`).
+//! 3. `cargo test --workspace --all-features` with the endpoint, dummy AWS credentials and
+//!    `QUEUE_TEST_PYTHON` (the venv's Python with `azure-servicebus`, which the Service Bus
+//!    emulator's tests use to drive the emulator they start in-process).
+//! 4. moto is stopped afterwards, also when the tests fail. moto runs under a small Python
+//!    watchdog that stops it when its stdin closes, which happens when xtask exits for any
+//!    reason (including Ctrl-C or a kill), so no server outlives the run.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cmd::{self, Ctx, Failure};
+
+const REQUIREMENTS: &str = include_str!("../requirements-test.txt");
+
+/// Stops the child (moto_server) when its stdin reaches EOF, then exits with its status.
+const WATCHDOG: &str = r#"
+import signal, subprocess, sys, threading
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+def watch():
+    try:
+        sys.stdin.buffer.read()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+threading.Thread(target=watch, daemon=True).start()
+sys.exit(child.wait())
+"#;
+
+/// How long moto may take to answer its first request.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Result<(), Failure> {
+    let mut cargo = ctx.cargo();
+    cargo.arg("test");
+    if !passthrough
+        .iter()
+        .any(|a| a == "-p" || a == "--package" || a.starts_with("--package="))
+    {
+        cargo.arg("--workspace");
+    }
+    cargo.arg("--all-features");
+    if ctx.locked {
+        cargo.arg("--locked");
+    }
+    cargo.args(passthrough);
+
+    if no_servers {
+        cmd::section("test: without test servers (--no-servers)");
+        println!(
+            "test servers: none started; tests that need QUEUE_TEST_SQS_ENDPOINT or QUEUE_TEST_PYTHON skip unless you set them"
+        );
+        return ctx.run(&mut cargo);
+    }
+
+    cmd::section("test: test servers");
+    let target = ctx.target_dir()?;
+    let venv = ensure_venv(&target)?;
+    let log = target.join("xtask").join("moto_server.log");
+    let moto = Moto::start(&venv, &log)?;
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let aws_dir = target.join("xtask").join("no-aws-config");
+    println!("test servers:");
+    println!(
+        "  SQS:         moto_server at {endpoint} (pid {}, log {})",
+        moto.pid(),
+        log.display()
+    );
+    println!(
+        "  Service Bus: the emulator's tests start crates/servicebus-emulator in-process and drive it with the official Python SDK at {}",
+        venv.python.display()
+    );
+    cargo
+        .env("QUEUE_TEST_SQS_ENDPOINT", &endpoint)
+        .env("QUEUE_TEST_PYTHON", &venv.python)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        // Never probe the EC2 instance metadata service (a non-loopback address) or read
+        // the developer's own AWS profile.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", aws_dir.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", aws_dir.join("credentials"));
+    cmd::section("test: cargo test");
+    let result = ctx.run(&mut cargo);
+    moto.stop();
+    result
+}
+
+#[derive(Debug)]
+pub(crate) struct Venv {
+    pub(crate) dir: PathBuf,
+    pub(crate) python: PathBuf,
+}
+
+/// Creates or reuses `<target>/test-venv` with the packages of `requirements-test.txt`.
+pub(crate) fn ensure_venv(target: &Path) -> Result<Venv, Failure> {
+    let dir = target.join("test-venv");
+    let python = dir.join("bin").join("python");
+    if !python.exists() {
+        let base = std::env::var_os("QUEUE_PYTHON").unwrap_or_else(|| "python3".into());
+        println!(
+            "test: creating the Python virtual environment {}",
+            dir.display()
+        );
+        let out = Command::new(&base)
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .output()
+            .map_err(|e| {
+                Failure::new(format!(
+                    "could not run `{}` to create the test venv: {e}. Install Python 3 (or set QUEUE_PYTHON), or use --no-servers",
+                    base.to_string_lossy()
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(Failure::new(format!(
+                "`{} -m venv {}` failed (on Debian/Ubuntu: apt-get install python3-venv):\n{}",
+                base.to_string_lossy(),
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    let stamp = dir.join("xtask-requirements.txt");
+    let installed = std::fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENTS)
+        && dir.join("bin").join("moto_server").exists();
+    if installed {
+        println!("test: reusing the Python test venv {}", dir.display());
+    } else {
+        let wanted: Vec<&str> = REQUIREMENTS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        println!(
+            "test: installing {} into {} (from PyPI; first run only)",
+            wanted.join(", "),
+            dir.display()
+        );
+        let req = dir.join("xtask-requirements.pending.txt");
+        std::fs::write(&req, REQUIREMENTS)
+            .map_err(|e| Failure::new(format!("cannot write {}: {e}", req.display())))?;
+        let mut pip = Command::new(&python);
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+        ])
+        .arg(&req);
+        let started = Instant::now();
+        let out = pip
+            .output()
+            .map_err(|e| Failure::new(format!("could not run `{}`: {e}", cmd::display(&pip))))?;
+        if !out.status.success() {
+            return Err(Failure::new(format!(
+                "`{}` failed (it needs to reach PyPI):\n{}{}",
+                cmd::display(&pip),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        std::fs::rename(&req, &stamp)
+            .map_err(|e| Failure::new(format!("cannot write {}: {e}", stamp.display())))?;
+        println!(
+            "test: Python packages installed in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Venv { dir, python })
+}
+
+/// A running `moto_server` under the watchdog.
+#[derive(Debug)]
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(venv: &Venv, log: &Path) -> Result<Self, Failure> {
+        let server = venv.dir.join("bin").join("moto_server");
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Failure::new(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        // A port picked by the OS can be taken between our probe and moto's bind: retry.
+        let mut last_error = None;
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            let log_file = std::fs::File::create(log)
+                .map_err(|e| Failure::new(format!("cannot create {}: {e}", log.display())))?;
+            let log_err = log_file
+                .try_clone()
+                .map_err(|e| Failure::new(format!("cannot reopen {}: {e}", log.display())))?;
+            let mut command = Command::new(&venv.python);
+            command
+                .arg("-c")
+                .arg(WATCHDOG)
+                .arg(&server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(log_file)
+                .stderr(log_err);
+            println!(
+                "$ {} -H 127.0.0.1 -p {port}  (under a stop-on-exit watchdog)",
+                server.display()
+            );
+            let child = command
+                .spawn()
+                .map_err(|e| Failure::new(format!("could not start {}: {e}", server.display())))?;
+            let mut moto = Self { child, port };
+            match moto.wait_until_ready(log) {
+                Ok(()) => return Ok(moto),
+                Err(e) => {
+                    moto.stop();
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Failure::new("moto_server did not start")))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_until_ready(&mut self, log: &Path) -> Result<(), Failure> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(Failure::new(format!(
+                    "moto_server exited with {status} before answering; its log ({}):\n{}",
+                    log.display(),
+                    tail(log, 30)
+                )));
+            }
+            if http_answers(self.port) {
+                println!(
+                    "moto_server answers on port {} after {:.1}s",
+                    self.port,
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if started.elapsed() > STARTUP_TIMEOUT {
+                return Err(Failure::new(format!(
+                    "moto_server did not answer on 127.0.0.1:{} within {}s; its log ({}):\n{}",
+                    self.port,
+                    STARTUP_TIMEOUT.as_secs(),
+                    log.display(),
+                    tail(log, 30)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Closes the watchdog's stdin (which stops moto), waits, and kills as a last resort.
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+        println!("test servers: stopped moto_server (port {})", self.port);
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> Result<u16, Failure> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Failure::new(format!("cannot find a free port on 127.0.0.1: {e}")))
+}
+
+/// True when something on `127.0.0.1:port` answers a GET with an HTTP status line.
+fn http_answers(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/"
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_probe_needs_an_http_answer() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            for reply in [
+                &b"SSH-2.0-nope\r\n"[..],
+                &b"HTTP/1.1 404 Not Found\r\n\r\n"[..],
+            ] {
+                let (mut s, _) = listener.accept().expect("accept");
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf);
+                s.write_all(reply).expect("reply");
+            }
+        });
+        assert!(!http_answers(port), "a non-HTTP answer is not ready");
+        assert!(http_answers(port), "any HTTP status line is ready");
+        server.join().expect("server thread");
+        assert!(
+            !http_answers(free_port().expect("port")),
+            "nothing listening"
+        );
+    }
+
+    #[test]
+    fn requirements_are_pinned() {
+        let pins: Vec<&str> = REQUIREMENTS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(
+            pins.iter().any(|p| p.starts_with("moto[server]==")),
+            "{pins:?}"
+        );
+        assert!(
+            pins.iter().any(|p| p.starts_with("azure-servicebus==")),
+            "{pins:?}"
+        );
+        assert!(pins.iter().all(|p| p.contains("==")), "unpinned: {pins:?}");
+    }
+}
