@@ -1,0 +1,273 @@
+//! [`Harness`]: the provider under test, unique queue names and timing knobs.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use queue_core::{
+    Capabilities, MessageId, QueueName, QueueSpec, ReceiveOptions, ReceivedMessage,
+    SharedQueueProvider,
+};
+use tokio::time::Instant;
+
+type ClockFn = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The provider under test and how patient to be with it.
+///
+/// Defaults suit a local emulator: locks of 2 s, receive calls that wait up to 1 s, and
+/// 10 s of slack for anything that should arrive "soon". Under a paused tokio clock all of
+/// these are virtual and cost nothing.
+#[derive(Clone)]
+pub struct Harness {
+    provider: SharedQueueProvider,
+    prefix: String,
+    lock_duration: Duration,
+    receive_wait: Duration,
+    slack: Duration,
+    clock: ClockFn,
+}
+
+impl fmt::Debug for Harness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Harness")
+            .field("provider", &self.provider.name())
+            .field("prefix", &self.prefix)
+            .field("lock_duration", &self.lock_duration)
+            .field("receive_wait", &self.receive_wait)
+            .field("slack", &self.slack)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Harness {
+    /// A harness for `provider` with the default knobs.
+    pub fn new(provider: SharedQueueProvider) -> Self {
+        Self {
+            provider,
+            prefix: "qc".to_owned(),
+            lock_duration: Duration::from_secs(2),
+            receive_wait: Duration::from_secs(1),
+            slack: Duration::from_secs(10),
+            clock: Arc::new(SystemTime::now),
+        }
+    }
+
+    /// Prefix of the queue names the cases create (default `qc`; letters, digits, `-`).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Lock duration of the queues the cases create (default 2 s). Raise it for brokers
+    /// with a higher minimum (Service Bus: 5 s).
+    pub fn with_lock_duration(mut self, d: Duration) -> Self {
+        self.lock_duration = d;
+        self
+    }
+
+    /// How long a single receive call waits (default 1 s).
+    pub fn with_receive_wait(mut self, d: Duration) -> Self {
+        self.receive_wait = d;
+        self
+    }
+
+    /// Extra time granted for anything expected "soon" (default 10 s).
+    pub fn with_slack(mut self, d: Duration) -> Self {
+        self.slack = d;
+        self
+    }
+
+    /// The wall clock the provider schedules by (default [`SystemTime::now`]). Providers
+    /// on tokio's clock pass theirs so scheduled times work under a paused clock.
+    pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The provider under test.
+    pub fn provider(&self) -> &SharedQueueProvider {
+        &self.provider
+    }
+
+    /// The provider's capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        self.provider.capabilities()
+    }
+
+    /// Now, on the provider's wall clock.
+    pub fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
+    /// Lock duration of the queues the cases create.
+    pub fn lock_duration(&self) -> Duration {
+        self.lock_duration
+    }
+
+    /// How long a single receive call waits.
+    pub fn receive_wait(&self) -> Duration {
+        self.receive_wait
+    }
+
+    /// Extra time granted for anything expected soon.
+    pub fn slack(&self) -> Duration {
+        self.slack
+    }
+
+    /// A fresh queue name: `<prefix>-<stem>-<random>`, with `.fifo` for session queues.
+    pub fn unique_name(&self, stem: &str, fifo: bool) -> QueueName {
+        let random: String = MessageId::random()
+            .as_str()
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(12)
+            .collect();
+        let suffix = if fifo { ".fifo" } else { "" };
+        let mut stem: String = stem.chars().take(40).collect();
+        while stem.ends_with(|c: char| !c.is_ascii_alphanumeric()) {
+            stem.pop();
+        }
+        QueueName::new(format!("{}-{stem}-{random}{suffix}", self.prefix))
+            .unwrap_or_else(|e| panic!("conformance queue name for `{stem}` is invalid: {e}"))
+    }
+
+    /// The spec the cases start from: the harness lock duration, 10 deliveries.
+    pub fn spec(&self) -> QueueSpec {
+        QueueSpec::default().with_lock_duration(self.lock_duration)
+    }
+
+    /// Creates a fresh queue for a case (a `.fifo` one when the spec requires sessions).
+    /// Panics if the provider cannot create it.
+    pub async fn queue(&self, stem: &str, spec: QueueSpec) -> TestQueue {
+        let name = self.unique_name(stem, spec.requires_session);
+        if let Err(e) = self.provider.create_queue(&name, &spec).await {
+            panic!("creating queue `{name}` failed: {e}");
+        }
+        TestQueue {
+            name,
+            provider: self.provider.clone(),
+        }
+    }
+
+    /// Receives with the harness wait, panicking on error.
+    pub(crate) async fn recv(&self, q: &QueueName, max: usize) -> Vec<ReceivedMessage> {
+        self.recv_wait(q, max, self.receive_wait).await
+    }
+
+    pub(crate) async fn recv_wait(
+        &self,
+        q: &QueueName,
+        max: usize,
+        wait: Duration,
+    ) -> Vec<ReceivedMessage> {
+        match self
+            .provider
+            .receive(q, ReceiveOptions::new(max, wait))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => panic!("receive from `{q}` failed: {e}"),
+        }
+    }
+
+    /// Receives until `n` messages arrived or `within` passed.
+    pub(crate) async fn recv_n(
+        &self,
+        q: &QueueName,
+        n: usize,
+        within: Duration,
+    ) -> Vec<ReceivedMessage> {
+        let deadline = Instant::now() + within;
+        let max = self.capabilities().max_batch_size.max(1);
+        let mut got = Vec::new();
+        while got.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = self.receive_wait.min(deadline - now);
+            got.extend(self.recv_wait(q, max.min(n - got.len()), wait).await);
+        }
+        got
+    }
+
+    /// Reads the dead-letter queue until `n` messages arrived or `within` passed.
+    pub(crate) async fn recv_dead_n(
+        &self,
+        q: &QueueName,
+        n: usize,
+        within: Duration,
+    ) -> Vec<ReceivedMessage> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = self.receive_wait.min(deadline - now);
+            match self
+                .provider
+                .receive_dead_letters(q, ReceiveOptions::new(n - got.len(), wait))
+                .await
+            {
+                Ok(v) => got.extend(v),
+                Err(e) => panic!("receive_dead_letters from `{q}` failed: {e}"),
+            }
+        }
+        got
+    }
+}
+
+/// A queue created for one case. Call [`TestQueue::delete`] at the end.
+#[derive(Debug)]
+pub struct TestQueue {
+    name: QueueName,
+    provider: SharedQueueProvider,
+}
+
+impl TestQueue {
+    /// The queue's name.
+    pub fn name(&self) -> &QueueName {
+        &self.name
+    }
+
+    /// Deletes the queue, ignoring failures (cleanup is best effort).
+    pub async fn delete(self) {
+        let _ = self.provider.delete_queue(&self.name).await;
+    }
+}
+
+/// What the macro calls with the factory's result: the harness, or `None` after printing
+/// that the case is skipped because no server is configured.
+///
+/// # Panics
+/// When the factory returned `None` and the environment variable `CI` is set (to anything
+/// but empty, `0` or `false`): in CI every provider's server must be configured.
+pub fn harness_or_skip(case: &str, harness: Option<Harness>) -> Option<Harness> {
+    if harness.is_some() {
+        return harness;
+    }
+    let in_ci = std::env::var("CI")
+        .map(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
+        .unwrap_or(false);
+    if in_ci {
+        panic!(
+            "conformance case `{case}`: the provider under test is not configured, and CI is set \
+             (configure its server, see the provider crate's tests/conformance.rs)"
+        );
+    }
+    note(
+        case,
+        "provider not configured (set its QUEUE_TEST_* variables to run it)",
+    );
+    None
+}
+
+/// Prints why a case is skipped.
+#[allow(clippy::print_stderr)]
+pub(crate) fn note(case: &str, why: &str) {
+    eprintln!("conformance `{case}` skipped: {why}");
+}

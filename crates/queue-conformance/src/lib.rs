@@ -1,0 +1,141 @@
+//! The conformance suite every queue-runtime provider must pass.
+//!
+//! Each promised behaviour is one `pub async fn` taking a [`Harness`] (the provider under
+//! test plus timing knobs). A case that needs something the provider's
+//! [`Capabilities`](queue_core::Capabilities) say it lacks returns early and prints why, so
+//! provider differences live in capabilities, never in test names. Every case creates its
+//! own uniquely named queue and deletes it at the end (best effort: a failing case leaves
+//! its queue behind, which on an emulator is harmless).
+//!
+//! A provider crate runs the whole suite from `tests/conformance.rs` with the
+//! [`conformance_tests!`] macro and a factory `async fn() -> Option<Harness>`:
+//!
+//! ```ignore
+//! use queue_conformance::{Harness, conformance_tests};
+//!
+//! async fn harness() -> Option<Harness> {
+//!     // `None` means "no server configured": every test prints a skip note and passes,
+//!     // unless the environment variable `CI` is set, where it fails instead.
+//!     let endpoint = std::env::var("QUEUE_TEST_SQS_ENDPOINT").ok()?;
+//!     let provider = my_provider(&endpoint).await;
+//!     Some(Harness::new(std::sync::Arc::new(provider)))
+//! }
+//!
+//! // Real time on a two-worker multi-thread runtime.
+//! conformance_tests!(harness);
+//! ```
+//!
+//! The macro arms are:
+//! - `conformance_tests!(factory)`: `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`;
+//! - `conformance_tests!(factory, current_thread)`: `#[tokio::test]` with real time;
+//! - `conformance_tests!(factory, paused)`: `#[tokio::test(start_paused = true)]`, for
+//!   providers on tokio's clock (the in-memory provider); timeouts elapse instantly.
+//!
+//! The calling crate needs `tokio` as a dev-dependency with the `macros` and `rt` features
+//! (plus `rt-multi-thread` for the default arm, `test-util` for `paused`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod cases;
+mod harness;
+
+pub use cases::*;
+pub use harness::{Harness, TestQueue, harness_or_skip};
+
+/// Names of all cases, in the order the macro emits them.
+pub const CASES: &[&str] = &[
+    "unique_ids",
+    "round_trip",
+    "binary_body_round_trip",
+    "session_id_round_trip",
+    "queue_not_found",
+    "empty_receive_returns_at_deadline",
+    "receive_returns_when_a_message_arrives",
+    "complete_prevents_redelivery",
+    "unknown_receipt_is_rejected",
+    "expired_receipt_is_rejected",
+    "settled_receipt_is_rejected",
+    "abandon_redelivers_with_count_two",
+    "abandon_with_delay_redelivers_later",
+    "lock_expiry_redelivers_and_invalidates_receipt",
+    "renew_lock_extends_lock",
+    "dead_letter_moves_to_dlq_with_reason",
+    "auto_dead_letter_after_max_deliveries",
+    "session_fifo_order",
+    "session_abandoned_message_comes_first",
+    "second_accept_of_locked_session_fails",
+    "accept_next_skips_locked_sessions",
+    "session_lock_expiry_allows_steal",
+    "session_close_releases_messages",
+    "thousand_message_session_in_order",
+    "concurrent_senders_get_distinct_ids",
+    "batch_send_and_receive",
+    "oversize_message_rejected",
+    "oversize_batch_entry_sends_nothing_of_it",
+    "scheduled_message_invisible_until_due",
+    "duplicate_detection_drops_duplicates",
+    "session_state_round_trip",
+];
+
+/// Expands into one `#[tokio::test]` per conformance case.
+///
+/// `$factory` is a path to an `async fn() -> Option<Harness>`; see the [crate docs](crate)
+/// for the arms and the skip rules.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:path) => {
+        $crate::conformance_tests!(@attrs $factory, (flavor = "multi_thread", worker_threads = 2));
+    };
+    ($factory:path, current_thread) => {
+        $crate::conformance_tests!(@attrs $factory, (flavor = "current_thread"));
+    };
+    ($factory:path, paused) => {
+        $crate::conformance_tests!(@attrs $factory, (flavor = "current_thread", start_paused = true));
+    };
+    (@attrs $factory:path, $attrs:tt) => {
+        $crate::conformance_tests!(@emit $factory, $attrs,
+            unique_ids
+            round_trip
+            binary_body_round_trip
+            session_id_round_trip
+            queue_not_found
+            empty_receive_returns_at_deadline
+            receive_returns_when_a_message_arrives
+            complete_prevents_redelivery
+            unknown_receipt_is_rejected
+            expired_receipt_is_rejected
+            settled_receipt_is_rejected
+            abandon_redelivers_with_count_two
+            abandon_with_delay_redelivers_later
+            lock_expiry_redelivers_and_invalidates_receipt
+            renew_lock_extends_lock
+            dead_letter_moves_to_dlq_with_reason
+            auto_dead_letter_after_max_deliveries
+            session_fifo_order
+            session_abandoned_message_comes_first
+            second_accept_of_locked_session_fails
+            accept_next_skips_locked_sessions
+            session_lock_expiry_allows_steal
+            session_close_releases_messages
+            thousand_message_session_in_order
+            concurrent_senders_get_distinct_ids
+            batch_send_and_receive
+            oversize_message_rejected
+            oversize_batch_entry_sends_nothing_of_it
+            scheduled_message_invisible_until_due
+            duplicate_detection_drops_duplicates
+            session_state_round_trip
+        );
+    };
+    (@emit $factory:path, $attrs:tt, $($case:ident)*) => {
+        $(
+            #[::tokio::test $attrs]
+            async fn $case() {
+                if let ::core::option::Option::Some(harness) =
+                    $crate::harness_or_skip(::core::stringify!($case), $factory().await)
+                {
+                    $crate::$case(&harness).await;
+                }
+            }
+        )*
+    };
+}

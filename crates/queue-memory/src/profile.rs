@@ -1,0 +1,106 @@
+//! Limit profiles: which provider's size, batch and lock limits the in-memory provider
+//! imitates.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use queue_core::QueueError;
+
+/// Which provider's limits [`crate::InMemoryProvider`] imitates.
+///
+/// | profile | max message size | max batch | max lock duration |
+/// |---|---|---|---|
+/// | `memory` (default) | 256 KiB | 100 | 5 minutes |
+/// | `sqs` | 1 MiB | 10 | 12 hours |
+/// | `service-bus` | 256 KiB (standard tier) | 100 | 5 minutes |
+///
+/// Sizes are compared with [`queue_core::Message::encoded_size`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Profile {
+    /// The provider's own limits.
+    #[default]
+    Memory,
+    /// AWS SQS limits.
+    Sqs,
+    /// Azure Service Bus (standard tier) limits.
+    ServiceBus,
+}
+
+impl Profile {
+    /// The configuration string of this profile.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Sqs => "sqs",
+            Self::ServiceBus => "service-bus",
+        }
+    }
+
+    /// The limits of this profile.
+    pub fn limits(&self) -> Limits {
+        match self {
+            Self::Memory | Self::ServiceBus => Limits {
+                max_message_size: 256 * 1024,
+                max_batch_size: 100,
+                max_lock_duration: Duration::from_secs(5 * 60),
+            },
+            Self::Sqs => Limits {
+                max_message_size: 1024 * 1024,
+                max_batch_size: 10,
+                max_lock_duration: Duration::from_secs(12 * 3600),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Profile {
+    type Err = QueueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            "sqs" => Ok(Self::Sqs),
+            "service-bus" => Ok(Self::ServiceBus),
+            other => Err(QueueError::config(
+                "memory.profile",
+                format!("unknown profile `{other}`; expected `memory`, `sqs` or `service-bus`"),
+            )),
+        }
+    }
+}
+
+/// Size, batch and lock limits enforced by the in-memory provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest accepted message, by [`queue_core::Message::encoded_size`].
+    pub max_message_size: usize,
+    /// Most messages one receive call returns.
+    pub max_batch_size: usize,
+    /// Longest lock duration a queue may be created with.
+    pub max_lock_duration: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_profiles_and_names_the_field_otherwise() {
+        for p in [Profile::Memory, Profile::Sqs, Profile::ServiceBus] {
+            assert_eq!(p.as_str().parse::<Profile>().unwrap(), p);
+        }
+        let err = "rabbit".parse::<Profile>().unwrap_err();
+        assert!(
+            matches!(&err, QueueError::Config { field, .. } if field == "memory.profile"),
+            "{err}"
+        );
+        assert_eq!(Profile::Sqs.limits().max_batch_size, 10);
+    }
+}

@@ -1,0 +1,515 @@
+//! [`InMemoryProvider`], its builder and its [`QueueProvider`] implementation.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+use queue_core::{
+    Capabilities, DeadLetterReason, MemorySettings, Message, MessageId, QueueError, QueueName,
+    QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver,
+    SessionSelector, SessionSupport,
+};
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{
+    clock::Clock,
+    profile::{Limits, Profile},
+    session::MemorySessionReceiver,
+    state::{PROVIDER, Queue, Settle, Store, Token},
+};
+
+/// The in-memory provider: the reference implementation of the queue-runtime semantics.
+///
+/// Cheap to clone (clones share the same queues) and safe to use from many tasks at
+/// once. See the [crate docs](crate) for the semantics and the clock.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> queue_core::Result<()> {
+/// use queue_core::{Message, QueueName, QueueProvider, QueueProviderExt, QueueSpec};
+/// use queue_memory::InMemoryProvider;
+/// use std::time::Duration;
+///
+/// let queue = QueueName::new("jobs")?;
+/// let provider = InMemoryProvider::builder()
+///     .with_queue(queue.clone(), QueueSpec::default())
+///     .build()?;
+/// provider.send(&queue, Message::new("hello")).await?;
+/// let got = provider.receive_one(&queue, Duration::from_secs(1)).await?.expect("a message");
+/// assert_eq!(got.body().as_ref(), b"hello");
+/// provider.complete(&got.receipt).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct InMemoryProvider {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    profile: Profile,
+    limits: Limits,
+    pub(crate) clock: Clock,
+    queues: Mutex<HashMap<QueueName, Queue>>,
+}
+
+impl fmt::Debug for InMemoryProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Queue contents (bodies) never appear here.
+        f.debug_struct("InMemoryProvider")
+            .field("profile", &self.inner.profile)
+            .field("limits", &self.inner.limits)
+            .field("queues", &self.inner.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InMemoryProvider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builds an [`InMemoryProvider`].
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct InMemoryProviderBuilder {
+    profile: Profile,
+    max_message_size: Option<usize>,
+    max_batch_size: Option<usize>,
+    max_lock_duration: Option<Duration>,
+    queues: Vec<(QueueName, QueueSpec)>,
+}
+
+impl InMemoryProviderBuilder {
+    /// Imitates the limits of `profile` (default [`Profile::Memory`]).
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// Overrides the profile's largest message size, in bytes.
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// Overrides the profile's largest batch.
+    pub fn with_max_batch_size(mut self, n: usize) -> Self {
+        self.max_batch_size = Some(n);
+        self
+    }
+
+    /// Overrides the profile's longest lock duration.
+    pub fn with_max_lock_duration(mut self, d: Duration) -> Self {
+        self.max_lock_duration = Some(d);
+        self
+    }
+
+    /// Creates `queue` with `spec` when the provider is built.
+    pub fn with_queue(mut self, queue: QueueName, spec: QueueSpec) -> Self {
+        self.queues.push((queue, spec));
+        self
+    }
+
+    /// Builds the provider. Fails with [`QueueError::Config`] if a limit is zero or a
+    /// queue's spec breaks the limits.
+    pub fn build(self) -> Result<InMemoryProvider> {
+        let base = self.profile.limits();
+        let limits = Limits {
+            max_message_size: self.max_message_size.unwrap_or(base.max_message_size),
+            max_batch_size: self.max_batch_size.unwrap_or(base.max_batch_size),
+            max_lock_duration: self.max_lock_duration.unwrap_or(base.max_lock_duration),
+        };
+        if limits.max_message_size == 0 {
+            return Err(QueueError::config(
+                "memory.max_message_size",
+                "must be at least 1",
+            ));
+        }
+        if limits.max_batch_size == 0 {
+            return Err(QueueError::config(
+                "memory.max_batch_size",
+                "must be at least 1",
+            ));
+        }
+        if limits.max_lock_duration.is_zero() {
+            return Err(QueueError::config(
+                "memory.max_lock_duration",
+                "must not be zero",
+            ));
+        }
+        let provider = InMemoryProvider {
+            inner: Arc::new(Inner {
+                profile: self.profile,
+                limits,
+                clock: Clock::new(),
+                queues: Mutex::new(HashMap::new()),
+            }),
+        };
+        for (name, spec) in self.queues {
+            provider.create_now(&name, &spec)?;
+        }
+        Ok(provider)
+    }
+}
+
+impl Inner {
+    pub(crate) fn max_batch_size(&self) -> usize {
+        self.limits.max_batch_size
+    }
+
+    /// The queue map. A panic while holding the lock cannot leave a queue half-updated in
+    /// a way later calls could not handle, so a poisoned lock is taken over.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<QueueName, Queue>> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the swept queue `name`.
+    pub(crate) fn with_queue<T>(
+        &self,
+        name: &QueueName,
+        operation: &'static str,
+        f: impl FnOnce(&mut Queue, Instant) -> T,
+    ) -> Result<T> {
+        let mut queues = self.lock();
+        let queue = queues
+            .get_mut(name)
+            .ok_or_else(|| not_found(name, operation))?;
+        let now = self.clock.now();
+        if queue.sweep(now) {
+            queue.notify.notify_waiters();
+        }
+        Ok(f(queue, now))
+    }
+
+    pub(crate) fn notify_of(
+        &self,
+        name: &QueueName,
+        operation: &'static str,
+    ) -> Result<Arc<Notify>> {
+        self.with_queue(name, operation, |q, _| q.notify.clone())
+    }
+
+    /// Polls `attempt` until it yields something or `wait` runs out. Between attempts it
+    /// sleeps until the queue changes or the queue's next deadline passes; it never spins.
+    pub(crate) async fn wait_for<T>(
+        &self,
+        name: &QueueName,
+        operation: &'static str,
+        wait: Duration,
+        mut attempt: impl FnMut(&mut Queue, Instant) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let deadline = self.clock.now() + wait;
+        loop {
+            let notify = self.notify_of(name, operation)?;
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a change between the look and the sleep wakes us.
+            notified.as_mut().enable();
+            let (found, wake) = self.with_queue(name, operation, |q, now| {
+                attempt(q, now).map(|found| (found, q.next_wake(now)))
+            })??;
+            if found.is_some() {
+                return Ok(found);
+            }
+            let now = self.clock.now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let until = wake.map_or(deadline, |w| w.min(deadline));
+            sleep_or(notified, until).await;
+        }
+    }
+}
+
+async fn sleep_or(notified: impl Future<Output = ()>, until: Instant) {
+    tokio::select! {
+        () = notified => {}
+        () = tokio::time::sleep_until(until) => {}
+    }
+}
+
+pub(crate) fn not_found(name: &QueueName, operation: &'static str) -> QueueError {
+    QueueError::QueueNotFound {
+        provider: PROVIDER,
+        queue: name.to_string(),
+        operation,
+    }
+}
+
+fn parse_receipt(receipt: &Receipt, operation: &'static str) -> Result<Token> {
+    let lost = || QueueError::LockLost {
+        provider: PROVIDER,
+        queue: receipt.queue().to_string(),
+        operation,
+    };
+    if receipt.provider() != PROVIDER {
+        return Err(lost());
+    }
+    Token::parse(receipt.token()).ok_or_else(lost)
+}
+
+impl InMemoryProvider {
+    /// A provider with the default [`Profile::Memory`] limits and no queues.
+    pub fn new() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default profile has valid limits")
+    }
+
+    /// A builder to pick a profile, override limits and pre-create queues.
+    pub fn builder() -> InMemoryProviderBuilder {
+        InMemoryProviderBuilder::default()
+    }
+
+    /// A provider configured from settings. The profile (`memory`, `sqs` or
+    /// `service-bus`) picks the limits; another value fails with [`QueueError::Config`]
+    /// naming `memory.profile`.
+    pub fn from_settings(settings: &MemorySettings) -> Result<Self> {
+        let profile = match settings.profile.as_deref() {
+            None => Profile::default(),
+            Some(p) => p.parse()?,
+        };
+        Self::builder().with_profile(profile).build()
+    }
+
+    /// The profile whose limits this provider imitates.
+    pub fn profile(&self) -> Profile {
+        self.inner.profile
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// The provider's idea of the current wall-clock time: the wall-clock time when it was
+    /// built plus the time elapsed since on tokio's clock. With a paused tokio clock, use
+    /// this (not [`SystemTime::now`]) to compute scheduled enqueue times.
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.to_system(self.inner.clock.now())
+    }
+
+    /// Messages in `queue` (available, locked and scheduled), excluding its dead-letter
+    /// queue.
+    pub fn message_count(&self, queue: &QueueName) -> Result<usize> {
+        self.inner
+            .with_queue(queue, "message_count", |q, _| q.active_len())
+    }
+
+    /// Messages in the dead-letter queue of `queue`.
+    pub fn dead_letter_count(&self, queue: &QueueName) -> Result<usize> {
+        self.inner
+            .with_queue(queue, "dead_letter_count", |q, _| q.dead_len())
+    }
+
+    fn create_now(&self, name: &QueueName, spec: &QueueSpec) -> Result<()> {
+        if spec.lock_duration.is_zero() {
+            return Err(QueueError::config(
+                "queue.lock_duration",
+                "must not be zero",
+            ));
+        }
+        if spec.lock_duration > self.inner.limits.max_lock_duration {
+            return Err(QueueError::config(
+                "queue.lock_duration",
+                format!(
+                    "{:?} exceeds the {:?} maximum of the `{}` profile",
+                    spec.lock_duration, self.inner.limits.max_lock_duration, self.inner.profile
+                ),
+            ));
+        }
+        if spec.max_delivery_count == 0 {
+            return Err(QueueError::config(
+                "queue.max_delivery_count",
+                "must be at least 1",
+            ));
+        }
+        let now = self.inner.clock.now();
+        self.inner
+            .lock()
+            .entry(name.clone())
+            .or_insert_with(|| Queue::new(name.clone(), spec.clone(), now));
+        Ok(())
+    }
+
+    fn settle(&self, receipt: &Receipt, how: Settle) -> Result<()> {
+        let op = match how {
+            Settle::Complete => "complete",
+            Settle::Abandon { .. } => "abandon",
+            Settle::DeadLetter(_) => "dead_letter",
+        };
+        let token = parse_receipt(receipt, op)?;
+        self.inner.with_queue(receipt.queue(), op, |q, now| {
+            let r = q.settle(token, how, now);
+            if r.is_ok() {
+                q.notify.notify_waiters();
+            }
+            r
+        })?
+    }
+
+    async fn receive_from(
+        &self,
+        queue: &QueueName,
+        store: Store,
+        options: ReceiveOptions,
+        operation: &'static str,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let max = options
+            .max_messages
+            .clamp(1, self.inner.limits.max_batch_size);
+        let clock = self.inner.clock;
+        let got = self
+            .inner
+            .wait_for(queue, operation, options.wait, |q, _| {
+                let batch = q.receive(store, max, &clock);
+                Ok((!batch.is_empty()).then_some(batch))
+            })
+            .await?;
+        Ok(got.unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl QueueProvider for InMemoryProvider {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.sessions = SessionSupport::Locked;
+        c.session_state = true;
+        c.scheduled_delivery = true;
+        c.max_schedule_delay = None;
+        c.delayed_abandon = true;
+        c.max_batch_size = self.inner.limits.max_batch_size;
+        c.max_message_size = self.inner.limits.max_message_size;
+        c.max_lock_duration = self.inner.limits.max_lock_duration;
+        c.lock_renewal = true;
+        c.native_dead_letter = true;
+        c.duplicate_detection = true;
+        c.queue_management = true;
+        c
+    }
+
+    async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
+        let mut ids = self.send_batch(queue, vec![message]).await?;
+        Ok(ids.remove(0))
+    }
+
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<Message>,
+    ) -> Result<Vec<MessageId>> {
+        let max = self.inner.limits.max_message_size;
+        let clock = self.inner.clock;
+        self.inner.with_queue(queue, "send", |q, _| {
+            // Validate everything first: a batch with one bad entry stores nothing.
+            let prepared = q.prepare(messages, max)?;
+            let ids = q.store(prepared, &clock);
+            q.notify.notify_waiters();
+            Ok(ids)
+        })?
+    }
+
+    async fn receive(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        self.receive_from(queue, Store::Active, options, "receive")
+            .await
+    }
+
+    async fn complete(&self, receipt: &Receipt) -> Result<()> {
+        self.settle(receipt, Settle::Complete)
+    }
+
+    async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
+        self.settle(receipt, Settle::Abandon { delay })
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
+        self.settle(receipt, Settle::DeadLetter(reason))
+    }
+
+    async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
+        let token = parse_receipt(receipt, "renew_lock")?;
+        let until = self
+            .inner
+            .with_queue(receipt.queue(), "renew_lock", |q, now| q.renew(token, now))??;
+        Ok(self.inner.clock.to_system(until))
+    }
+
+    async fn accept_session(
+        &self,
+        queue: &QueueName,
+        selector: SessionSelector,
+        wait: Duration,
+    ) -> Result<Option<Box<dyn SessionReceiver>>> {
+        let accepted = match selector {
+            SessionSelector::Named(id) => {
+                let lock = self
+                    .inner
+                    .with_queue(queue, "accept_session", |q, now| q.accept_named(&id, now))??;
+                Some((id, lock))
+            }
+            SessionSelector::Next => {
+                self.inner
+                    .wait_for(queue, "accept_session", wait, |q, now| {
+                        Ok(q.accept_next(now))
+                    })
+                    .await?
+            }
+            // `SessionSelector` is non-exhaustive; a new selector this provider does not
+            // know is reported rather than guessed.
+            #[allow(unreachable_patterns)]
+            _ => return Err(QueueError::unsupported(PROVIDER, "accept_session")),
+        };
+        Ok(accepted.map(|(id, lock)| {
+            Box::new(MemorySessionReceiver::new(
+                self.inner.clone(),
+                queue.clone(),
+                id,
+                lock,
+            )) as Box<dyn SessionReceiver>
+        }))
+    }
+
+    async fn receive_dead_letters(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        self.receive_from(queue, Store::Dead, options, "receive_dead_letters")
+            .await
+    }
+
+    async fn check_access(&self, queue: &QueueName) -> Result<()> {
+        self.inner.with_queue(queue, "check_access", |_, _| ())
+    }
+
+    async fn create_queue(&self, queue: &QueueName, spec: &QueueSpec) -> Result<()> {
+        self.create_now(queue, spec)
+    }
+
+    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+        let removed = self.inner.lock().remove(queue);
+        match removed {
+            Some(q) => {
+                // Waiting receivers wake up and report the queue as gone.
+                q.notify.notify_waiters();
+                Ok(())
+            }
+            None => Err(not_found(queue, "delete_queue")),
+        }
+    }
+}
