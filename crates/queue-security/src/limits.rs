@@ -1,0 +1,242 @@
+//! Size and shape limits on messages, checked before any expensive work.
+
+use queue_core::{Attributes, Message};
+
+use crate::{
+    error::SecurityError,
+    signature::{RESERVED_PREFIX, SIGNATURE_ATTRIBUTE},
+};
+
+/// Limits applied to messages before signing and before verification.
+///
+/// The defaults fit every provider: a 256 KiB body (the SQS and Service Bus standard-tier
+/// ceiling) and at most 9 application attributes, because SQS carries 10 message
+/// attributes and the signature takes one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest body in bytes.
+    pub max_body_size: usize,
+    /// Most application attributes (the signature attribute is not counted).
+    pub max_attributes: usize,
+    /// Longest attribute name in bytes.
+    pub max_attribute_name_len: usize,
+    /// Longest attribute value in bytes.
+    pub max_attribute_value_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_size: 256 * 1024,
+            max_attributes: 9,
+            max_attribute_name_len: 128,
+            max_attribute_value_len: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Sets the largest body.
+    pub fn with_max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// Sets the most application attributes.
+    pub fn with_max_attributes(mut self, count: usize) -> Self {
+        self.max_attributes = count;
+        self
+    }
+
+    /// Sets the longest attribute name.
+    pub fn with_max_attribute_name_len(mut self, bytes: usize) -> Self {
+        self.max_attribute_name_len = bytes;
+        self
+    }
+
+    /// Sets the longest attribute value.
+    pub fn with_max_attribute_value_len(mut self, bytes: usize) -> Self {
+        self.max_attribute_value_len = bytes;
+        self
+    }
+
+    /// Fails with [`SecurityError::TooLarge`] if `size` exceeds the body limit.
+    pub fn check_body_size(&self, what: &'static str, size: usize) -> Result<(), SecurityError> {
+        if size > self.max_body_size {
+            return Err(SecurityError::TooLarge {
+                what,
+                size,
+                max: self.max_body_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the application attributes: count, names and values. The signature attribute
+    /// ([`SIGNATURE_ATTRIBUTE`]) is skipped; other names starting with [`RESERVED_PREFIX`]
+    /// are rejected.
+    pub fn check_attributes(&self, attributes: &Attributes) -> Result<(), SecurityError> {
+        let count = attributes
+            .keys()
+            .filter(|k| k.as_str() != SIGNATURE_ATTRIBUTE)
+            .count();
+        if count > self.max_attributes {
+            return Err(SecurityError::TooManyAttributes {
+                count,
+                max: self.max_attributes,
+            });
+        }
+        for (name, value) in attributes {
+            if name == SIGNATURE_ATTRIBUTE {
+                continue;
+            }
+            if name.starts_with(RESERVED_PREFIX) {
+                return Err(SecurityError::InvalidAttribute {
+                    reason: format!(
+                        "name `{}` uses the reserved prefix `{RESERVED_PREFIX}`",
+                        crate::error::sanitize_label(name)
+                    ),
+                });
+            }
+            validate_attribute_name(name, self.max_attribute_name_len)?;
+            validate_attribute_value(name, value, self.max_attribute_value_len)?;
+        }
+        Ok(())
+    }
+
+    /// Body size first, then attributes.
+    pub fn check_message(&self, message: &Message) -> Result<(), SecurityError> {
+        self.check_body_size("message body", message.body.len())?;
+        self.check_attributes(&message.attributes)
+    }
+}
+
+/// Validates an attribute name: 1 to `max_len` bytes of ASCII letters, digits, `-`, `_`
+/// and `.`, starting with a letter, without `..`, and not starting with `AWS.` or
+/// `Amazon.` (any case), which SQS reserves.
+pub fn validate_attribute_name(name: &str, max_len: usize) -> Result<(), SecurityError> {
+    let shown = crate::error::sanitize_label(name);
+    let bad = |why: &str| SecurityError::InvalidAttribute {
+        reason: format!("name `{shown}` {why}"),
+    };
+    if name.is_empty() {
+        return Err(SecurityError::InvalidAttribute {
+            reason: "empty attribute name".into(),
+        });
+    }
+    if name.len() > max_len {
+        return Err(bad(&format!("is longer than {max_len} bytes")));
+    }
+    if !name.as_bytes()[0].is_ascii_alphabetic() {
+        return Err(bad("must start with an ASCII letter"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(bad(
+            "may only contain ASCII letters, digits, `-`, `_` and `.`",
+        ));
+    }
+    if name.contains("..") {
+        return Err(bad("must not contain `..`"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("aws.") || lower.starts_with("amazon.") {
+        return Err(bad("uses a prefix reserved by SQS"));
+    }
+    Ok(())
+}
+
+/// Validates an attribute value: at most `max_len` bytes, no control characters other
+/// than tab, line feed and carriage return, and no non-characters U+FFFE/U+FFFF (which SQS
+/// refuses). The value itself never appears in the error.
+pub fn validate_attribute_value(
+    name: &str,
+    value: &str,
+    max_len: usize,
+) -> Result<(), SecurityError> {
+    let shown = crate::error::sanitize_label(name);
+    if value.len() > max_len {
+        return Err(SecurityError::InvalidAttribute {
+            reason: format!(
+                "value of `{shown}` is {} bytes, more than {max_len}",
+                value.len()
+            ),
+        });
+    }
+    if let Some(pos) = value.chars().position(|c| {
+        (c.is_control() && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}'
+    }) {
+        return Err(SecurityError::InvalidAttribute {
+            reason: format!("value of `{shown}` has a forbidden character at position {pos}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "event", "github-event", "x.y_z-1", &"a".repeat(128)] {
+            validate_attribute_name(ok, 128).unwrap();
+        }
+        for bad in [
+            "",
+            "1a",
+            "-a",
+            "a b",
+            "a..b",
+            "AWS.x",
+            "amazon.y",
+            "ü",
+            "a=b",
+            &"a".repeat(129),
+        ] {
+            let err = validate_attribute_name(bad, 128).unwrap_err();
+            assert_eq!(err.reason(), "InvalidAttributes", "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_never_shown() {
+        let err = validate_attribute_value("n", "CANARY\u{0}", 100).unwrap_err();
+        assert!(!err.to_string().contains("CANARY"));
+        let err = validate_attribute_value("n", &"CANARY".repeat(100), 100).unwrap_err();
+        assert!(!err.to_string().contains("CANARY"));
+        validate_attribute_value("n", "tab\tnl\ncr\r ü", 100).unwrap();
+        assert!(validate_attribute_value("n", "\u{FFFF}", 100).is_err());
+    }
+
+    #[test]
+    fn message_limits() {
+        let limits = Limits::default()
+            .with_max_body_size(4)
+            .with_max_attributes(1);
+        limits.check_message(&Message::new("abcd")).unwrap();
+        let err = limits.check_message(&Message::new("abcde")).unwrap_err();
+        assert!(matches!(
+            err,
+            SecurityError::TooLarge {
+                size: 5,
+                max: 4,
+                ..
+            }
+        ));
+        let m = Message::new("a")
+            .with_attribute("a", "1")
+            .with_attribute("qr-sig", "ignored");
+        limits.check_message(&m).unwrap();
+        let m = m.with_attribute("b", "2");
+        assert!(matches!(
+            limits.check_message(&m),
+            Err(SecurityError::TooManyAttributes { count: 2, max: 1 })
+        ));
+        let reserved = Message::new("a").with_attribute("qr-sig-x", "1");
+        assert!(limits.check_message(&reserved).is_err());
+    }
+}

@@ -1,0 +1,590 @@
+//! The v1 message signature: envelope, canonical encoding, signer and verifier.
+//!
+//! The exact format is specified in `docs/security.md`; this module is its reference
+//! implementation.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    str::FromStr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use queue_core::{Message, MessageId, QueueName, ReceivedMessage};
+
+use crate::{
+    error::{SecurityError, sanitize_label},
+    keys::{KeyId, KeyRing, MAX_KEY_ID_LEN, is_key_id_byte},
+    limits::Limits,
+};
+
+/// The attribute that carries the signature envelope.
+pub const SIGNATURE_ATTRIBUTE: &str = "qr-sig";
+/// Attribute names starting with this are reserved for the library.
+pub const RESERVED_PREFIX: &str = "qr-sig";
+/// Domain-separation tag that starts the v1 canonical encoding.
+pub const V1_DOMAIN: &[u8] = b"queue-runtime/signature/v1";
+/// Longest envelope accepted by the parser, in bytes.
+pub const MAX_ENVELOPE_LEN: usize = 4096;
+/// Most attributes one signature can cover.
+pub const MAX_COVERED_ATTRIBUTES: usize = 64;
+/// Longest covered attribute name accepted by the parser.
+pub const MAX_COVERED_NAME_LEN: usize = 128;
+/// Default allowed distance between signing time and broker accept time.
+pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// Signature format versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SignatureVersion {
+    /// HMAC-SHA256 over the v1 canonical encoding.
+    V1,
+}
+
+/// A parsed signature envelope (the value of the [`SIGNATURE_ATTRIBUTE`] attribute).
+///
+/// Text form (v1): `v=1;k=<key-id>;t=<unix-ms>[;n=<unix-ms>];a=<name,name,...>;s=<hex>`,
+/// fields in exactly this order; `n` (not before) is present only for scheduled messages;
+/// `a` lists the covered attribute names, strictly ascending; `s` is the 64-character
+/// lowercase hex HMAC-SHA256.
+///
+/// ```
+/// use queue_security::Envelope;
+/// let text = format!("v=1;k=k1;t=1700000000000;a=event,repo;s={}", "ab".repeat(32));
+/// let env: Envelope = text.parse()?;
+/// assert_eq!(env.key_id.as_str(), "k1");
+/// assert_eq!(env.to_string(), text);
+/// # Ok::<(), queue_security::SecurityError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Envelope {
+    /// Format version.
+    pub version: SignatureVersion,
+    /// Key that made the signature.
+    pub key_id: KeyId,
+    /// Signing time, milliseconds since the Unix epoch.
+    pub signed_at_ms: u64,
+    /// Scheduled delivery time, milliseconds since the Unix epoch, if any.
+    pub not_before_ms: Option<u64>,
+    /// Covered attribute names, strictly ascending.
+    pub covered: Vec<String>,
+    /// The MAC.
+    pub mac: [u8; 32],
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The MAC is not secret, but there is no reason to put it in logs either.
+        f.debug_struct("Envelope")
+            .field("version", &self.version)
+            .field("key_id", &self.key_id)
+            .field("signed_at_ms", &self.signed_at_ms)
+            .field("not_before_ms", &self.not_before_ms)
+            .field("covered", &self.covered)
+            .finish_non_exhaustive()
+    }
+}
+
+fn malformed(reason: &'static str) -> SecurityError {
+    SecurityError::MalformedSignature { reason }
+}
+
+fn parse_ms(value: &str) -> Result<u64, SecurityError> {
+    let ok = !value.is_empty()
+        && value.len() <= 15
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'));
+    if !ok {
+        return Err(malformed(
+            "timestamp is not a canonical decimal of at most 15 digits",
+        ));
+    }
+    value
+        .parse()
+        .map_err(|_| malformed("timestamp out of range"))
+}
+
+fn field<'a>(
+    part: Option<&'a str>,
+    name: &'static str,
+    missing: &'static str,
+) -> Result<&'a str, SecurityError> {
+    part.and_then(|p| p.strip_prefix(name))
+        .ok_or_else(|| malformed(missing))
+}
+
+impl Envelope {
+    /// Parses the text form strictly: one accepted spelling per envelope.
+    pub fn parse(text: &str) -> Result<Self, SecurityError> {
+        if text.len() > MAX_ENVELOPE_LEN {
+            return Err(malformed("envelope too long"));
+        }
+        let mut parts = text.split(';');
+        let version = field(parts.next(), "v=", "envelope must start with `v=`")?;
+        if version != "1" {
+            return Err(SecurityError::UnsupportedVersion {
+                version: sanitize_label(version),
+            });
+        }
+        let key = field(parts.next(), "k=", "missing `k=` after the version")?;
+        if key.is_empty() || key.len() > MAX_KEY_ID_LEN || !key.bytes().all(is_key_id_byte) {
+            return Err(malformed("invalid key id"));
+        }
+        let signed_at_ms = parse_ms(field(parts.next(), "t=", "missing `t=` after the key id")?)?;
+        let mut next = parts.next();
+        let not_before_ms = match next.and_then(|p| p.strip_prefix("n=")) {
+            Some(n) => {
+                next = parts.next();
+                Some(parse_ms(n)?)
+            }
+            None => None,
+        };
+        let attrs = field(next, "a=", "missing `a=` after the timestamp")?;
+        let mut covered = Vec::new();
+        if !attrs.is_empty() {
+            for name in attrs.split(',') {
+                let valid = !name.is_empty()
+                    && name.len() <= MAX_COVERED_NAME_LEN
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                if !valid {
+                    return Err(malformed("invalid covered attribute name"));
+                }
+                if covered
+                    .last()
+                    .is_some_and(|prev: &String| prev.as_str() >= name)
+                {
+                    return Err(malformed(
+                        "covered attribute names are not strictly ascending",
+                    ));
+                }
+                if covered.len() == MAX_COVERED_ATTRIBUTES {
+                    return Err(malformed("too many covered attributes"));
+                }
+                covered.push(name.to_owned());
+            }
+        }
+        let sig = field(parts.next(), "s=", "missing `s=` after the attribute list")?;
+        if parts.next().is_some() {
+            return Err(malformed("unexpected field after `s=`"));
+        }
+        if sig.len() != 64 || !sig.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(malformed("signature must be 64 lowercase hex digits"));
+        }
+        let mut mac = [0u8; 32];
+        hex::decode_to_slice(sig, &mut mac).map_err(|_| malformed("signature is not hex"))?;
+        Ok(Self {
+            version: SignatureVersion::V1,
+            key_id: KeyId::new(key).map_err(|_| malformed("invalid key id"))?,
+            signed_at_ms,
+            not_before_ms,
+            covered,
+            mac,
+        })
+    }
+}
+
+impl FromStr for Envelope {
+    type Err = SecurityError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v=1;k={};t={}", self.key_id, self.signed_at_ms)?;
+        if let Some(n) = self.not_before_ms {
+            write!(f, ";n={n}")?;
+        }
+        write!(
+            f,
+            ";a={};s={}",
+            self.covered.join(","),
+            hex::encode(self.mac)
+        )
+    }
+}
+
+/// Everything the v1 signature covers, in the order of the canonical encoding.
+#[derive(Clone, Copy)]
+pub struct SignedFields<'a> {
+    /// Key id.
+    pub key_id: &'a str,
+    /// Signing time, ms since the epoch.
+    pub signed_at_ms: u64,
+    /// Scheduled delivery time, ms since the epoch.
+    pub not_before_ms: Option<u64>,
+    /// Destination queue.
+    pub queue: &'a str,
+    /// Message id.
+    pub message_id: &'a str,
+    /// Session id.
+    pub session_id: Option<&'a str>,
+    /// Correlation id.
+    pub correlation_id: Option<&'a str>,
+    /// Content type.
+    pub content_type: Option<&'a str>,
+    /// Covered attributes as (name, value), sorted by name.
+    pub attributes: &'a [(&'a str, &'a str)],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+impl fmt::Debug for SignedFields<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedFields")
+            .field("key_id", &self.key_id)
+            .field("message_id", &self.message_id)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignedFields<'_> {
+    /// Feeds the v1 canonical encoding to `out`, piece by piece.
+    ///
+    /// `bytes(x)` is a 4-byte big-endian length then `x`; `opt(x)` is `0x00` when absent,
+    /// else `0x01` then `bytes(x)`; integers are 8-byte big-endian. The body's length is 8
+    /// bytes. See `docs/security.md`.
+    pub fn encode_v1(&self, out: &mut dyn FnMut(&[u8])) {
+        fn bytes(out: &mut dyn FnMut(&[u8]), value: &[u8]) {
+            // Inputs are bounded far below 4 GiB by the parser and the limits.
+            let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+            out(&len.to_be_bytes());
+            out(value);
+        }
+        fn opt(out: &mut dyn FnMut(&[u8]), value: Option<&[u8]>) {
+            match value {
+                None => out(&[0]),
+                Some(v) => {
+                    out(&[1]);
+                    bytes(out, v);
+                }
+            }
+        }
+        bytes(out, V1_DOMAIN);
+        bytes(out, self.key_id.as_bytes());
+        out(&self.signed_at_ms.to_be_bytes());
+        match self.not_before_ms {
+            None => out(&[0]),
+            Some(n) => {
+                out(&[1]);
+                out(&n.to_be_bytes());
+            }
+        }
+        bytes(out, self.queue.as_bytes());
+        bytes(out, self.message_id.as_bytes());
+        opt(out, self.session_id.map(str::as_bytes));
+        opt(out, self.correlation_id.map(str::as_bytes));
+        opt(out, self.content_type.map(str::as_bytes));
+        let count = u32::try_from(self.attributes.len()).unwrap_or(u32::MAX);
+        out(&count.to_be_bytes());
+        for (name, value) in self.attributes {
+            bytes(out, name.as_bytes());
+            bytes(out, value.as_bytes());
+        }
+        out(&(self.body.len() as u64).to_be_bytes());
+        out(self.body);
+    }
+
+    /// The v1 canonical encoding as one buffer (for tests and other implementations).
+    pub fn canonical_v1(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        self.encode_v1(&mut |piece| buf.extend_from_slice(piece));
+        buf
+    }
+
+    fn mac(&self, key: &ring::hmac::Key) -> ring::hmac::Tag {
+        let mut ctx = ring::hmac::Context::with_key(key);
+        self.encode_v1(&mut |piece| ctx.update(piece));
+        ctx.sign()
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 for earlier times).
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Which attributes a signature covers.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AttributeCoverage {
+    /// Every application attribute (the default).
+    #[default]
+    All,
+    /// Only these names (those present on the message are covered).
+    Only(BTreeSet<String>),
+}
+
+/// Signs outgoing messages with the key ring's active key.
+///
+/// ```
+/// use queue_core::{Message, QueueName};
+/// use queue_security::{KeyRing, MessageSigner, generate_key};
+///
+/// let ring = KeyRing::new();
+/// ring.insert("k1", generate_key()?)?;
+/// ring.set_active("k1")?;
+/// let signer = MessageSigner::new(ring);
+/// let mut msg = Message::new("{}").with_attribute("event", "push");
+/// signer.sign(&QueueName::new("events")?, &mut msg)?;
+/// assert!(msg.message_id.is_some());
+/// assert!(msg.attributes["qr-sig"].starts_with("v=1;k=k1;"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct MessageSigner {
+    keys: KeyRing,
+    coverage: AttributeCoverage,
+    limits: Limits,
+}
+
+impl MessageSigner {
+    /// A signer covering all attributes, with default [`Limits`].
+    pub fn new(keys: KeyRing) -> Self {
+        Self {
+            keys,
+            coverage: AttributeCoverage::All,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Chooses the covered attributes.
+    pub fn with_coverage(mut self, coverage: AttributeCoverage) -> Self {
+        self.coverage = coverage;
+        self
+    }
+
+    /// Sets the limits checked before signing.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The key ring.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Signs `message` for `queue` now. See [`sign_at`](Self::sign_at).
+    pub fn sign(&self, queue: &QueueName, message: &mut Message) -> Result<KeyId, SecurityError> {
+        self.sign_at(queue, message, SystemTime::now())
+    }
+
+    /// Signs `message` for `queue` as of `at`: checks the limits, assigns a random message
+    /// id if none is set (the id is covered), replaces any previous signature, and stores
+    /// the envelope in the [`SIGNATURE_ATTRIBUTE`] attribute. Returns the key id used.
+    pub fn sign_at(
+        &self,
+        queue: &QueueName,
+        message: &mut Message,
+        at: SystemTime,
+    ) -> Result<KeyId, SecurityError> {
+        message.attributes.remove(SIGNATURE_ATTRIBUTE);
+        self.limits.check_message(message)?;
+        let message_id = message
+            .message_id
+            .get_or_insert_with(MessageId::random)
+            .clone();
+        let covered: Vec<(&str, &str)> = message
+            .attributes
+            .iter()
+            .filter(|(name, _)| match &self.coverage {
+                AttributeCoverage::All => true,
+                AttributeCoverage::Only(set) => set.contains(name.as_str()),
+            })
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let signed_at_ms = unix_ms(at);
+        let not_before_ms = message.scheduled_enqueue_time.map(unix_ms);
+        let (key_id, mac) = self.keys.with_active(|key_id, key| {
+            let fields = SignedFields {
+                key_id: key_id.as_str(),
+                signed_at_ms,
+                not_before_ms,
+                queue: queue.as_str(),
+                message_id: message_id.as_str(),
+                session_id: message.session_id.as_ref().map(|s| s.as_str()),
+                correlation_id: message.correlation_id.as_deref(),
+                content_type: message.content_type.as_deref(),
+                attributes: &covered,
+                body: &message.body,
+            };
+            let tag = fields.mac(key);
+            let mut mac = [0u8; 32];
+            mac.copy_from_slice(tag.as_ref());
+            (key_id.clone(), mac)
+        })?;
+        let envelope = Envelope {
+            version: SignatureVersion::V1,
+            key_id: key_id.clone(),
+            signed_at_ms,
+            not_before_ms,
+            covered: covered.iter().map(|(k, _)| (*k).to_owned()).collect(),
+            mac,
+        };
+        message
+            .attributes
+            .insert(SIGNATURE_ATTRIBUTE.to_owned(), envelope.to_string());
+        Ok(key_id)
+    }
+}
+
+/// What a successful verification established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Verified {
+    /// Key that signed the message.
+    pub key_id: KeyId,
+    /// When the sender signed it.
+    pub signed_at: SystemTime,
+    /// Scheduled delivery time, if the sender set one.
+    pub not_before: Option<SystemTime>,
+    /// Attributes the signature covers (others, if allowed, are unauthenticated).
+    pub covered_attributes: Vec<String>,
+}
+
+/// Checks signatures and freshness of received messages (without replay protection; see
+/// [`crate::SignatureGate`] for the full check).
+#[derive(Clone, Debug)]
+pub struct SignatureVerifier {
+    keys: KeyRing,
+    max_skew: Duration,
+    limits: Limits,
+    allow_uncovered_attributes: bool,
+}
+
+impl SignatureVerifier {
+    /// A verifier with [`DEFAULT_MAX_SKEW`], default [`Limits`], rejecting attributes the
+    /// signature does not cover.
+    pub fn new(keys: KeyRing) -> Self {
+        Self {
+            keys,
+            max_skew: DEFAULT_MAX_SKEW,
+            limits: Limits::default(),
+            allow_uncovered_attributes: false,
+        }
+    }
+
+    /// Sets the allowed distance between signing time and broker accept time.
+    pub fn with_max_skew(mut self, skew: Duration) -> Self {
+        self.max_skew = skew;
+        self
+    }
+
+    /// Sets the limits checked before verification.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Accepts messages carrying attributes the signature does not cover (they stay
+    /// unauthenticated; see [`Verified::covered_attributes`]).
+    pub fn with_allow_uncovered_attributes(mut self, allow: bool) -> Self {
+        self.allow_uncovered_attributes = allow;
+        self
+    }
+
+    /// The allowed skew.
+    pub fn max_skew(&self) -> Duration {
+        self.max_skew
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Verifies a received message: size limit first, then attribute limits, envelope,
+    /// key, MAC (constant time) and freshness against [`ReceivedMessage::enqueued_at`].
+    ///
+    /// The queue covered is the receipt's queue and the message id is
+    /// [`ReceivedMessage::message_id`].
+    pub fn verify(&self, received: &ReceivedMessage) -> Result<Verified, SecurityError> {
+        let message = &received.message;
+        self.limits.check_message(message)?;
+        let text = message
+            .attributes
+            .get(SIGNATURE_ATTRIBUTE)
+            .ok_or(SecurityError::Unsigned)?;
+        let envelope = Envelope::parse(text)?;
+        let mut covered = Vec::with_capacity(envelope.covered.len());
+        for name in &envelope.covered {
+            let value = message
+                .attributes
+                .get(name)
+                .ok_or(SecurityError::SignatureInvalid)?;
+            covered.push((name.as_str(), value.as_str()));
+        }
+        if !self.allow_uncovered_attributes
+            && let Some(extra) = message.attributes.keys().find(|k| {
+                k.as_str() != SIGNATURE_ATTRIBUTE && envelope.covered.binary_search(k).is_err()
+            })
+        {
+            return Err(SecurityError::UncoveredAttribute {
+                name: sanitize_label(extra),
+            });
+        }
+        let fields = SignedFields {
+            key_id: envelope.key_id.as_str(),
+            signed_at_ms: envelope.signed_at_ms,
+            not_before_ms: envelope.not_before_ms,
+            queue: received.receipt.queue().as_str(),
+            message_id: received.message_id.as_str(),
+            session_id: message.session_id.as_ref().map(|s| s.as_str()),
+            correlation_id: message.correlation_id.as_deref(),
+            content_type: message.content_type.as_deref(),
+            attributes: &covered,
+            body: &message.body,
+        };
+        self.keys.with_key(envelope.key_id.as_str(), |key| {
+            // ring::hmac::verify recomputes the tag and compares it in constant time.
+            let canonical = fields.canonical_v1();
+            ring::hmac::verify(key, &canonical, &envelope.mac)
+                .map_err(|_| SecurityError::SignatureInvalid)
+        })??;
+        self.check_freshness(&envelope, received.enqueued_at)?;
+        Ok(Verified {
+            key_id: envelope.key_id,
+            signed_at: from_unix_ms(envelope.signed_at_ms),
+            not_before: envelope.not_before_ms.map(from_unix_ms),
+            covered_attributes: envelope.covered,
+        })
+    }
+
+    fn check_freshness(
+        &self,
+        env: &Envelope,
+        enqueued_at: SystemTime,
+    ) -> Result<(), SecurityError> {
+        let skew_ms = u64::try_from(self.max_skew.as_millis()).unwrap_or(u64::MAX);
+        let enqueued = unix_ms(enqueued_at);
+        let start = env.signed_at_ms.saturating_sub(skew_ms);
+        let latest = env.signed_at_ms.max(env.not_before_ms.unwrap_or(0));
+        let end = latest.saturating_add(skew_ms);
+        if enqueued < start {
+            return Err(SecurityError::Stale {
+                direction: "after",
+                offset: Duration::from_millis(env.signed_at_ms - enqueued),
+                max_skew: self.max_skew,
+            });
+        }
+        if enqueued > end {
+            return Err(SecurityError::Stale {
+                direction: "before",
+                offset: Duration::from_millis(enqueued - latest),
+                max_skew: self.max_skew,
+            });
+        }
+        Ok(())
+    }
+}
