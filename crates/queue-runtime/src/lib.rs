@@ -1,0 +1,93 @@
+//! Reliable, ordered consumption of cloud queues.
+//!
+//! `queue-runtime` is the crate applications depend on. It re-exports the provider-agnostic
+//! core ([`QueueProvider`], [`Message`], [`QueueError`]...), the providers enabled by
+//! features, and adds the consumer runtime:
+//!
+//! * [`Processor`]: turns a [`Handler`] into a consumer that keeps per-session order,
+//!   renews locks, retries with backoff, dead-letters poison messages, runs [`MessageGate`]s,
+//!   backs off through a [`CircuitBreaker`] and shuts down gracefully with a
+//!   [`ShutdownReport`].
+//! * [`QueueRuntimeConfig`]: configuration from a file plus `QUEUE_RUNTIME__...` environment
+//!   variables, and [`build_provider`] to pick the provider at run time.
+//!
+//! # Features
+//! * `memory` (default): the in-memory provider, as [`memory`].
+//! * `security`: message signing, replay protection and GitHub webhook verification, as
+//!   [`security`](crate::security) (its gates plug into [`Processor::with_gate`]).
+//! * `full`: every provider and extension available in this release.
+//!
+//! A provider kind whose feature is off still parses in configuration; building it returns
+//! [`QueueError::Config`] naming the feature to enable.
+//!
+//! # Example
+//! ```
+//! # #[cfg(feature = "memory")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> queue_runtime::Result<()> {
+//! use std::sync::Arc;
+//! use queue_runtime::{
+//!     json_handler, Message, Outcome, Processor, ProcessorSettings, QueueName,
+//!     QueueProvider, QueueProviderExt, SessionId, SharedQueueProvider,
+//! };
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Event { action: String }
+//!
+//! let provider: SharedQueueProvider = Arc::new(queue_runtime::memory::InMemoryProvider::new());
+//! let queue = QueueName::new("events")?;
+//! provider.create_queue(&queue, &Default::default()).await?;
+//! let msg = Message::new(r#"{"action":"opened"}"#).with_session_id(SessionId::new("octo/repo#1")?);
+//! provider.send(&queue, msg).await?;
+//!
+//! let shutdown = CancellationToken::new();
+//! let stop = shutdown.clone();
+//! let processor = Processor::new(provider, queue, json_handler(move |event: Event, _ctx| {
+//!     let stop = stop.clone();
+//!     async move {
+//!         assert_eq!(event.action, "opened");
+//!         stop.cancel(); // one message is all this example waits for
+//!         Ok(Outcome::Complete)
+//!     }
+//! }))
+//! .with_settings(ProcessorSettings::default().with_receive_wait(std::time::Duration::from_millis(50)));
+//! let report = processor.run(shutdown).await?;
+//! assert_eq!(report.completed, 1);
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "memory"))]
+//! # fn main() {}
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod breaker;
+pub mod config;
+pub mod handler;
+pub mod processor;
+pub mod retry;
+pub mod telemetry;
+
+pub use queue_core::*;
+
+pub use breaker::{CircuitBreaker, CircuitState};
+pub use config::{
+    CircuitBreakerSettings, ProcessorSettings, QueueRuntimeConfig, RetrySettings, build_provider,
+};
+pub use handler::{
+    FnHandler, Handler, HandlerError, JsonHandler, MessageContext, Outcome, decode_json,
+    handler_fn, json_handler,
+};
+pub use processor::{Processor, ShutdownReport};
+pub use retry::RetryPolicy;
+
+/// The tokio-util cancellation token used for shutdown and handler cancellation.
+pub use tokio_util::sync::CancellationToken;
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use queue_memory as memory;
+
+#[cfg(feature = "security")]
+#[cfg_attr(docsrs, doc(cfg(feature = "security")))]
+pub use queue_security as security;

@@ -1,0 +1,491 @@
+//! Test doubles and helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+use queue_memory::InMemoryProvider;
+use queue_runtime::{
+    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
+    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
+    SessionSupport, SharedQueueProvider,
+};
+use tokio::time::Instant;
+
+/// A current-thread runtime with a paused clock.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A memory provider with `queue` created from `spec`.
+pub async fn memory(
+    queue: &str,
+    spec: QueueSpec,
+) -> (InMemoryProvider, SharedQueueProvider, QueueName) {
+    let provider = InMemoryProvider::new();
+    let queue = QueueName::new(queue).unwrap();
+    provider.create_queue(&queue, &spec).await.unwrap();
+    let shared: SharedQueueProvider = Arc::new(provider.clone());
+    (provider, shared, queue)
+}
+
+/// Polls `cond` every 100 ms of (virtual) time until it holds or `limit` passes.
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cond()
+}
+
+/// Spawns `fut` and returns its handle (helper to keep tests short).
+pub fn spawn<F: Future + Send + 'static>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut)
+}
+
+/// Failure switches for [`Faulty`].
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Receive and accept-session calls fail with a connection error.
+    pub outage: AtomicBool,
+    /// Lock renewals (message and session) fail with a lost lock.
+    pub lose_locks: AtomicBool,
+    /// Receive/accept calls attempted (including failed ones).
+    pub receive_calls: AtomicU64,
+    /// Calls attempted while the outage was on.
+    pub calls_during_outage: AtomicU64,
+}
+
+/// A provider wrapper that fails on demand.
+#[derive(Debug, Clone)]
+pub struct Faulty {
+    pub inner: SharedQueueProvider,
+    pub faults: Arc<Faults>,
+}
+
+impl Faulty {
+    pub fn new(inner: SharedQueueProvider) -> Self {
+        Self {
+            inner,
+            faults: Arc::default(),
+        }
+    }
+
+    fn check_outage(&self, operation: &'static str) -> Result<()> {
+        self.faults.receive_calls.fetch_add(1, Ordering::SeqCst);
+        if self.faults.outage.load(Ordering::SeqCst) {
+            self.faults
+                .calls_during_outage
+                .fetch_add(1, Ordering::SeqCst);
+            return Err(QueueError::Connection {
+                provider: "faulty",
+                operation,
+                source: Box::new(std::io::Error::other("connection refused")),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueProvider for Faulty {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
+        self.inner.send(queue, message).await
+    }
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<Message>,
+    ) -> Result<Vec<MessageId>> {
+        self.inner.send_batch(queue, messages).await
+    }
+    async fn receive(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        self.check_outage("receive")?;
+        self.inner.receive(queue, options).await
+    }
+    async fn complete(&self, receipt: &Receipt) -> Result<()> {
+        self.inner.complete(receipt).await
+    }
+    async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
+        self.inner.abandon(receipt, delay).await
+    }
+    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
+        self.inner.dead_letter(receipt, reason).await
+    }
+    async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
+        if self.faults.lose_locks.load(Ordering::SeqCst) {
+            return Err(QueueError::LockLost {
+                provider: "faulty",
+                queue: receipt.queue().to_string(),
+                operation: "renew_lock",
+            });
+        }
+        self.inner.renew_lock(receipt).await
+    }
+    async fn accept_session(
+        &self,
+        queue: &QueueName,
+        selector: SessionSelector,
+        wait: Duration,
+    ) -> Result<Option<Box<dyn SessionReceiver>>> {
+        self.check_outage("accept_session")?;
+        let session = self.inner.accept_session(queue, selector, wait).await?;
+        Ok(session.map(|inner| {
+            Box::new(FaultySession {
+                inner,
+                faults: self.faults.clone(),
+            }) as Box<dyn SessionReceiver>
+        }))
+    }
+    async fn receive_dead_letters(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        self.inner.receive_dead_letters(queue, options).await
+    }
+    async fn check_access(&self, queue: &QueueName) -> Result<()> {
+        self.inner.check_access(queue).await
+    }
+}
+
+#[derive(Debug)]
+struct FaultySession {
+    inner: Box<dyn SessionReceiver>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl SessionReceiver for FaultySession {
+    fn session_id(&self) -> &queue_runtime::SessionId {
+        self.inner.session_id()
+    }
+    fn queue(&self) -> &QueueName {
+        self.inner.queue()
+    }
+    fn locked_until(&self) -> SystemTime {
+        self.inner.locked_until()
+    }
+    async fn receive(&self, options: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
+        self.inner.receive(options).await
+    }
+    async fn complete(&self, receipt: &Receipt) -> Result<()> {
+        self.inner.complete(receipt).await
+    }
+    async fn abandon(&self, receipt: &Receipt) -> Result<()> {
+        self.inner.abandon(receipt).await
+    }
+    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
+        self.inner.dead_letter(receipt, reason).await
+    }
+    async fn renew_session_lock(&self) -> Result<SystemTime> {
+        if self.faults.lose_locks.load(Ordering::SeqCst) {
+            return Err(QueueError::SessionLockLost {
+                provider: "faulty",
+                queue: self.inner.queue().to_string(),
+                session: self.inner.session_id().clone(),
+                operation: "renew_session_lock",
+            });
+        }
+        self.inner.renew_session_lock().await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+/// A minimal SQS-FIFO-like provider ([`SessionSupport::Grouped`]): messages of a group are
+/// delivered in order through plain receive, and a group is blocked while any of its
+/// messages is in flight (locked, or abandoned with a delay that has not passed).
+#[derive(Debug, Clone)]
+pub struct GroupedFake {
+    state: Arc<Mutex<GroupedState>>,
+    lock: Duration,
+    max_receives: u32,
+}
+
+#[derive(Debug, Default)]
+struct GroupedState {
+    next_seq: u64,
+    next_token: u64,
+    messages: BTreeMap<u64, Stored>,
+    dead: Vec<(ReceivedMessage, DeadLetterReason)>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    message: Message,
+    id: MessageId,
+    receives: u32,
+    enqueued_at: SystemTime,
+    invisible_until: Option<Instant>,
+    token: Option<u64>,
+}
+
+impl GroupedFake {
+    pub fn new(lock: Duration, max_receives: u32) -> Self {
+        Self {
+            state: Arc::default(),
+            lock,
+            max_receives,
+        }
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.state.lock().unwrap().messages.len()
+    }
+
+    pub fn dead_letters(&self) -> Vec<(MessageId, String, String)> {
+        let st = self.state.lock().unwrap();
+        st.dead
+            .iter()
+            .map(|(m, r)| {
+                (
+                    m.message_id.clone(),
+                    r.reason.clone(),
+                    r.description.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn find(&self, st: &mut GroupedState, receipt: &Receipt, op: &'static str) -> Result<u64> {
+        let (seq, token) = receipt
+            .token()
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .ok_or_else(|| lost(op))?;
+        let now = Instant::now();
+        match st.messages.get(&seq) {
+            Some(m) if m.token == Some(token) && m.invisible_until.is_some_and(|t| t > now) => {
+                Ok(seq)
+            }
+            _ => Err(lost(op)),
+        }
+    }
+}
+
+fn lost(operation: &'static str) -> QueueError {
+    QueueError::LockLost {
+        provider: "grouped-fake",
+        queue: "q".into(),
+        operation,
+    }
+}
+
+#[async_trait]
+impl QueueProvider for GroupedFake {
+    fn name(&self) -> &'static str {
+        "grouped-fake"
+    }
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.sessions = SessionSupport::Grouped;
+        c.delayed_abandon = true;
+        c.lock_renewal = true;
+        c.max_batch_size = 10;
+        c.max_lock_duration = self.lock;
+        c
+    }
+    async fn send(&self, _queue: &QueueName, message: Message) -> Result<MessageId> {
+        let mut st = self.state.lock().unwrap();
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        let id = message.message_id.clone().unwrap_or_else(MessageId::random);
+        st.messages.insert(
+            seq,
+            Stored {
+                message,
+                id: id.clone(),
+                receives: 0,
+                enqueued_at: SystemTime::now(),
+                invisible_until: None,
+                token: None,
+            },
+        );
+        Ok(id)
+    }
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<Message>,
+    ) -> Result<Vec<MessageId>> {
+        let mut ids = Vec::new();
+        for m in messages {
+            ids.push(self.send(queue, m).await?);
+        }
+        Ok(ids)
+    }
+    async fn receive(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let deadline = Instant::now() + options.wait;
+        loop {
+            let batch = {
+                let mut guard = self.state.lock().unwrap();
+                let st = &mut *guard;
+                let now = Instant::now();
+                // Release expired locks; too many receives -> dead letter.
+                let mut blocked: HashSet<String> = HashSet::new();
+                let mut out = Vec::new();
+                let mut to_dead = Vec::new();
+                let next_token = &mut st.next_token;
+                for (seq, m) in st.messages.iter_mut() {
+                    let group = m
+                        .message
+                        .session_id
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    if m.invisible_until.is_some_and(|t| t > now) {
+                        blocked.insert(group);
+                        continue;
+                    }
+                    if blocked.contains(&group) || out.len() >= options.max_messages.min(10) {
+                        blocked.insert(group);
+                        continue;
+                    }
+                    if m.receives >= self.max_receives {
+                        to_dead.push(*seq);
+                        continue;
+                    }
+                    m.receives += 1;
+                    *next_token += 1;
+                    m.token = Some(*next_token);
+                    m.invisible_until = Some(now + self.lock);
+                    let receipt = Receipt::new(
+                        "grouped-fake",
+                        queue.clone(),
+                        None,
+                        format!("{seq}:{}", *next_token),
+                    );
+                    let mut message = m.message.clone();
+                    message.message_id = Some(m.id.clone());
+                    out.push(ReceivedMessage::new(
+                        message,
+                        m.id.clone(),
+                        m.receives,
+                        m.enqueued_at,
+                        receipt,
+                    ));
+                }
+                for seq in to_dead {
+                    let m = st.messages.remove(&seq).unwrap();
+                    let receipt = Receipt::new("grouped-fake", queue.clone(), None, "dead");
+                    st.dead.push((
+                        ReceivedMessage::new(m.message, m.id, m.receives, m.enqueued_at, receipt),
+                        DeadLetterReason::new(
+                            queue_runtime::MAX_DELIVERY_COUNT_EXCEEDED,
+                            "too many receives",
+                        ),
+                    ));
+                }
+                out
+            };
+            if !batch.is_empty() || Instant::now() >= deadline {
+                return Ok(batch);
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(deadline - Instant::now())).await;
+        }
+    }
+    async fn complete(&self, receipt: &Receipt) -> Result<()> {
+        let mut st = self.state.lock().unwrap();
+        let seq = self.find(&mut st, receipt, "complete")?;
+        st.messages.remove(&seq);
+        Ok(())
+    }
+    async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
+        let mut st = self.state.lock().unwrap();
+        let seq = self.find(&mut st, receipt, "abandon")?;
+        let m = st.messages.get_mut(&seq).unwrap();
+        m.token = None;
+        m.invisible_until = delay.filter(|d| !d.is_zero()).map(|d| Instant::now() + d);
+        Ok(())
+    }
+    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
+        let mut st = self.state.lock().unwrap();
+        let seq = self.find(&mut st, receipt, "dead_letter")?;
+        let m = st.messages.remove(&seq).unwrap();
+        st.dead.push((
+            ReceivedMessage::new(m.message, m.id, m.receives, m.enqueued_at, receipt.clone()),
+            reason,
+        ));
+        Ok(())
+    }
+    async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
+        let mut st = self.state.lock().unwrap();
+        let seq = self.find(&mut st, receipt, "renew_lock")?;
+        st.messages.get_mut(&seq).unwrap().invisible_until = Some(Instant::now() + self.lock);
+        Ok(SystemTime::now() + self.lock)
+    }
+    async fn receive_dead_letters(
+        &self,
+        _queue: &QueueName,
+        _options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        Err(QueueError::unsupported(
+            "grouped-fake",
+            "receive_dead_letters",
+        ))
+    }
+    async fn check_access(&self, _queue: &QueueName) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A `tracing` writer collecting everything written, to search logs for leaks.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(pub Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
