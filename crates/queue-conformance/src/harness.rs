@@ -250,10 +250,7 @@ pub fn harness_or_skip(case: &str, harness: Option<Harness>) -> Option<Harness> 
     if harness.is_some() {
         return harness;
     }
-    let in_ci = std::env::var("CI")
-        .map(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
-        .unwrap_or(false);
-    if in_ci {
+    if ci_requires_servers(std::env::var("CI").ok().as_deref()) {
         panic!(
             "conformance case `{case}`: the provider under test is not configured, and CI is set \
              (configure its server, see the provider crate's tests/conformance.rs)"
@@ -266,8 +263,105 @@ pub fn harness_or_skip(case: &str, harness: Option<Harness>) -> Option<Harness> 
     None
 }
 
+/// Whether a `CI` variable with this value means "every configured server must run".
+fn ci_requires_servers(ci: Option<&str>) -> bool {
+    ci.is_some_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
+}
+
 /// Prints why a case is skipped.
 #[allow(clippy::print_stderr)]
 pub(crate) fn note(case: &str, why: &str) {
     eprintln!("conformance `{case}` skipped: {why}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_values() {
+        for on in ["true", "1", "yes", "TRUE"] {
+            assert!(ci_requires_servers(Some(on)), "{on}");
+        }
+        for off in [None, Some(""), Some("0"), Some("false"), Some("False ")] {
+            assert!(!ci_requires_servers(off), "{off:?}");
+        }
+    }
+
+    #[test]
+    fn unique_names_are_valid_distinct_and_fifo_for_sessions() {
+        let provider: SharedQueueProvider = Arc::new(Dummy);
+        let h = Harness::new(provider).with_prefix("t");
+        let a = h.unique_name("some-case-", false);
+        let b = h.unique_name("some-case-", false);
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("t-some-case-"), "{a}");
+        assert!(!a.is_fifo());
+        let long = "x".repeat(200);
+        assert!(h.unique_name(&long, true).is_fifo());
+    }
+
+    #[derive(Debug)]
+    struct Dummy;
+
+    #[async_trait::async_trait]
+    impl queue_core::QueueProvider for Dummy {
+        fn name(&self) -> &'static str {
+            "dummy"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+        async fn send(
+            &self,
+            _: &QueueName,
+            _: queue_core::Message,
+        ) -> queue_core::Result<MessageId> {
+            Err(queue_core::QueueError::unsupported("dummy", "send"))
+        }
+        async fn send_batch(
+            &self,
+            _: &QueueName,
+            _: Vec<queue_core::Message>,
+        ) -> queue_core::Result<Vec<MessageId>> {
+            Err(queue_core::QueueError::unsupported("dummy", "send_batch"))
+        }
+        async fn receive(
+            &self,
+            _: &QueueName,
+            _: ReceiveOptions,
+        ) -> queue_core::Result<Vec<ReceivedMessage>> {
+            Ok(Vec::new())
+        }
+        async fn complete(&self, _: &queue_core::Receipt) -> queue_core::Result<()> {
+            Ok(())
+        }
+        async fn abandon(
+            &self,
+            _: &queue_core::Receipt,
+            _: Option<Duration>,
+        ) -> queue_core::Result<()> {
+            Ok(())
+        }
+        async fn dead_letter(
+            &self,
+            _: &queue_core::Receipt,
+            _: queue_core::DeadLetterReason,
+        ) -> queue_core::Result<()> {
+            Ok(())
+        }
+        async fn renew_lock(&self, _: &queue_core::Receipt) -> queue_core::Result<SystemTime> {
+            Ok(SystemTime::now())
+        }
+        async fn receive_dead_letters(
+            &self,
+            _: &QueueName,
+            _: ReceiveOptions,
+        ) -> queue_core::Result<Vec<ReceivedMessage>> {
+            Ok(Vec::new())
+        }
+        async fn check_access(&self, _: &QueueName) -> queue_core::Result<()> {
+            Ok(())
+        }
+    }
 }

@@ -44,7 +44,7 @@ impl Clock {
     /// for times long before it, which only ever mean "already due").
     pub(crate) fn to_instant(self, at: SystemTime) -> Instant {
         match at.duration_since(self.anchor_system) {
-            Ok(ahead) => self.anchor_instant + ahead,
+            Ok(ahead) => later(self.anchor_instant, ahead),
             Err(behind) => self
                 .anchor_instant
                 .checked_sub(behind.duration())
@@ -56,6 +56,12 @@ impl Clock {
     pub(crate) fn far_future(now: Instant) -> Instant {
         now + Duration::from_secs(100 * 365 * 24 * 3600)
     }
+}
+
+/// `at + d`, saturating at [`Clock::far_future`] (callers may pass `Duration::MAX`).
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    let cap = Clock::far_future(at);
+    at.checked_add(d).map_or(cap, |t| t.min(cap))
 }
 
 #[cfg(test)]

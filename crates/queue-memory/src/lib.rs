@@ -84,8 +84,9 @@
 //! # Clock
 //! All lock, TTL, schedule and duplicate-window arithmetic runs on tokio's clock
 //! ([`tokio::time::Instant`]), so tests can run under
-//! `#[tokio::test(start_paused = true)]` and move time with [`tokio::time::advance`]
-//! (or let tokio auto-advance while every task sleeps) without real sleeping. The
+//! `#[tokio::test(start_paused = true)]` and move time with `tokio::time::advance`
+//! (tokio feature `test-util`), or let tokio auto-advance while every task sleeps,
+//! without real sleeping. The
 //! provider therefore needs a tokio runtime with the time driver enabled. Wall-clock
 //! values (`enqueued_at`, `locked_until`, `scheduled_enqueue_time`) are mapped through an
 //! anchor: the [`SystemTime`](std::time::SystemTime) read when the provider was built plus

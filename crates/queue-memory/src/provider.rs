@@ -17,7 +17,7 @@ use queue_core::{
 use tokio::{sync::Notify, time::Instant};
 
 use crate::{
-    clock::Clock,
+    clock::{Clock, later},
     profile::{Limits, Profile},
     session::MemorySessionReceiver,
     state::{PROVIDER, Queue, Settle, Store, Token},
@@ -204,7 +204,7 @@ impl Inner {
         wait: Duration,
         mut attempt: impl FnMut(&mut Queue, Instant) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
-        let deadline = self.clock.now() + wait;
+        let deadline = later(self.clock.now(), wait);
         loop {
             let notify = self.notify_of(name, operation)?;
             let notified = notify.notified();

@@ -19,7 +19,7 @@ use queue_core::{
 };
 use tokio::{sync::Notify, time::Instant};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, later};
 
 pub(crate) const PROVIDER: &str = "memory";
 
@@ -346,7 +346,7 @@ impl Queue {
                 if self.dedup.get(&id).is_some_and(|until| *until > now) {
                     continue;
                 }
-                let until = now + window;
+                let until = later(now, window);
                 self.dedup.insert(id.clone(), until);
                 self.note_deadline(until);
             }
@@ -356,7 +356,7 @@ impl Queue {
             let expires_at = message
                 .time_to_live
                 .or(self.spec.default_ttl)
-                .map(|ttl| visible_at + ttl);
+                .map(|ttl| later(visible_at, ttl));
             if let Some(e) = expires_at {
                 self.note_deadline(e);
             }
@@ -520,7 +520,7 @@ impl Queue {
                 };
                 let entry = map.get_mut(&token.seq).expect("checked above");
                 entry.lock = None;
-                entry.visible_at = now + delay.unwrap_or_default();
+                entry.visible_at = later(now, delay.unwrap_or_default());
                 if store == Store::Active && entry.delivery_count >= max {
                     let count = entry.delivery_count;
                     self.move_to_dead(
