@@ -6,9 +6,9 @@
 //!   and it wants a git repository. So a plain directory is first copied to
 //!   `<target-dir>/advisory-db-git/<name>` and committed there once (reused while the source is
 //!   unchanged); cargo-deny then gets a derived copy of `deny.toml` whose `[advisories]` names
-//!   that repository as a `file://` URL with a `db-path` under the target directory,
-//!   `cargo deny fetch db` clones it from disk (no network), and `cargo deny check
-//!   --disable-fetch` runs against it. See docs/adr/0002-offline-advisory-database.md.
+//!   that repository as a `file://` URL with a `db-path` under the target directory, so
+//!   `cargo deny check` clones or fetches the database from local disk, never the network.
+//!   See docs/adr/0002-offline-advisory-database.md.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,11 +22,7 @@ pub(crate) fn deny(ctx: &Ctx, advisory_db: Option<&Path>) -> Result<(), Failure>
     ctx.ensure_tool(CARGO_DENY)?;
     let config = ctx.root.join("deny.toml");
     let Some(db) = advisory_db else {
-        return ctx.run(
-            ctx.cargo()
-                .args(["deny", "--all-features", "check", "--config"])
-                .arg(&config),
-        );
+        return ctx.run(&mut deny_cmd(ctx, &config, &["check"]));
     };
     let db = LocalDb::open(db)?;
     let target = ctx.target_dir()?;
@@ -45,23 +41,21 @@ pub(crate) fn deny(ctx: &Ctx, advisory_db: Option<&Path>) -> Result<(), Failure>
         repo.display(),
         derived.display()
     );
-    // Clones (first time) or fetches (later) the file:// repository: local disk only.
-    ctx.run(
-        ctx.cargo()
-            .args(["deny", "fetch", "db", "--config"])
-            .arg(&derived),
-    )?;
-    ctx.run(
-        ctx.cargo()
-            .args([
-                "deny",
-                "--all-features",
-                "check",
-                "--disable-fetch",
-                "--config",
-            ])
-            .arg(&derived),
-    )
+    // cargo-deny clones (first run) or fetches (later runs) the database from the file://
+    // repository: local disk only. (`--offline` would also stop it from downloading crates,
+    // which `cargo metadata` needs on a fresh machine; crates come from crates.io as usual.)
+    ctx.run(&mut deny_cmd(ctx, &derived, &["check"]))
+}
+
+/// `cargo deny [--locked] --config <config> <args>`.
+fn deny_cmd(ctx: &Ctx, config: &Path, args: &[&str]) -> Command {
+    let mut cmd = ctx.cargo();
+    cmd.arg("deny");
+    if ctx.locked {
+        cmd.arg("--locked");
+    }
+    cmd.arg("--config").arg(config).args(args);
+    cmd
 }
 
 /// `cargo audit` over `Cargo.lock` with `audit.toml`.
@@ -304,7 +298,10 @@ pub(crate) fn offline_deny_config(
             "deny.toml sets db-path or db-urls itself; remove them (xtask sets them for --advisory-db)",
         ));
     }
-    let url = format!("file://{}", repo.display());
+    // cargo-deny insists on a URL with a domain name, and the URL standard drops `localhost`
+    // from file URLs; git ignores the host of a file:// URL, so a reserved, never-resolvable
+    // name (RFC 2606 `.invalid`) keeps both content.
+    let url = format!("file://local.invalid{}", repo.display());
     let inserted = format!(
         "# set by cargo xtask for --advisory-db\ndb-path = {}\ndb-urls = [{}]\n",
         toml_string(&db_path.display().to_string()),
@@ -351,7 +348,7 @@ mod tests {
         let out =
             offline_deny_config(text, Path::new("/t/db \"x\""), Path::new("/t/dbs")).expect("ok");
         assert!(out.contains(
-            "[advisories]\n# set by cargo xtask for --advisory-db\ndb-path = \"/t/dbs\"\ndb-urls = [\"file:///t/db \\\"x\\\"\"]\nyanked = \"deny\"\n"
+            "[advisories]\n# set by cargo xtask for --advisory-db\ndb-path = \"/t/dbs\"\ndb-urls = [\"file://local.invalid/t/db \\\"x\\\"\"]\nyanked = \"deny\"\n"
         ), "{out}");
         assert!(out.starts_with("[graph]\nall-features = true\n"));
     }

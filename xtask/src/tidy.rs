@@ -42,6 +42,7 @@ pub(crate) fn check_all(root: &Path, cargo: &OsStr) -> Vec<String> {
     problems.extend(audit_toml_ignores_have_reason_and_expiry(root, today()));
     problems.extend(no_todo_or_unimplemented(root));
     problems.extend(members_use_workspace_lints(root));
+    problems.extend(workflows_pin_actions_and_limit_permissions(root));
     problems
 }
 
@@ -299,6 +300,70 @@ pub(crate) fn members_use_workspace_lints(root: &Path) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// Every GitHub workflow sets `permissions:` at the top level and pins every action it
+/// uses to a full commit SHA.
+pub(crate) fn workflows_pin_actions_and_limit_permissions(root: &Path) -> Vec<String> {
+    let dir = root.join(".github").join("workflows");
+    let mut problems = Vec::new();
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    if files.is_empty() {
+        problems.push(format!("no workflows in {}", dir.display()));
+    }
+    for file in files {
+        let name = file
+            .strip_prefix(root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        match std::fs::read_to_string(&file) {
+            Ok(text) => problems.extend(workflow_problems(&name, &text)),
+            Err(e) => problems.push(format!("cannot read {name}: {e}")),
+        }
+    }
+    problems
+}
+
+pub(crate) fn workflow_problems(name: &str, text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !text.lines().any(|l| l.starts_with("permissions:")) {
+        problems.push(format!(
+            "{name}: no top-level `permissions:` (least privilege)"
+        ));
+    }
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split(" #").next().unwrap_or(line).trim();
+        let Some(spec) = code
+            .strip_prefix("- uses:")
+            .or_else(|| code.strip_prefix("uses:"))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        if spec.starts_with("./") || spec.starts_with("docker://") {
+            continue;
+        }
+        let pinned = spec.rsplit_once('@').is_some_and(|(_, rev)| {
+            rev.len() == 40
+                && rev
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        });
+        if !pinned {
+            problems.push(format!(
+                "{name}:{}: `{spec}` is not pinned to a full commit SHA",
+                n + 1
+            ));
+        }
+    }
+    problems
 }
 
 fn dirs(dir: &Path) -> Vec<PathBuf> {
@@ -649,6 +714,11 @@ mod tests {
     }
 
     #[test]
+    fn tidy_workflows_pin_actions_and_set_permissions() {
+        assert_clean(workflows_pin_actions_and_limit_permissions(&root()));
+    }
+
+    #[test]
     fn tidy_deny_toml_leaves_the_database_location_to_xtask() {
         let text = std::fs::read_to_string(root().join("deny.toml")).expect("deny.toml");
         assert!(!toml_sets_key(&text, "advisories", "db-path"));
@@ -761,6 +831,18 @@ exceptions = [
             "lints",
             "workspace"
         ));
+    }
+
+    #[test]
+    fn unpinned_actions_and_missing_permissions_are_reported() {
+        let good = "on: push\npermissions:\n  contents: read\njobs:\n  a:\n    steps:\n      - uses: actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1 # v7.0.1\n      - uses: ./local-action\n";
+        assert!(workflow_problems("good.yml", good).is_empty());
+        let bad = "on: push\njobs:\n  a:\n    steps:\n      - uses: actions/checkout@v4\n      - name: x\n        uses: Swatinem/rust-cache@6323deb1\n";
+        let p = workflow_problems("bad.yml", bad);
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(p[0].contains("permissions"));
+        assert!(p[1].contains("actions/checkout@v4"));
+        assert!(p[2].contains("bad.yml:7"));
     }
 
     #[test]
