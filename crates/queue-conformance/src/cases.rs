@@ -1032,6 +1032,39 @@ pub async fn scheduled_message_invisible_until_due(h: &Harness) {
     q.delete().await;
 }
 
+/// A message whose time to live runs out before anyone receives it is never delivered;
+/// one with a longer time to live still is.
+pub async fn expired_message_is_not_delivered(h: &Harness) {
+    if !h.capabilities().message_ttl {
+        note(
+            "expired_message_is_not_delivered",
+            "no per-message time to live",
+        );
+        return;
+    }
+    let q = h.queue("ttl", h.spec()).await;
+    let ttl = Duration::from_secs(2);
+    send(h, q.name(), Message::new("short").with_time_to_live(ttl)).await;
+    send(
+        h,
+        q.name(),
+        Message::new("long").with_time_to_live(Duration::from_secs(3600)),
+    )
+    .await;
+    sleep(ttl + Duration::from_secs(1)).await;
+    // Receive for a while, completing at once, so nothing is redelivered.
+    let deadline = Instant::now() + h.receive_wait() * 3;
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        for m in h.recv(q.name(), 10).await {
+            ok(h.provider().complete(&m.receipt).await, "complete");
+            got.push(m);
+        }
+    }
+    assert_eq!(bodies(&got), ["long"], "an expired message was delivered");
+    q.delete().await;
+}
+
 /// Within the duplicate-detection window, a second send of the same message id is
 /// accepted (same id back) but not delivered twice.
 pub async fn duplicate_detection_drops_duplicates(h: &Harness) {

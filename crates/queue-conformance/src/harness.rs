@@ -279,6 +279,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn case_list_is_complete_and_unique() {
+        let unique: std::collections::HashSet<_> = crate::CASES.iter().collect();
+        assert_eq!(unique.len(), crate::CASES.len());
+        assert_eq!(crate::CASES.len(), 32);
+    }
+
+    #[test]
     fn ci_values() {
         for on in ["true", "1", "yes", "TRUE"] {
             assert!(ci_requires_servers(Some(on)), "{on}");

@@ -10,19 +10,24 @@
 //! A provider crate runs the whole suite from `tests/conformance.rs` with the
 //! [`conformance_tests!`] macro and a factory `async fn() -> Option<Harness>`:
 //!
-//! ```ignore
+//! ```
+//! use std::sync::Arc;
+//!
 //! use queue_conformance::{Harness, conformance_tests};
+//! use queue_memory::InMemoryProvider;
 //!
 //! async fn harness() -> Option<Harness> {
-//!     // `None` means "no server configured": every test prints a skip note and passes,
-//!     // unless the environment variable `CI` is set, where it fails instead.
-//!     let endpoint = std::env::var("QUEUE_TEST_SQS_ENDPOINT").ok()?;
-//!     let provider = my_provider(&endpoint).await;
-//!     Some(Harness::new(std::sync::Arc::new(provider)))
+//!     // A provider for a real server returns `None` when its `QUEUE_TEST_*` variables
+//!     // are unset: every test then prints a skip note and passes, unless the
+//!     // environment variable `CI` is set, where it fails instead.
+//!     let provider = InMemoryProvider::new();
+//!     let clock = provider.clone();
+//!     Some(Harness::new(Arc::new(provider)).with_clock(move || clock.now()))
 //! }
 //!
-//! // Real time on a two-worker multi-thread runtime.
-//! conformance_tests!(harness);
+//! // One #[tokio::test] per case, on a paused clock.
+//! conformance_tests!(harness, paused);
+//! # fn main() {}
 //! ```
 //!
 //! The macro arms are:
@@ -42,39 +47,7 @@ pub use cases::*;
 pub use harness::{Harness, TestQueue, harness_or_skip};
 
 /// Names of all cases, in the order the macro emits them.
-pub const CASES: &[&str] = &[
-    "unique_ids",
-    "round_trip",
-    "binary_body_round_trip",
-    "session_id_round_trip",
-    "queue_not_found",
-    "empty_receive_returns_at_deadline",
-    "receive_returns_when_a_message_arrives",
-    "complete_prevents_redelivery",
-    "unknown_receipt_is_rejected",
-    "expired_receipt_is_rejected",
-    "settled_receipt_is_rejected",
-    "abandon_redelivers_with_count_two",
-    "abandon_with_delay_redelivers_later",
-    "lock_expiry_redelivers_and_invalidates_receipt",
-    "renew_lock_extends_lock",
-    "dead_letter_moves_to_dlq_with_reason",
-    "auto_dead_letter_after_max_deliveries",
-    "session_fifo_order",
-    "session_abandoned_message_comes_first",
-    "second_accept_of_locked_session_fails",
-    "accept_next_skips_locked_sessions",
-    "session_lock_expiry_allows_steal",
-    "session_close_releases_messages",
-    "thousand_message_session_in_order",
-    "concurrent_senders_get_distinct_ids",
-    "batch_send_and_receive",
-    "oversize_message_rejected",
-    "oversize_batch_entry_sends_nothing_of_it",
-    "scheduled_message_invisible_until_due",
-    "duplicate_detection_drops_duplicates",
-    "session_state_round_trip",
-];
+pub const CASES: &[&str] = conformance_tests!(@names);
 
 /// Expands into one `#[tokio::test]` per conformance case.
 ///
@@ -92,7 +65,34 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@attrs $factory, (flavor = "current_thread", start_paused = true));
     };
     (@attrs $factory:path, $attrs:tt) => {
-        $crate::conformance_tests!(@emit $factory, $attrs,
+        $crate::__conformance_case_list!(@emit $factory, $attrs,);
+    };
+    (@names) => {
+        $crate::__conformance_case_list!(@name_list)
+    };
+    (@name_list $($case:ident)*) => {
+        &[$(::core::stringify!($case)),*]
+    };
+    (@emit $factory:path, $attrs:tt, $($case:ident)*) => {
+        $(
+            #[::tokio::test $attrs]
+            async fn $case() {
+                if let ::core::option::Option::Some(harness) =
+                    $crate::harness_or_skip(::core::stringify!($case), $factory().await)
+                {
+                    $crate::$case(&harness).await;
+                }
+            }
+        )*
+    };
+}
+
+/// The one list of cases, fed to [`conformance_tests!`] (tests and [`CASES`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_case_list {
+    ($($head:tt)*) => {
+        $crate::conformance_tests! {$($head)*
             unique_ids
             round_trip
             binary_body_round_trip
@@ -122,20 +122,9 @@ macro_rules! conformance_tests {
             oversize_message_rejected
             oversize_batch_entry_sends_nothing_of_it
             scheduled_message_invisible_until_due
+            expired_message_is_not_delivered
             duplicate_detection_drops_duplicates
             session_state_round_trip
-        );
-    };
-    (@emit $factory:path, $attrs:tt, $($case:ident)*) => {
-        $(
-            #[::tokio::test $attrs]
-            async fn $case() {
-                if let ::core::option::Option::Some(harness) =
-                    $crate::harness_or_skip(::core::stringify!($case), $factory().await)
-                {
-                    $crate::$case(&harness).await;
-                }
-            }
-        )*
+        }
     };
 }

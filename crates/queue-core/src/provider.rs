@@ -61,6 +61,9 @@ pub struct Capabilities {
     pub duplicate_detection: bool,
     /// Queues can be created and deleted through the provider.
     pub queue_management: bool,
+    /// A message's [`Message::time_to_live`] is honoured: once it runs out the message is
+    /// no longer delivered (SQS has no per-message TTL).
+    pub message_ttl: bool,
 }
 
 impl Default for Capabilities {
@@ -78,6 +81,7 @@ impl Default for Capabilities {
             native_dead_letter: false,
             duplicate_detection: false,
             queue_management: false,
+            message_ttl: false,
         }
     }
 }

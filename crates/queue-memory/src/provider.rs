@@ -396,6 +396,7 @@ impl QueueProvider for InMemoryProvider {
         c.native_dead_letter = true;
         c.duplicate_detection = true;
         c.queue_management = true;
+        c.message_ttl = true;
         c
     }
 
