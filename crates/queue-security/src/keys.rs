@@ -442,6 +442,42 @@ mod tests {
     }
 
     #[test]
+    fn hmac_sha256_known_answers_rfc4231() {
+        // RFC 4231, test cases 1, 2, 6 and 7 (6 and 7 use a key longer than the block).
+        let cases: [(Vec<u8>, &[u8], &str); 4] = [
+            (
+                vec![0x0b; 20],
+                b"Hi There",
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            ),
+            (
+                b"Jefe".to_vec(),
+                b"what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                vec![0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First",
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            ),
+            (
+                vec![0xaa; 131],
+                b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.",
+                "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
+            ),
+        ];
+        for (key, data, want) in cases {
+            let key = hmac_key(&key);
+            assert_eq!(hex::encode(ring::hmac::sign(&key, data).as_ref()), want);
+            let tag = hex::decode(want).unwrap();
+            ring::hmac::verify(&key, data, &tag).unwrap();
+            let mut bad = tag.clone();
+            bad[0] ^= 1;
+            assert!(ring::hmac::verify(&key, data, &bad).is_err());
+        }
+    }
+
+    #[test]
     fn from_env_reports_missing_variable() {
         let err = KeyRing::from_env("QUEUE_SECURITY_TEST_SURELY_UNSET_VAR").unwrap_err();
         assert!(

@@ -14,7 +14,7 @@ use crate::signature::MessageSigner;
 /// forwards everything else to the inner provider unchanged.
 ///
 /// A message that fails the signer's limits (or a ring without an active key) fails the
-/// send with a permanent [`QueueError`] and nothing is sent; in a batch, nothing of the
+/// send with a permanent [`QueueError`](queue_core::QueueError) and nothing is sent; in a batch, nothing of the
 /// batch is sent.
 ///
 /// ```

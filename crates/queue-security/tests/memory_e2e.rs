@@ -1,0 +1,188 @@
+//! The signing decorator and the gate around the in-memory provider, on tokio's virtual
+//! clock: what the consumer runtime does with a gate (check, then dead-letter with the
+//! rejection's reason), done by hand. Messages carry no session id here: the memory
+//! provider hands session messages out only through `accept_session`, and session-id
+//! coverage is tested in `signature.rs`.
+
+use std::time::Duration;
+
+use queue_core::{
+    DeadLetterReason, Message, MessageGate, QueueName, QueueProvider, QueueSpec, ReceiveOptions,
+    ReceivedMessage,
+};
+use queue_memory::InMemoryProvider;
+use queue_security::{KeyRing, MessageSigner, SignatureGate, Signing, generate_key, reason};
+
+struct Fixture {
+    raw: InMemoryProvider,
+    producer: Signing<InMemoryProvider>,
+    gate: SignatureGate,
+    queue: QueueName,
+}
+
+fn fixture() -> Fixture {
+    let queue = QueueName::new("events").unwrap();
+    let raw = InMemoryProvider::builder()
+        .with_queue(
+            queue.clone(),
+            QueueSpec::default().with_lock_duration(Duration::from_secs(30)),
+        )
+        .build()
+        .unwrap();
+    let ring = KeyRing::new();
+    ring.insert("k1", generate_key().unwrap()).unwrap();
+    ring.set_active("k1").unwrap();
+    let clock = raw.clone();
+    let producer = Signing::new(
+        raw.clone(),
+        MessageSigner::new(ring.clone()).with_clock(move || clock.now()),
+    );
+    let clock = raw.clone();
+    let gate = SignatureGate::new(ring)
+        .with_max_skew(Duration::from_secs(120))
+        .with_clock(move || clock.now());
+    Fixture {
+        raw,
+        producer,
+        gate,
+        queue,
+    }
+}
+
+impl Fixture {
+    async fn receive(&self) -> ReceivedMessage {
+        self.raw
+            .receive(
+                &self.queue,
+                ReceiveOptions::new(1, Duration::from_millis(10)),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .expect("a message")
+    }
+
+    /// What the runtime does: gate, then complete or dead-letter with the reason.
+    async fn process(&self, got: &ReceivedMessage) -> Result<(), &'static str> {
+        match self.gate.check(got).await {
+            Ok(()) => {
+                self.raw.complete(&got.receipt).await.unwrap();
+                Ok(())
+            }
+            Err(rejection) => {
+                self.raw
+                    .dead_letter(
+                        &got.receipt,
+                        DeadLetterReason::new(rejection.reason, rejection.description),
+                    )
+                    .await
+                    .unwrap();
+                Err(rejection.reason)
+            }
+        }
+    }
+}
+
+fn event(n: u32) -> Message {
+    Message::new(format!("{{\"n\":{n}}}"))
+        .with_content_type("application/json")
+        .with_correlation_id("flow-1")
+        .with_attribute("github-event", "pull_request")
+}
+
+#[tokio::test(start_paused = true)]
+async fn signed_messages_pass_and_redeliveries_an_hour_later_still_pass() {
+    let f = fixture();
+    f.producer.send(&f.queue, event(1)).await.unwrap();
+    let first = f.receive().await;
+    assert_eq!(first.delivery_count, 1);
+    f.gate.check(&first).await.unwrap();
+    // The handler fails; the message comes back after an hour of retries.
+    f.raw.abandon(&first.receipt, None).await.unwrap();
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    let again = f.receive().await;
+    assert!(again.delivery_count >= 2);
+    assert_eq!(again.enqueued_at, first.enqueued_at);
+    assert_eq!(f.process(&again).await, Ok(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_batch_signs_every_message() {
+    let f = fixture();
+    f.producer
+        .send_batch(&f.queue, vec![event(1), event(2), event(3)])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let got = f.receive().await;
+        assert!(got.message.attributes.contains_key("qr-sig"));
+        assert_eq!(f.process(&got).await, Ok(()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn attacks_are_dead_lettered_with_their_reason() {
+    let f = fixture();
+    f.producer.send(&f.queue, event(1)).await.unwrap();
+    let original = f.receive().await;
+    assert_eq!(f.process(&original).await, Ok(()));
+
+    // Replay right away: a second first delivery of the same id.
+    f.raw
+        .send(&f.queue, original.message.clone())
+        .await
+        .unwrap();
+    let replay = f.receive().await;
+    assert_eq!(f.process(&replay).await, Err(reason::REPLAYED));
+
+    // Replay an hour later: stale before the replay cache is even asked.
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    f.raw
+        .send(&f.queue, original.message.clone())
+        .await
+        .unwrap();
+    let late = f.receive().await;
+    assert_eq!(f.process(&late).await, Err(reason::MESSAGE_STALE));
+
+    // Tampered body.
+    f.producer.send(&f.queue, event(2)).await.unwrap();
+    let mut captured = f.receive().await;
+    f.raw.complete(&captured.receipt).await.unwrap();
+    captured.message.body = "{\"n\":999}".into();
+    f.raw.send(&f.queue, captured.message).await.unwrap();
+    let tampered = f.receive().await;
+    assert_eq!(f.process(&tampered).await, Err(reason::SIGNATURE_INVALID));
+
+    // Unsigned message from someone with send rights but no key.
+    f.raw.send(&f.queue, event(3)).await.unwrap();
+    let unsigned = f.receive().await;
+    assert_eq!(f.process(&unsigned).await, Err(reason::UNSIGNED));
+
+    let dead = f
+        .raw
+        .receive_dead_letters(&f.queue, ReceiveOptions::new(10, Duration::from_millis(10)))
+        .await
+        .unwrap();
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|d| d.dead_letter.as_ref().unwrap().reason.clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["Replayed", "MessageStale", "SignatureInvalid", "Unsigned"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn signing_failures_send_nothing() {
+    let f = fixture();
+    let too_many = (0..20).fold(event(1), |m, i| m.with_attribute(format!("a{i}"), "v"));
+    let err = f
+        .producer
+        .send_batch(&f.queue, vec![event(1), too_many])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind_label(), "invalid_message");
+    assert_eq!(f.raw.message_count(&f.queue).unwrap(), 0);
+}
