@@ -1,0 +1,205 @@
+//! `$management` operations, mapped onto the semantic core.
+
+use std::time::SystemTime;
+
+use fe2o3_amqp_types::messaging::{AmqpValue, Body};
+use serde_amqp::{
+    Value,
+    primitives::{Array, OrderedMap, Timestamp},
+};
+use uuid::Uuid;
+
+use crate::{
+    broker::{AmqpMessage, Broker, EntityRef, Settlement},
+    error::EmulatorError,
+    server::{delivery_message, encode_message, incoming},
+};
+
+fn bad(reason: impl Into<String>) -> EmulatorError {
+    EmulatorError::BadRequest {
+        reason: reason.into(),
+    }
+}
+
+fn body_map(req: &AmqpMessage) -> Result<&OrderedMap<Value, Value>, EmulatorError> {
+    match &req.body {
+        Body::Value(AmqpValue(Value::Map(m))) => Ok(m),
+        _ => Err(bad("request body must be a map")),
+    }
+}
+
+fn get<'a>(m: &'a OrderedMap<Value, Value>, k: &str) -> Option<&'a Value> {
+    m.get(&Value::String(k.to_owned()))
+        .or_else(|| m.get(&Value::Symbol(k.into())))
+}
+
+fn list(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.0.clone(),
+        Value::List(l) => l.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+fn string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Symbol(s) => Some(s.0.clone()),
+        _ => None,
+    }
+}
+
+fn token(v: &Value) -> Result<Uuid, EmulatorError> {
+    match v {
+        Value::Uuid(u) => Ok(Uuid::from_bytes(*u.as_inner())),
+        Value::String(s) => s.parse().map_err(|_| bad("lock token is not a UUID")),
+        _ => Err(bad("lock token is not a UUID")),
+    }
+}
+
+fn ts(t: SystemTime) -> Value {
+    Value::Timestamp(Timestamp::from_milliseconds(
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    ))
+}
+
+fn map(entries: Vec<(&str, Value)>) -> Value {
+    let mut m = OrderedMap::new();
+    for (k, v) in entries {
+        m.insert(Value::String(k.to_owned()), v);
+    }
+    Value::Map(m)
+}
+
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Long(x) => Some(*x),
+        Value::Int(x) => Some(*x as i64),
+        Value::Uint(x) => Some(*x as i64),
+        Value::Ulong(x) => Some(*x as i64),
+        Value::Short(x) => Some(*x as i64),
+        _ => None,
+    }
+}
+
+/// Runs one management operation. `Ok(Value::Null)` from a peek means "no messages" (204).
+pub(crate) fn handle(
+    broker: &Broker,
+    entity: &EntityRef,
+    op: &str,
+    req: &AmqpMessage,
+) -> Result<Value, EmulatorError> {
+    match op {
+        "com.microsoft:renew-lock" => {
+            let m = body_map(req)?;
+            let tokens = get(m, "lock-tokens").ok_or_else(|| bad("lock-tokens missing"))?;
+            let mut exp = Vec::new();
+            for t in list(tokens) {
+                exp.push(ts(broker.renew_lock(token(&t)?)?));
+            }
+            Ok(map(vec![("expirations", Value::Array(Array(exp)))]))
+        }
+        "com.microsoft:peek-message" => {
+            let m = body_map(req)?;
+            let from = int(get(m, "from-sequence-number")).unwrap_or(0);
+            let count = int(get(m, "message-count")).unwrap_or(1).clamp(1, 1000) as usize;
+            let session = string(get(m, "session-id"));
+            let got = broker.peek(entity, from, count, session.as_deref())?;
+            if got.is_empty() {
+                return Ok(Value::Null);
+            }
+            let mut msgs = Vec::new();
+            for d in got {
+                let bytes = encode_message(delivery_message(&d, false))
+                    .map_err(|_| bad("message could not be encoded"))?;
+                msgs.push(map(vec![("message", Value::Binary(bytes.into()))]));
+            }
+            Ok(map(vec![("messages", Value::List(msgs))]))
+        }
+        "com.microsoft:schedule-message" => {
+            let m = body_map(req)?;
+            let items = get(m, "messages").ok_or_else(|| bad("messages missing"))?;
+            let mut batch = Vec::new();
+            for it in list(items) {
+                let Value::Map(im) = it else {
+                    return Err(bad("each scheduled message must be a map"));
+                };
+                let Some(Value::Binary(b)) = get(&im, "message") else {
+                    return Err(bad("scheduled message body missing"));
+                };
+                let fe2o3_amqp_types::messaging::message::__private::Deserializable(msg) =
+                    serde_amqp::from_slice::<
+                        fe2o3_amqp_types::messaging::message::__private::Deserializable<
+                            AmqpMessage,
+                        >,
+                    >(b)
+                    .map_err(|_| bad("scheduled message could not be decoded"))?;
+                batch.push(incoming(msg));
+            }
+            let seqs = broker.send(&entity.queue, batch)?;
+            Ok(map(vec![(
+                "sequence-numbers",
+                Value::Array(Array(seqs.into_iter().map(Value::Long).collect())),
+            )]))
+        }
+        "com.microsoft:cancel-scheduled-message" => {
+            let m = body_map(req)?;
+            let seqs: Vec<i64> = get(m, "sequence-numbers")
+                .map(list)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| int(Some(v)))
+                .collect();
+            broker.cancel_scheduled(&entity.queue, &seqs)?;
+            Ok(map(vec![]))
+        }
+        "com.microsoft:renew-session-lock" => {
+            let m = body_map(req)?;
+            let sid = string(get(m, "session-id")).ok_or_else(|| bad("session-id missing"))?;
+            let until = broker.renew_session(&entity.queue, &sid, None)?;
+            Ok(map(vec![("expiration", ts(until))]))
+        }
+        "com.microsoft:get-session-state" => {
+            let m = body_map(req)?;
+            let sid = string(get(m, "session-id")).ok_or_else(|| bad("session-id missing"))?;
+            let st = broker.session_state(&entity.queue, &sid)?;
+            Ok(map(vec![(
+                "session-state",
+                st.map(|b| Value::Binary(b.into())).unwrap_or(Value::Null),
+            )]))
+        }
+        "com.microsoft:set-session-state" => {
+            let m = body_map(req)?;
+            let sid = string(get(m, "session-id")).ok_or_else(|| bad("session-id missing"))?;
+            let st = match get(m, "session-state") {
+                Some(Value::Binary(b)) => Some(b.to_vec()),
+                Some(Value::String(s)) => Some(s.as_bytes().to_vec()),
+                _ => None,
+            };
+            broker.set_session_state(&entity.queue, &sid, st)?;
+            Ok(map(vec![]))
+        }
+        "com.microsoft:update-disposition" => {
+            let m = body_map(req)?;
+            let status = string(get(m, "disposition-status")).unwrap_or_default();
+            let tokens = get(m, "lock-tokens").map(list).unwrap_or_default();
+            for t in tokens {
+                let how = match status.as_str() {
+                    "completed" => Settlement::Complete,
+                    "abandoned" => Settlement::Abandon { properties: vec![] },
+                    "suspended" => Settlement::DeadLetter {
+                        reason: string(get(m, "deadletter-reason")),
+                        description: string(get(m, "deadletter-description")),
+                        properties: vec![],
+                    },
+                    other => return Err(bad(format!("disposition `{other}` is not emulated"))),
+                };
+                broker.settle(token(&t)?, how)?;
+            }
+            Ok(map(vec![]))
+        }
+        other => Err(bad(format!("operation `{other}` is not emulated"))),
+    }
+}

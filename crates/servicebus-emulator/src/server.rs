@@ -1,0 +1,1398 @@
+//! The AMQP 1.0 glue: listener, SASL, connections, sessions, links, `$cbs` and `$management`.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use fe2o3_amqp_types::{
+    definitions::{DeliveryTag, ErrorCondition, Handle, Role, SenderSettleMode},
+    messaging::{
+        Accepted, AmqpValue, Body, Data, DeliveryState, Header, Message, MessageAnnotations,
+        Properties, Rejected,
+        annotations::OwnedKey,
+        message::__private::{Deserializable, Serializable},
+    },
+    performatives::{
+        Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Performative, Transfer,
+    },
+    primitives::{OrderedMap, SimpleValue, Symbol, Timestamp},
+    sasl::{SaslCode, SaslInit, SaslMechanisms, SaslOutcome},
+};
+use serde::Serialize;
+use serde_amqp::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::mpsc,
+    task::JoinHandle,
+    time::Instant,
+};
+use uuid::Uuid;
+
+use crate::{
+    broker::{AmqpMessage, Broker, Delivered, EntityRef, IncomingMessage, Settlement, SubQueue},
+    config::EmulatorConfig,
+    error::EmulatorError,
+    sas::{TokenError, check_sas_token},
+};
+
+const SESSION_FILTER: &str = "com.microsoft:session-filter";
+const LOCKED_UNTIL_UTC: &str = "com.microsoft:locked-until-utc";
+const BATCH_FORMAT: u32 = 0x8001_3700;
+const OUR_MAX_FRAME: u32 = 256 * 1024;
+const LINK_CREDIT: u32 = 200;
+const SESSION_WINDOW: u32 = 1_000_000;
+/// .NET ticks (100 ns) between 0001-01-01 and the Unix epoch.
+const DOTNET_EPOCH_TICKS: i64 = 621_355_968_000_000_000;
+
+struct Shared {
+    broker: Broker,
+    key: Option<(String, String)>,
+    next_owner: AtomicU64,
+}
+
+/// A running emulator. Dropping it stops accepting connections.
+pub struct Emulator {
+    addr: SocketAddr,
+    broker: Broker,
+    key: Option<(String, String)>,
+    accept: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Emulator {
+    /// Binds `addr` (loopback only; port 0 picks a free port) and starts serving.
+    pub async fn start(config: EmulatorConfig, addr: SocketAddr) -> Result<Self, EmulatorError> {
+        if !addr.ip().is_loopback() {
+            return Err(EmulatorError::NonLoopbackBind { addr });
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| EmulatorError::Io {
+                reason: format!("bind {addr}: {e}"),
+            })?;
+        let addr = listener.local_addr().map_err(|e| EmulatorError::Io {
+            reason: e.to_string(),
+        })?;
+        let key = config
+            .key
+            .clone()
+            .map(|k| (config.key_name_or_default().to_owned(), k));
+        let broker = Broker::new(config.queues.clone(), crate::clock::Clock::new());
+        let shared = Arc::new(Shared {
+            broker: broker.clone(),
+            key: key.clone(),
+            next_owner: AtomicU64::new(1),
+        });
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _peer)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, shared).await {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            broker,
+            key,
+            accept,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The semantic core (for inspecting queues from tests).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// A connection string for the official SDKs. The key is replaced by `<redacted>`
+    /// unless `reveal_key` is true. Without a configured key any key is accepted, so the
+    /// string carries the placeholder `SAS_KEY_VALUE`.
+    pub fn connection_string(&self, reveal_key: bool) -> String {
+        let (name, key) = match &self.key {
+            Some((n, k)) => (
+                n.as_str(),
+                if reveal_key { k.as_str() } else { "<redacted>" },
+            ),
+            None => ("RootManageSharedAccessKey", "SAS_KEY_VALUE"),
+        };
+        format!(
+            "Endpoint=sb://{};SharedAccessKeyName={name};SharedAccessKey={key};UseDevelopmentEmulator=true",
+            self.addr
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("codec: {0}")]
+    Codec(#[from] serde_amqp::Error),
+}
+
+// ---------------------------------------------------------------- framing
+
+async fn read_frame(r: &mut OwnedReadHalf) -> Result<(u8, u16, Vec<u8>), ConnError> {
+    let size = r.read_u32().await? as usize;
+    if !(8..=OUR_MAX_FRAME as usize + 8).contains(&size) {
+        return Err(ConnError::Protocol(format!("bad frame size {size}")));
+    }
+    let mut buf = vec![0u8; size - 4];
+    r.read_exact(&mut buf).await?;
+    let doff = buf[0] as usize * 4;
+    if doff < 8 || doff > size {
+        return Err(ConnError::Protocol("bad data offset".into()));
+    }
+    let ftype = buf[1];
+    let channel = u16::from_be_bytes([buf[2], buf[3]]);
+    Ok((ftype, channel, buf[doff - 4..].to_vec()))
+}
+
+fn frame(ftype: u8, channel: u16, body: &[u8], payload: &[u8]) -> Vec<u8> {
+    let size = 8 + body.len() + payload.len();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(size as u32).to_be_bytes());
+    out.push(2);
+    out.push(ftype);
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn perf<T: Serialize>(channel: u16, p: &T) -> Result<Vec<u8>, ConnError> {
+    Ok(frame(0, channel, &serde_amqp::to_vec(p)?, &[]))
+}
+
+// ---------------------------------------------------------------- connection
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), ConnError> {
+    let (mut r, mut w) = stream.into_split();
+    let mut hdr = [0u8; 8];
+    r.read_exact(&mut hdr).await?;
+    if &hdr[..4] != b"AMQP" {
+        return Err(ConnError::Protocol("not AMQP".into()));
+    }
+    if hdr[4] == 3 {
+        w.write_all(b"AMQP\x03\x01\x00\x00").await?;
+        let mechs = SaslMechanisms {
+            sasl_server_mechanisms: serde_amqp::primitives::Array(vec![
+                Symbol::from("MSSBCBS"),
+                Symbol::from("PLAIN"),
+                Symbol::from("ANONYMOUS"),
+            ]),
+        };
+        w.write_all(&frame(1, 0, &serde_amqp::to_vec(&mechs)?, &[]))
+            .await?;
+        let (_, _, body) = read_frame(&mut r).await?;
+        let init: SaslInit = serde_amqp::from_slice(&body)?;
+        let ok = sasl_ok(
+            &init,
+            shared.key.as_ref().map(|(n, k)| (n.as_str(), k.as_str())),
+        );
+        let outcome = SaslOutcome {
+            code: if ok { SaslCode::Ok } else { SaslCode::Auth },
+            additional_data: None,
+        };
+        w.write_all(&frame(1, 0, &serde_amqp::to_vec(&outcome)?, &[]))
+            .await?;
+        if !ok {
+            return Err(ConnError::Protocol("SASL authentication failed".into()));
+        }
+        r.read_exact(&mut hdr).await?;
+    }
+    if hdr != *b"AMQP\x00\x01\x00\x00" {
+        w.write_all(b"AMQP\x00\x01\x00\x00").await?;
+        return Err(ConnError::Protocol("unsupported protocol header".into()));
+    }
+    w.write_all(&hdr).await?;
+
+    let (tx, mut rx) = mpsc::channel::<Result<(u16, Vec<u8>), ConnError>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let res = read_frame(&mut r).await.map(|(_, ch, b)| (ch, b));
+            let stop = res.is_err();
+            if tx.send(res).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut conn = Conn {
+        shared: shared.clone(),
+        w,
+        peer_max_frame: 512,
+        sessions: HashMap::new(),
+        owners: Vec::new(),
+        heartbeat: None,
+    };
+    let mut changed = shared.broker.subscribe();
+    let result = loop {
+        let deadline = shared
+            .broker
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let hb = conn.heartbeat;
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break Ok(()) };
+                let (ch, body) = match msg { Ok(v) => v, Err(e) => break Err(e) };
+                match conn.on_frame(ch, body).await {
+                    Ok(true) => {}
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => { shared.broker.tick(); }
+            _ = async { match hb { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
+                conn.w.write_all(&frame(0, 0, &[], &[])).await?;
+            }
+        }
+        if let Err(e) = conn.pump().await {
+            break Err(e);
+        }
+    };
+    reader.abort();
+    for o in &conn.owners {
+        shared.broker.release_owner(*o);
+    }
+    result
+}
+
+fn sasl_ok(init: &SaslInit, key: Option<(&str, &str)>) -> bool {
+    match init.mechanism.as_str() {
+        "ANONYMOUS" | "MSSBCBS" => true,
+        "PLAIN" => {
+            let Some((name, key)) = key else { return true };
+            let resp = init
+                .initial_response
+                .as_ref()
+                .map(|b| b.as_ref().to_vec())
+                .unwrap_or_default();
+            let mut parts = resp.split(|b| *b == 0);
+            let _authzid = parts.next();
+            let user = parts.next().unwrap_or_default();
+            let pass = parts.next().unwrap_or_default();
+            user == name.as_bytes() && pass == key.as_bytes()
+        }
+        _ => false,
+    }
+}
+
+#[derive(Debug)]
+enum LinkKind {
+    /// Client sends messages into a queue.
+    QueueIn { queue: String },
+    /// Client receives from a queue or its dead-letter queue.
+    QueueOut {
+        entity: EntityRef,
+        session: Option<String>,
+        peek_lock: bool,
+        owner: u64,
+    },
+    /// Client sends requests to `$cbs` or `<entity>/$management`.
+    NodeIn { node: Node },
+    /// Client receives responses from a node.
+    NodeOut { pending: VecDeque<Vec<u8>> },
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Cbs,
+    Management(EntityRef),
+}
+
+#[derive(Debug)]
+struct Link {
+    /// The node address (for NodeOut: the source address it listens to).
+    address: String,
+    /// The reply address of a NodeOut link (its target address).
+    reply_to: Option<String>,
+    kind: LinkKind,
+    credit: u32,
+    delivery_count: u32,
+    drain: bool,
+    /// Our role's settle mode: we settle our transfers up-front.
+    presettle: bool,
+    partial: Option<(Transfer, Vec<u8>)>,
+    /// Credit we granted (incoming links).
+    granted: u32,
+}
+
+#[derive(Debug)]
+struct OutDelivery {
+    token: Uuid,
+}
+
+struct Sess {
+    remote_channel: u16,
+    next_outgoing_id: u32,
+    next_incoming_id: u32,
+    next_delivery_id: u32,
+    links: HashMap<u32, Link>,
+    unsettled: HashMap<u32, OutDelivery>,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    w: OwnedWriteHalf,
+    peer_max_frame: usize,
+    sessions: HashMap<u16, Sess>,
+    owners: Vec<u64>,
+    heartbeat: Option<Duration>,
+}
+
+fn parse_address(addr: &str) -> String {
+    let mut a = addr;
+    if let Some(i) = a.find("://") {
+        a = &a[i + 3..];
+        a = a.find('/').map(|j| &a[j..]).unwrap_or("");
+    }
+    a.trim_matches('/').to_owned()
+}
+
+fn entity_of(path: &str) -> Option<EntityRef> {
+    let mut parts = path.split('/');
+    let queue = parts.next()?.to_owned();
+    let sub = match parts.next() {
+        None => SubQueue::Main,
+        Some(s) if s.eq_ignore_ascii_case("$deadletterqueue") => SubQueue::DeadLetter,
+        Some(_) => return None,
+    };
+    if parts.next().is_some() || queue.is_empty() {
+        return None;
+    }
+    Some(EntityRef { queue, sub })
+}
+
+fn error(cond: &str, desc: impl Into<String>) -> fe2o3_amqp_types::definitions::Error {
+    fe2o3_amqp_types::definitions::Error {
+        condition: ErrorCondition::Custom(Symbol::from(cond)),
+        description: Some(desc.into()),
+        info: None,
+    }
+}
+
+fn broker_error(e: &EmulatorError) -> fe2o3_amqp_types::definitions::Error {
+    let cond = match e {
+        EmulatorError::EntityNotFound { .. } => "amqp:not-found",
+        EmulatorError::LockLost => "com.microsoft:message-lock-lost",
+        EmulatorError::SessionLockLost => "com.microsoft:session-lock-lost",
+        EmulatorError::SessionCannotBeLocked { .. } => "com.microsoft:session-cannot-be-locked",
+        EmulatorError::NoSessionAvailable => "com.microsoft:timeout",
+        EmulatorError::QuotaExceeded { .. } => "amqp:resource-limit-exceeded",
+        _ => "amqp:invalid-field",
+    };
+    error(cond, e.to_string())
+}
+
+fn status_of(e: &EmulatorError) -> i32 {
+    match e {
+        EmulatorError::EntityNotFound { .. } => 404,
+        EmulatorError::LockLost | EmulatorError::SessionLockLost => 410,
+        EmulatorError::SessionCannotBeLocked { .. } => 409,
+        EmulatorError::NoSessionAvailable => 408,
+        EmulatorError::QuotaExceeded { .. } => 403,
+        _ => 400,
+    }
+}
+
+fn error_condition_of(status: i32) -> &'static str {
+    match status {
+        404 => "com.microsoft:message-not-found",
+        410 => "com.microsoft:message-lock-lost",
+        409 => "com.microsoft:session-cannot-be-locked",
+        401 => "com.microsoft:unauthorized-access",
+        _ => "amqp:internal-error",
+    }
+}
+
+impl Conn {
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), ConnError> {
+        self.w.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, ch: u16, body: Vec<u8>) -> Result<bool, ConnError> {
+        if body.is_empty() {
+            return Ok(true);
+        }
+        let mut cur = std::io::Cursor::new(&body[..]);
+        let p: Performative = serde_amqp::from_reader(&mut cur)?;
+        let payload = body[cur.position() as usize..].to_vec();
+        match p {
+            Performative::Open(open) => {
+                self.peer_max_frame = (open.max_frame_size.0 as usize).clamp(512, 16 * 1024 * 1024);
+                self.heartbeat = open
+                    .idle_time_out
+                    .filter(|t| *t > 0)
+                    .map(|t| Duration::from_millis(t as u64 / 2));
+                let reply = Open {
+                    container_id: format!("servicebus-emulator-{}", Uuid::new_v4()),
+                    hostname: None,
+                    max_frame_size: OUR_MAX_FRAME.into(),
+                    channel_max: open.channel_max,
+                    idle_time_out: None,
+                    outgoing_locales: None,
+                    incoming_locales: None,
+                    offered_capabilities: None,
+                    desired_capabilities: None,
+                    properties: None,
+                };
+                self.send(perf(0, &reply)?).await?;
+            }
+            Performative::Begin(begin) => {
+                let reply = Begin {
+                    remote_channel: Some(ch),
+                    next_outgoing_id: 0,
+                    incoming_window: SESSION_WINDOW,
+                    outgoing_window: SESSION_WINDOW,
+                    handle_max: begin.handle_max,
+                    offered_capabilities: None,
+                    desired_capabilities: None,
+                    properties: None,
+                };
+                self.sessions.insert(
+                    ch,
+                    Sess {
+                        remote_channel: ch,
+                        next_outgoing_id: 0,
+                        next_incoming_id: begin.next_outgoing_id,
+                        next_delivery_id: 0,
+                        links: HashMap::new(),
+                        unsettled: HashMap::new(),
+                    },
+                );
+                self.send(perf(ch, &reply)?).await?;
+            }
+            Performative::Attach(attach) => self.on_attach(ch, attach).await?,
+            Performative::Flow(flow) => self.on_flow(ch, flow).await?,
+            Performative::Transfer(t) => self.on_transfer(ch, t, payload).await?,
+            Performative::Disposition(d) => self.on_disposition(ch, d).await?,
+            Performative::Detach(d) => {
+                let removed = self
+                    .sessions
+                    .get_mut(&ch)
+                    .and_then(|s| s.links.remove(&d.handle.0));
+                if let Some(Link {
+                    kind: LinkKind::QueueOut { owner, .. },
+                    ..
+                }) = removed
+                {
+                    self.shared.broker.release_owner(owner);
+                }
+                let reply = Detach {
+                    handle: d.handle,
+                    closed: d.closed,
+                    error: None,
+                };
+                self.send(perf(ch, &reply)?).await?;
+            }
+            Performative::End(_) => {
+                if let Some(s) = self.sessions.remove(&ch) {
+                    for l in s.links.values() {
+                        if let LinkKind::QueueOut { owner, .. } = l.kind {
+                            self.shared.broker.release_owner(owner);
+                        }
+                    }
+                }
+                self.send(perf(ch, &End { error: None })?).await?;
+            }
+            Performative::Close(_) => {
+                self.send(perf(0, &Close { error: None })?).await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn refuse_attach(
+        &mut self,
+        ch: u16,
+        attach: Attach,
+        err: fe2o3_amqp_types::definitions::Error,
+    ) -> Result<(), ConnError> {
+        let handle = attach.handle.clone();
+        let role = attach.role.clone();
+        let reply = Attach {
+            name: attach.name,
+            handle: attach.handle,
+            role: match role {
+                Role::Sender => Role::Receiver,
+                Role::Receiver => Role::Sender,
+            },
+            snd_settle_mode: attach.snd_settle_mode,
+            rcv_settle_mode: attach.rcv_settle_mode,
+            source: None,
+            target: None,
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: Some(0),
+            max_message_size: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        self.send(perf(ch, &reply)?).await?;
+        let det = Detach {
+            handle,
+            closed: true,
+            error: Some(err),
+        };
+        self.send(perf(ch, &det)?).await?;
+        Ok(())
+    }
+
+    async fn on_attach(&mut self, ch: u16, mut attach: Attach) -> Result<(), ConnError> {
+        let handle = attach.handle.0;
+        let client_sends = attach.role == Role::Sender;
+        let (address, reply_to) = if client_sends {
+            let t = attach.target.as_ref().and_then(|t| match t.as_ref() {
+                fe2o3_amqp_types::messaging::TargetArchetype::Target(t) => t.address.clone(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            });
+            (t.unwrap_or_default(), None)
+        } else {
+            let s = attach
+                .source
+                .as_ref()
+                .and_then(|s| s.address.clone())
+                .unwrap_or_default();
+            let t = attach.target.as_ref().and_then(|t| match t.as_ref() {
+                fe2o3_amqp_types::messaging::TargetArchetype::Target(t) => t.address.clone(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            });
+            (s, t)
+        };
+        let path = parse_address(&address);
+        let mut properties = None;
+        let kind = if path == "$cbs" || path.ends_with("/$management") || path == "$management" {
+            let node = if path == "$cbs" {
+                Node::Cbs
+            } else {
+                match entity_of(path.trim_end_matches("/$management")) {
+                    Some(e) if self.shared.broker.has_queue(&e.queue) => Node::Management(e),
+                    _ => {
+                        let err = error("amqp:not-found", format!("no entity at `{path}`"));
+                        return self.refuse_attach(ch, attach, err).await;
+                    }
+                }
+            };
+            if client_sends {
+                LinkKind::NodeIn { node }
+            } else {
+                LinkKind::NodeOut {
+                    pending: VecDeque::new(),
+                }
+            }
+        } else {
+            let Some(entity) = entity_of(&path).filter(|e| self.shared.broker.has_queue(&e.queue))
+            else {
+                let err = error(
+                    "amqp:not-found",
+                    format!("The messaging entity `{path}` could not be found."),
+                );
+                return self.refuse_attach(ch, attach, err).await;
+            };
+            if client_sends {
+                if entity.sub != SubQueue::Main {
+                    let err = error("amqp:not-allowed", "cannot send to a dead-letter queue");
+                    return self.refuse_attach(ch, attach, err).await;
+                }
+                LinkKind::QueueIn {
+                    queue: entity.queue,
+                }
+            } else {
+                let owner = self.shared.next_owner.fetch_add(1, Ordering::Relaxed);
+                self.owners.push(owner);
+                let peek_lock = attach.snd_settle_mode != SenderSettleMode::Settled;
+                let cfg = self
+                    .shared
+                    .broker
+                    .queue_config(&entity.queue)
+                    .unwrap_or_default();
+                let filter = attach
+                    .source
+                    .as_ref()
+                    .and_then(|s| s.filter.as_ref())
+                    .and_then(|f| f.get(&Symbol::from(SESSION_FILTER)).cloned());
+                let mut session = None;
+                if cfg.requires_session && entity.sub == SubQueue::Main {
+                    let wanted = match &filter {
+                        None | Some(Value::Null) => None,
+                        Some(v) => filter_string(v),
+                    };
+                    match self
+                        .shared
+                        .broker
+                        .accept_session(&entity.queue, wanted.as_deref(), owner)
+                    {
+                        Ok(lock) => {
+                            let ticks = unix_to_ticks(lock.locked_until);
+                            let mut props = OrderedMap::new();
+                            props.insert(Symbol::from(LOCKED_UNTIL_UTC), Value::Long(ticks));
+                            properties = Some(props);
+                            if let Some(src) = attach.source.as_mut() {
+                                let set = src.filter.get_or_insert_with(OrderedMap::new);
+                                set.insert(
+                                    Symbol::from(SESSION_FILTER),
+                                    Value::String(lock.session_id.clone()),
+                                );
+                            }
+                            session = Some(lock.session_id);
+                        }
+                        Err(e) => {
+                            return self.refuse_attach(ch, attach, broker_error(&e)).await;
+                        }
+                    }
+                }
+                LinkKind::QueueOut {
+                    entity,
+                    session,
+                    peek_lock,
+                    owner,
+                }
+            }
+        };
+        let presettle = attach.snd_settle_mode == SenderSettleMode::Settled;
+        let reply = Attach {
+            name: attach.name.clone(),
+            handle: attach.handle.clone(),
+            role: if client_sends {
+                Role::Receiver
+            } else {
+                Role::Sender
+            },
+            snd_settle_mode: attach.snd_settle_mode.clone(),
+            rcv_settle_mode: attach.rcv_settle_mode.clone(),
+            source: attach.source.clone(),
+            target: attach.target.clone(),
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: if client_sends { None } else { Some(0) },
+            max_message_size: Some(OUR_MAX_FRAME as u64 * 4),
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties,
+        };
+        self.send(perf(ch, &reply)?).await?;
+        let initial = attach.initial_delivery_count.unwrap_or(0);
+        let link = Link {
+            address: path,
+            reply_to,
+            kind,
+            credit: 0,
+            delivery_count: if client_sends { initial } else { 0 },
+            drain: false,
+            presettle,
+            partial: None,
+            granted: 0,
+        };
+        let Some(sess) = self.sessions.get_mut(&ch) else {
+            return Err(ConnError::Protocol("attach on unknown session".into()));
+        };
+        sess.links.insert(handle, link);
+        if client_sends {
+            self.grant(ch, handle).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives an incoming link its credit back.
+    async fn grant(&mut self, ch: u16, handle: u32) -> Result<(), ConnError> {
+        let Some(s) = self.sessions.get_mut(&ch) else {
+            return Ok(());
+        };
+        let Some(l) = s.links.get_mut(&handle) else {
+            return Ok(());
+        };
+        l.granted = LINK_CREDIT;
+        let flow = Flow {
+            next_incoming_id: Some(s.next_incoming_id),
+            incoming_window: SESSION_WINDOW,
+            next_outgoing_id: s.next_outgoing_id,
+            outgoing_window: SESSION_WINDOW,
+            handle: Some(Handle(handle)),
+            delivery_count: Some(l.delivery_count),
+            link_credit: Some(LINK_CREDIT),
+            available: None,
+            drain: false,
+            echo: false,
+            properties: None,
+        };
+        let bytes = perf(s.remote_channel, &flow)?;
+        self.send(bytes).await
+    }
+
+    async fn on_flow(&mut self, ch: u16, flow: Flow) -> Result<(), ConnError> {
+        let Some(s) = self.sessions.get_mut(&ch) else {
+            return Ok(());
+        };
+        let Some(h) = flow.handle.as_ref().map(|h| h.0) else {
+            if flow.echo {
+                let f = session_flow(s);
+                let b = perf(ch, &f)?;
+                self.send(b).await?;
+            }
+            return Ok(());
+        };
+        let Some(l) = s.links.get_mut(&h) else {
+            return Ok(());
+        };
+        if let Some(credit) = flow.link_credit {
+            let their_count = flow.delivery_count.unwrap_or(l.delivery_count);
+            l.credit = their_count
+                .wrapping_add(credit)
+                .wrapping_sub(l.delivery_count);
+            l.drain = flow.drain;
+        }
+        if flow.echo {
+            let mut f = session_flow(s);
+            let l = s.links.get(&h).expect("present");
+            f.handle = Some(Handle(h));
+            f.delivery_count = Some(l.delivery_count);
+            f.link_credit = Some(l.credit);
+            let b = perf(ch, &f)?;
+            self.send(b).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_transfer(
+        &mut self,
+        ch: u16,
+        t: Transfer,
+        payload: Vec<u8>,
+    ) -> Result<(), ConnError> {
+        let Some(s) = self.sessions.get_mut(&ch) else {
+            return Ok(());
+        };
+        s.next_incoming_id = s.next_incoming_id.wrapping_add(1);
+        let Some(l) = s.links.get_mut(&t.handle.0) else {
+            return Ok(());
+        };
+        let (first, mut data) = match l.partial.take() {
+            Some((first, mut data)) => {
+                data.extend_from_slice(&payload);
+                (first, data)
+            }
+            None => (t.clone(), payload),
+        };
+        if t.more {
+            l.partial = Some((first, std::mem::take(&mut data)));
+            return Ok(());
+        }
+        l.delivery_count = l.delivery_count.wrapping_add(1);
+        l.granted = l.granted.saturating_sub(1);
+        let low = l.granted < LINK_CREDIT / 2;
+        let settled = first.settled.unwrap_or(false);
+        let delivery_id = first.delivery_id.unwrap_or(0);
+        let format = first.message_format.unwrap_or(0);
+        let kind = match &l.kind {
+            LinkKind::QueueIn { queue } => Some(Err(queue.clone())),
+            LinkKind::NodeIn { node } => Some(Ok(node.clone())),
+            _ => None,
+        };
+        let outcome: DeliveryState = match kind {
+            Some(Err(queue)) => match decode_incoming(format, &data) {
+                Ok(msgs) => match self.shared.broker.send(&queue, msgs) {
+                    Ok(_) => DeliveryState::Accepted(Accepted {}),
+                    Err(e) => DeliveryState::Rejected(Rejected {
+                        error: Some(broker_error(&e)),
+                    }),
+                },
+                Err(reason) => DeliveryState::Rejected(Rejected {
+                    error: Some(error("amqp:decode-error", reason)),
+                }),
+            },
+            Some(Ok(node)) => match serde_amqp::from_slice::<Deserializable<AmqpMessage>>(&data) {
+                Ok(Deserializable(req)) => {
+                    self.on_request(ch, &node, req).await?;
+                    DeliveryState::Accepted(Accepted {})
+                }
+                Err(_) => DeliveryState::Rejected(Rejected {
+                    error: Some(error("amqp:decode-error", "malformed request")),
+                }),
+            },
+            None => DeliveryState::Rejected(Rejected {
+                error: Some(error("amqp:not-allowed", "link does not accept transfers")),
+            }),
+        };
+        if !settled {
+            let d = Disposition {
+                role: Role::Receiver,
+                first: delivery_id,
+                last: None,
+                settled: true,
+                state: Some(outcome),
+                batchable: false,
+            };
+            self.send(perf(ch, &d)?).await?;
+        }
+        if low {
+            self.grant(ch, t.handle.0).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_disposition(&mut self, ch: u16, d: Disposition) -> Result<(), ConnError> {
+        if d.role != Role::Receiver {
+            return Ok(());
+        }
+        let Some(s) = self.sessions.get_mut(&ch) else {
+            return Ok(());
+        };
+        let last = d.last.unwrap_or(d.first);
+        let mut replies = Vec::new();
+        let mut id = d.first;
+        loop {
+            if let Some(od) = s.unsettled.remove(&id) {
+                let res = match &d.state {
+                    Some(state) => self.shared.broker.settle(od.token, settlement_of(state)),
+                    None => Ok(()),
+                };
+                if !d.settled {
+                    let state = match (&res, &d.state) {
+                        // The echo names the outcome applied. A rejected outcome that carries an
+                        // error means "could not apply", so a dead-letter echo has none.
+                        (Ok(()), Some(DeliveryState::Rejected(_))) => {
+                            DeliveryState::Rejected(Rejected { error: None })
+                        }
+                        (Ok(()), Some(st)) => st.clone(),
+                        (Ok(()), None) => DeliveryState::Accepted(Accepted {}),
+                        (Err(e), _) => DeliveryState::Rejected(Rejected {
+                            error: Some(broker_error(e)),
+                        }),
+                    };
+                    replies.push(Disposition {
+                        role: Role::Sender,
+                        first: id,
+                        last: None,
+                        settled: true,
+                        state: Some(state),
+                        batchable: false,
+                    });
+                }
+            }
+            if id == last {
+                break;
+            }
+            id = id.wrapping_add(1);
+        }
+        for r in replies {
+            self.send(perf(ch, &r)?).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one `$cbs` / `$management` request and queues the response.
+    async fn on_request(
+        &mut self,
+        ch: u16,
+        node: &Node,
+        req: AmqpMessage,
+    ) -> Result<(), ConnError> {
+        let op = app_prop_str(&req, "operation").unwrap_or_default();
+        let (status, desc, body): (i32, String, Value) = match node {
+            Node::Cbs => self.cbs(&req),
+            Node::Management(entity) => {
+                match crate::management::handle(&self.shared.broker, entity, &op, &req) {
+                    Ok(v) => (
+                        if matches!(v, Value::Null) && op == "com.microsoft:peek-message" {
+                            204
+                        } else {
+                            200
+                        },
+                        "OK".into(),
+                        v,
+                    ),
+                    Err(e) => (status_of(&e), e.to_string(), Value::Null),
+                }
+            }
+        };
+        let props = Properties {
+            correlation_id: req.properties.as_ref().and_then(|p| p.message_id.clone()),
+            ..Default::default()
+        };
+        let mut ap = OrderedMap::new();
+        ap.insert("statusCode".to_owned(), SimpleValue::Int(status));
+        ap.insert(
+            "statusDescription".to_owned(),
+            SimpleValue::String(desc.clone()),
+        );
+        ap.insert("status-code".to_owned(), SimpleValue::Int(status));
+        ap.insert("status-description".to_owned(), SimpleValue::String(desc));
+        if status >= 300 {
+            ap.insert(
+                "errorCondition".to_owned(),
+                SimpleValue::Symbol(Symbol::from(error_condition_of(status))),
+            );
+            ap.insert(
+                "error-condition".to_owned(),
+                SimpleValue::Symbol(Symbol::from(error_condition_of(status))),
+            );
+        }
+        let resp: Message<AmqpValue<Value>> = Message {
+            header: None,
+            delivery_annotations: None,
+            message_annotations: None,
+            properties: Some(props),
+            application_properties: Some(fe2o3_amqp_types::messaging::ApplicationProperties(ap)),
+            body: AmqpValue(body),
+            footer: None,
+        };
+        let bytes = serde_amqp::to_vec(&Serializable(resp))?;
+        let reply_to = req.properties.as_ref().and_then(|p| p.reply_to.clone());
+        let node_addr = match node {
+            Node::Cbs => "$cbs".to_owned(),
+            Node::Management(e) => match e.sub {
+                SubQueue::Main => format!("{}/$management", e.queue),
+                SubQueue::DeadLetter => format!("{}/$deadletterqueue/$management", e.queue),
+            },
+        };
+        let Some(s) = self.sessions.get_mut(&ch) else {
+            return Ok(());
+        };
+        let target = s
+            .links
+            .values_mut()
+            .filter(|l| matches!(l.kind, LinkKind::NodeOut { .. }))
+            .filter(|l| l.address.eq_ignore_ascii_case(&node_addr))
+            .find(|l| reply_to.is_none() || l.reply_to == reply_to);
+        if let Some(LinkKind::NodeOut { pending }) = target.map(|l| &mut l.kind) {
+            pending.push_back(bytes);
+        }
+        Ok(())
+    }
+
+    fn cbs(&self, req: &AmqpMessage) -> (i32, String, Value) {
+        let op = app_prop_str(req, "operation").unwrap_or_default();
+        if op != "put-token" {
+            return (
+                400,
+                format!("unsupported $cbs operation `{op}`"),
+                Value::Null,
+            );
+        }
+        let token = match &req.body {
+            Body::Value(AmqpValue(Value::String(s))) => s.clone(),
+            _ => return (400, "put-token body must be a string".into(), Value::Null),
+        };
+        let key = self
+            .shared
+            .key
+            .as_ref()
+            .map(|(n, k)| (n.as_str(), k.as_str()));
+        // The Python SDK labels SAS tokens `jwt`, so the token's own shape decides.
+        if !token.starts_with("SharedAccessSignature ") {
+            // Bearer tokens are opaque here; accept them only when no key is configured.
+            return if key.is_none() {
+                (200, "OK".into(), Value::Null)
+            } else {
+                (
+                    401,
+                    "only SAS tokens are accepted when a key is configured".into(),
+                    Value::Null,
+                )
+            };
+        }
+        match check_sas_token(&token, key, SystemTime::now()) {
+            Ok(()) => (200, "OK".into(), Value::Null),
+            Err(TokenError::Malformed) => (400, "malformed SAS token".into(), Value::Null),
+            Err(TokenError::Expired) => (401, "SAS token expired".into(), Value::Null),
+            Err(TokenError::BadSignature) => (
+                401,
+                "InvalidSignature: the token has an invalid signature".into(),
+                Value::Null,
+            ),
+        }
+    }
+
+    /// Sends whatever the links have credit for: queue deliveries and node responses.
+    async fn pump(&mut self) -> Result<(), ConnError> {
+        let chans: Vec<u16> = self.sessions.keys().copied().collect();
+        for ch in chans {
+            let handles: Vec<u32> = self.sessions[&ch].links.keys().copied().collect();
+            for h in handles {
+                while let Some(s) = self.sessions.get_mut(&ch) {
+                    let Some(l) = s.links.get_mut(&h) else { break };
+                    if l.credit == 0 {
+                        break;
+                    }
+                    let (payload, tag, token, settled) = match &mut l.kind {
+                        LinkKind::NodeOut { pending } => match pending.pop_front() {
+                            Some(p) => (p, Uuid::new_v4(), None, l.presettle),
+                            None => break,
+                        },
+                        LinkKind::QueueOut {
+                            entity,
+                            session,
+                            peek_lock,
+                            owner,
+                        } => {
+                            let got = self.shared.broker.receive(
+                                entity,
+                                session.as_deref(),
+                                *owner,
+                                *peek_lock,
+                            );
+                            match got {
+                                Ok(Some(d)) => {
+                                    let bytes =
+                                        encode_delivery(&self.shared.broker, &d, *peek_lock)?;
+                                    let token = d.lock_token;
+                                    (bytes, token, peek_lock.then_some(token), !*peek_lock)
+                                }
+                                _ => break,
+                            }
+                        }
+                        _ => break,
+                    };
+                    l.credit -= 1;
+                    l.delivery_count = l.delivery_count.wrapping_add(1);
+                    let delivery_id = s.next_delivery_id;
+                    s.next_delivery_id = s.next_delivery_id.wrapping_add(1);
+                    if let (Some(token), false) = (token, settled) {
+                        s.unsettled.insert(delivery_id, OutDelivery { token });
+                    }
+                    let t = Transfer {
+                        handle: Handle(h),
+                        delivery_id: Some(delivery_id),
+                        delivery_tag: Some(DeliveryTag::from(tag.to_bytes_le().to_vec())),
+                        message_format: Some(0),
+                        settled: Some(settled),
+                        more: false,
+                        rcv_settle_mode: None,
+                        state: None,
+                        resume: false,
+                        aborted: false,
+                        batchable: false,
+                    };
+                    let frames = split_transfer(s, self.peer_max_frame, t, &payload)?;
+                    for f in frames {
+                        self.w.write_all(&f).await?;
+                    }
+                }
+                // Drain: use up the remaining credit when nothing is left to send.
+                let Some(s) = self.sessions.get_mut(&ch) else {
+                    break;
+                };
+                let Some(l) = s.links.get_mut(&h) else {
+                    continue;
+                };
+                if l.drain && l.credit > 0 {
+                    l.delivery_count = l.delivery_count.wrapping_add(l.credit);
+                    l.credit = 0;
+                    l.drain = false;
+                    let mut f = session_flow(s);
+                    let l = &s.links[&h];
+                    f.handle = Some(Handle(h));
+                    f.delivery_count = Some(l.delivery_count);
+                    f.link_credit = Some(0);
+                    f.drain = true;
+                    let b = perf(ch, &f)?;
+                    self.send(b).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn session_flow(s: &Sess) -> Flow {
+    Flow {
+        next_incoming_id: Some(s.next_incoming_id),
+        incoming_window: SESSION_WINDOW,
+        next_outgoing_id: s.next_outgoing_id,
+        outgoing_window: SESSION_WINDOW,
+        handle: None,
+        delivery_count: None,
+        link_credit: None,
+        available: None,
+        drain: false,
+        echo: false,
+        properties: None,
+    }
+}
+
+fn split_transfer(
+    s: &mut Sess,
+    max_frame: usize,
+    t: Transfer,
+    payload: &[u8],
+) -> Result<Vec<Vec<u8>>, ConnError> {
+    let mut out = Vec::new();
+    let mut probe = t.clone();
+    probe.more = true;
+    let overhead = 8 + serde_amqp::to_vec(&probe)?.len();
+    let room = max_frame.saturating_sub(overhead).max(64);
+    let chunks: Vec<&[u8]> = if payload.is_empty() {
+        vec![&[][..]]
+    } else {
+        payload.chunks(room).collect()
+    };
+    let n = chunks.len();
+    for (i, c) in chunks.into_iter().enumerate() {
+        let mut ti = if i == 0 {
+            t.clone()
+        } else {
+            Transfer {
+                handle: t.handle.clone(),
+                delivery_id: None,
+                delivery_tag: None,
+                message_format: None,
+                settled: None,
+                more: false,
+                rcv_settle_mode: None,
+                state: None,
+                resume: false,
+                aborted: false,
+                batchable: false,
+            }
+        };
+        ti.more = i + 1 < n;
+        out.push(frame(0, s.remote_channel, &serde_amqp::to_vec(&ti)?, c));
+        s.next_outgoing_id = s.next_outgoing_id.wrapping_add(1);
+    }
+    Ok(out)
+}
+
+fn unix_to_ticks(t: SystemTime) -> i64 {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    DOTNET_EPOCH_TICKS + ms * 10_000
+}
+
+fn filter_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Symbol(s) => Some(s.0.clone()),
+        Value::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Described(d) => filter_string(&d.value),
+        _ => None,
+    }
+}
+
+pub(crate) fn app_prop_str(m: &AmqpMessage, key: &str) -> Option<String> {
+    m.application_properties
+        .as_ref()?
+        .0
+        .get(key)
+        .and_then(|v| match v {
+            SimpleValue::String(s) => Some(s.clone()),
+            SimpleValue::Symbol(s) => Some(s.0.clone()),
+            _ => None,
+        })
+}
+
+fn annotation<'a>(m: &'a AmqpMessage, key: &str) -> Option<&'a Value> {
+    m.message_annotations
+        .as_ref()?
+        .0
+        .get(&OwnedKey::Symbol(Symbol::from(key)))
+}
+
+/// Decodes what a client sent: one message, or a batch whose data sections each hold one.
+pub(crate) fn decode_incoming(format: u32, data: &[u8]) -> Result<Vec<IncomingMessage>, String> {
+    let Deserializable(outer): Deserializable<AmqpMessage> =
+        serde_amqp::from_slice(data).map_err(|_| "the message could not be decoded".to_owned())?;
+    let msgs = if format == BATCH_FORMAT {
+        let Body::Data(sections) = &outer.body else {
+            return Err("a batch must carry data sections".into());
+        };
+        let mut v = Vec::new();
+        for Data(bin) in sections.iter() {
+            let Deserializable(m): Deserializable<AmqpMessage> = serde_amqp::from_slice(bin)
+                .map_err(|_| "a batched message could not be decoded".to_owned())?;
+            v.push(m);
+        }
+        v
+    } else {
+        vec![outer]
+    };
+    Ok(msgs.into_iter().map(incoming).collect())
+}
+
+pub(crate) fn incoming(m: AmqpMessage) -> IncomingMessage {
+    let scheduled_at = match annotation(&m, "x-opt-scheduled-enqueue-time") {
+        Some(Value::Timestamp(ts)) if ts.milliseconds() > 0 => {
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ts.milliseconds() as u64))
+        }
+        _ => None,
+    };
+    let mut i = IncomingMessage::new(m);
+    i.scheduled_at = scheduled_at;
+    i
+}
+
+fn ts(t: SystemTime) -> Value {
+    Value::Timestamp(Timestamp::from_milliseconds(
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    ))
+}
+
+/// The message as a receiver sees it: broker annotations and the header's delivery count.
+pub(crate) fn delivery_message(d: &Delivered, locked: bool) -> AmqpMessage {
+    let mut m: AmqpMessage = (*d.message).clone();
+    let h = m.header.get_or_insert_with(Header::default);
+    h.delivery_count = d.delivery_count;
+    let ma = m
+        .message_annotations
+        .get_or_insert_with(|| MessageAnnotations(OrderedMap::new()));
+    let mut put = |k: &str, v: Value| {
+        ma.0.insert(OwnedKey::Symbol(Symbol::from(k)), v);
+    };
+    put("x-opt-sequence-number", Value::Long(d.sequence_number));
+    put("x-opt-enqueued-time", ts(d.enqueued_time));
+    if locked {
+        if let Some(u) = d.locked_until {
+            put("x-opt-locked-until", ts(u));
+        }
+        put(
+            "x-opt-lock-token",
+            Value::Uuid(serde_amqp::primitives::Uuid::from(*d.lock_token.as_bytes())),
+        );
+    }
+    m
+}
+
+fn encode_delivery(_b: &Broker, d: &Delivered, locked: bool) -> Result<Vec<u8>, ConnError> {
+    Ok(encode_message(delivery_message(d, locked))?)
+}
+
+/// Encodes a message with its header written out in full.
+///
+/// The generic encoder drops trailing fields that hold their default value, so a header
+/// with `delivery-count = 0` would reach the client without the field, and the official
+/// SDK reports the count as `None`. Service Bus always sends it, so the header is written
+/// by hand: descriptor 0x70 and a list of its five fields.
+pub(crate) fn encode_message(mut m: AmqpMessage) -> Result<Vec<u8>, serde_amqp::Error> {
+    let mut out = Vec::new();
+    if let Some(h) = m.header.take() {
+        let mut fields = Vec::with_capacity(16);
+        fields.push(if h.durable { 0x41 } else { 0x42 });
+        fields.push(0x50);
+        fields.push(h.priority.0);
+        match h.ttl {
+            Some(ttl) => {
+                fields.push(0x70);
+                fields.extend_from_slice(&ttl.to_be_bytes());
+            }
+            None => fields.push(0x40),
+        }
+        fields.push(if h.first_acquirer { 0x41 } else { 0x42 });
+        fields.push(0x70);
+        fields.extend_from_slice(&h.delivery_count.to_be_bytes());
+        out.extend_from_slice(&[0x00, 0x53, 0x70, 0xc0, (fields.len() + 1) as u8, 5]);
+        out.extend_from_slice(&fields);
+    }
+    out.extend_from_slice(&serde_amqp::to_vec(&Serializable(m))?);
+    Ok(out)
+}
+
+fn settlement_of(state: &DeliveryState) -> Settlement {
+    match state {
+        DeliveryState::Accepted(_) => Settlement::Complete,
+        DeliveryState::Released(_) => Settlement::Abandon { properties: vec![] },
+        DeliveryState::Modified(m) => Settlement::Abandon {
+            properties: fields_to_props(m.message_annotations.as_ref()),
+        },
+        DeliveryState::Rejected(r) => {
+            let info = r.error.as_ref().and_then(|e| e.info.as_deref());
+            let get = |k: &str| {
+                info.and_then(|i| i.get(&Symbol::from(k)))
+                    .and_then(|v| match v {
+                        Value::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+            };
+            Settlement::DeadLetter {
+                reason: get("DeadLetterReason"),
+                description: get("DeadLetterErrorDescription"),
+                properties: vec![],
+            }
+        }
+        _ => Settlement::Abandon { properties: vec![] },
+    }
+}
+
+fn fields_to_props(
+    f: Option<&fe2o3_amqp_types::definitions::Fields>,
+) -> Vec<(String, SimpleValue)> {
+    f.map(|f| {
+        f.iter()
+            .filter_map(|(k, v)| {
+                SimpleValue::try_from(v.clone())
+                    .ok()
+                    .map(|v| (k.0.clone(), v))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_written_in_full() {
+        let m: AmqpMessage = Message::builder()
+            .body(Body::Value(AmqpValue(Value::String("x".into()))))
+            .build();
+        let d = Delivered {
+            lock_token: Uuid::new_v4(),
+            sequence_number: 7,
+            delivery_count: 0,
+            enqueued_time: SystemTime::now(),
+            locked_until: Some(SystemTime::now()),
+            message: std::sync::Arc::new(m),
+            session_id: None,
+        };
+        let bytes = encode_message(delivery_message(&d, true)).unwrap();
+        assert_eq!(&bytes[..6], &[0x00, 0x53, 0x70, 0xc0, 11, 5]);
+    }
+}

@@ -1,0 +1,78 @@
+//! Drives the emulator with the official Python SDK (`azure-servicebus`).
+//!
+//! The interpreter comes from `QUEUE_TEST_PYTHON` (a venv with `azure-servicebus`).
+//! Unset: each test prints a skip note and passes, except under `CI`, where it fails.
+
+use std::{path::PathBuf, time::Duration};
+
+use servicebus_emulator::{Emulator, EmulatorConfig, QueueConfig};
+
+fn python() -> Option<String> {
+    match std::env::var("QUEUE_TEST_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "CI is set but QUEUE_TEST_PYTHON is not: the Python SDK scenarios must run in CI"
+                );
+            }
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("skipping Python SDK scenario: QUEUE_TEST_PYTHON is not set");
+            }
+            None
+        }
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+}
+
+/// Starts an emulator with `cfg`, runs `tests/python/<name>` with the connection string
+/// followed by `args`, and fails the test with the script's output if it exits non-zero.
+async fn run(name: &str, cfg: EmulatorConfig, conn_override: Option<String>, args: &[&str]) {
+    let Some(py) = python() else { return };
+    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("emulator starts");
+    let conn = conn_override
+        .map(|c| c.replace("{addr}", &emu.local_addr().to_string()))
+        .unwrap_or_else(|| emu.connection_string(true));
+    let mut cmd = tokio::process::Command::new(py);
+    cmd.arg(script(name))
+        .arg(&conn)
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{name} timed out"))
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let text = format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} failed\n{text}");
+}
+
+const KEY: &str = "emulator-test-key-Zm9vYmFy";
+
+fn keyed(cfg: EmulatorConfig) -> EmulatorConfig {
+    cfg.with_key("RootManageSharedAccessKey", KEY)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_receive_complete_abandon_dead_letter() {
+    let cfg = keyed(EmulatorConfig::new().with_queue("orders", QueueConfig::new()));
+    run("basic_queue.py", cfg, None, &["orders"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_refused() {
+    let cfg = keyed(EmulatorConfig::new().with_queue("orders", QueueConfig::new()));
+    let conn = "Endpoint=sb://{addr};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=not-the-key;UseDevelopmentEmulator=true".to_owned();
+    run("wrong_key.py", cfg, Some(conn), &["orders"]).await;
+}
