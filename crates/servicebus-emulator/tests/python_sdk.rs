@@ -76,3 +76,29 @@ async fn wrong_key_is_refused() {
     let conn = "Endpoint=sb://{addr};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=not-the-key;UseDevelopmentEmulator=true".to_owned();
     run("wrong_key.py", cfg, Some(conn), &["orders"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_schedule_peek_expiry_ttl_dedup_receive_and_delete() {
+    let q = QueueConfig::new()
+        .with_lock_duration(Duration::from_secs(2))
+        .with_max_delivery_count(2)
+        .with_duplicate_detection(Duration::from_secs(600));
+    let cfg = keyed(EmulatorConfig::new().with_queue("work", q));
+    run("management.py", cfg, None, &["work"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_and_next_available_sessions_state_and_lock_renewal() {
+    let long = QueueConfig::new()
+        .with_requires_session(true)
+        .with_lock_duration(Duration::from_secs(30));
+    let short = QueueConfig::new()
+        .with_requires_session(true)
+        .with_lock_duration(Duration::from_secs(2));
+    let cfg = keyed(
+        EmulatorConfig::new()
+            .with_queue("events", long)
+            .with_queue("events-short", short),
+    );
+    run("sessions.py", cfg, None, &["events", "events-short"]).await;
+}
