@@ -24,6 +24,20 @@ pub mod reasons {
     pub const UNDECODABLE_BODY: &str = "UndecodableBody";
     /// Label for dead-letter reasons chosen by the handler (free text is not a label).
     pub const HANDLER: &str = "HandlerDeadLettered";
+
+    /// The bounded metric label for a dead-letter reason: the runtime's own reasons keep
+    /// their name, anything else a handler chose becomes [`HANDLER`].
+    pub fn label(reason: &str) -> &'static str {
+        [
+            MAX_ATTEMPTS_EXCEEDED,
+            RETRIES_EXHAUSTED,
+            PERMANENT_FAILURE,
+            UNDECODABLE_BODY,
+        ]
+        .into_iter()
+        .find(|known| *known == reason)
+        .unwrap_or(HANDLER)
+    }
 }
 
 /// What to do with a message after the handler ran.

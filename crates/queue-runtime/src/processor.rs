@@ -780,9 +780,9 @@ impl Shared {
                 description,
             })) => {
                 self.metrics.handler_duration("dead_letter", took);
+                let label = reasons::label(&reason);
                 let reason = DeadLetterReason::new(reason, description);
-                self.dead_letter(settler, msg, reason, reasons::HANDLER)
-                    .await
+                self.dead_letter(settler, msg, reason, label).await
             }
         }
     }

@@ -1,0 +1,211 @@
+//! Processor overhead on the memory provider, against the bare provider calls in the same run.
+//!
+//! * `throughput/*`: 1000 session-less messages; baseline = a loop of batch receive +
+//!   complete; processor = the same messages through a [`Processor`] with a handler that
+//!   completes at once.
+//! * `handoff/*`: 200 messages in one session (one key); baseline = accept the session and
+//!   loop receive(1) + complete; processor = the same through a [`Processor`]. The time per
+//!   message is the per-key hand-off latency: how soon message N+1 reaches the handler after
+//!   N was handled.
+//! * `sessions/*`: 20 sessions x 25 messages, processor only, to show concurrency across keys.
+//!
+//! Only the consumption is timed (messages are enqueued before the clock starts).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use queue_memory::InMemoryProvider;
+use queue_runtime::{
+    CancellationToken, Message, Outcome, Processor, ProcessorSettings, QueueName, QueueProvider,
+    QueueSpec, ReceiveOptions, SessionId, SessionSelector, SharedQueueProvider, handler_fn,
+};
+
+const THROUGHPUT_MESSAGES: usize = 1000;
+const HANDOFF_MESSAGES: usize = 200;
+const SESSIONS: usize = 20;
+const PER_SESSION: usize = 25;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn filled(sessions: usize, per_session: usize) -> (InMemoryProvider, QueueName) {
+    let provider = InMemoryProvider::new();
+    let queue = QueueName::new("bench").unwrap();
+    provider
+        .create_queue(&queue, &QueueSpec::default())
+        .await
+        .unwrap();
+    let mut batch = Vec::new();
+    for s in 0..sessions.max(1) {
+        for n in 0..per_session {
+            let msg = Message::new(format!("{s}:{n}"));
+            batch.push(if sessions == 0 {
+                msg
+            } else {
+                msg.with_session_id(SessionId::new(format!("key-{s}")).unwrap())
+            });
+        }
+    }
+    provider.send_batch(&queue, batch).await.unwrap();
+    (provider, queue)
+}
+
+fn settings() -> ProcessorSettings {
+    ProcessorSettings::default()
+        .with_max_concurrent_messages(32)
+        .with_max_concurrent_sessions(8)
+        .with_receive_wait(Duration::from_millis(1))
+        .with_session_idle_timeout(Duration::from_millis(1))
+}
+
+/// Runs a processor until `expected` messages were handled; returns the elapsed time.
+async fn run_processor(provider: InMemoryProvider, queue: QueueName, expected: usize) -> Duration {
+    let shared: SharedQueueProvider = Arc::new(provider);
+    let done = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let (d, s) = (done.clone(), shutdown.clone());
+    let handler = handler_fn(move |_msg, _ctx| {
+        if d.fetch_add(1, Ordering::Relaxed) + 1 == expected {
+            s.cancel();
+        }
+        async { Ok(Outcome::Complete) }
+    });
+    let start = Instant::now();
+    let report = Processor::new(shared, queue, handler)
+        .with_settings(settings())
+        .run(shutdown)
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(report.completed as usize, expected);
+    took
+}
+
+async fn bare_receive_complete(
+    provider: InMemoryProvider,
+    queue: QueueName,
+    expected: usize,
+) -> Duration {
+    let start = Instant::now();
+    let mut done = 0;
+    let max = provider.capabilities().max_batch_size;
+    while done < expected {
+        let batch = provider
+            .receive(&queue, ReceiveOptions::new(max, Duration::from_millis(1)))
+            .await
+            .unwrap();
+        for m in batch {
+            provider.complete(&m.receipt).await.unwrap();
+            done += 1;
+        }
+    }
+    start.elapsed()
+}
+
+async fn bare_session(provider: InMemoryProvider, queue: QueueName, expected: usize) -> Duration {
+    let start = Instant::now();
+    let session = provider
+        .accept_session(&queue, SessionSelector::Next, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut done = 0;
+    while done < expected {
+        for m in session
+            .receive(ReceiveOptions::new(1, Duration::from_millis(1)))
+            .await
+            .unwrap()
+        {
+            session.complete(&m.receipt).await.unwrap();
+            done += 1;
+        }
+    }
+    session.close().await.unwrap();
+    start.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+
+    let mut group = c.benchmark_group("throughput");
+    group.throughput(Throughput::Elements(THROUGHPUT_MESSAGES as u64));
+    group.bench_function("bare_provider", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
+                total += bare_receive_complete(p, q, THROUGHPUT_MESSAGES).await;
+            }
+            total
+        })
+    });
+    group.bench_function("processor", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
+                total += run_processor(p, q, THROUGHPUT_MESSAGES).await;
+            }
+            total
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("handoff");
+    group.throughput(Throughput::Elements(HANDOFF_MESSAGES as u64));
+    group.bench_function("bare_session", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (p, q) = filled(1, HANDOFF_MESSAGES).await;
+                total += bare_session(p, q, HANDOFF_MESSAGES).await;
+            }
+            total
+        })
+    });
+    group.bench_function("processor", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (p, q) = filled(1, HANDOFF_MESSAGES).await;
+                total += run_processor(p, q, HANDOFF_MESSAGES).await;
+            }
+            total
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("sessions");
+    group.throughput(Throughput::Elements((SESSIONS * PER_SESSION) as u64));
+    group.bench_function("processor_20x25", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (p, q) = filled(SESSIONS, PER_SESSION).await;
+                total += run_processor(p, q, SESSIONS * PER_SESSION).await;
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
