@@ -5,7 +5,7 @@
 //! are processed lazily by [`Queue::sweep`], which every operation calls first.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -113,6 +113,8 @@ pub(crate) struct Queue {
     pub(crate) notify: Arc<Notify>,
     next_seq: i64,
     active: BTreeMap<i64, Entry>,
+    /// Sequence numbers of `active`, per session id (`None`: session-less), in order.
+    by_session: HashMap<Option<SessionId>, BTreeSet<i64>>,
     dead: BTreeMap<i64, Entry>,
     dedup: HashMap<MessageId, Instant>,
     sessions: HashMap<SessionId, Session>,
@@ -173,11 +175,46 @@ impl Queue {
             notify: Arc::new(Notify::new()),
             next_seq: 1,
             active: BTreeMap::new(),
+            by_session: HashMap::new(),
             dead: BTreeMap::new(),
             dedup: HashMap::new(),
             sessions: HashMap::new(),
             next_sweep: now,
         }
+    }
+
+    fn insert_active(&mut self, entry: Entry) {
+        self.by_session
+            .entry(entry.message.session_id.clone())
+            .or_default()
+            .insert(entry.seq);
+        self.active.insert(entry.seq, entry);
+    }
+
+    fn remove_active(&mut self, seq: i64) -> Option<Entry> {
+        let entry = self.active.remove(&seq)?;
+        let key = &entry.message.session_id;
+        if let Some(seqs) = self.by_session.get_mut(key) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.by_session.remove(key);
+            }
+        }
+        Some(entry)
+    }
+
+    /// The available messages of one session key, oldest first.
+    fn available_in<'a>(
+        &'a self,
+        key: &Option<SessionId>,
+        now: Instant,
+    ) -> impl Iterator<Item = i64> + 'a {
+        self.by_session
+            .get(key)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |seq| Self::available(&self.active[seq], now))
     }
 
     fn note_deadline(&mut self, at: Instant) {
@@ -259,7 +296,7 @@ impl Queue {
             }
         }
         for seq in to_drop {
-            self.active.remove(&seq);
+            self.remove_active(seq);
         }
         for seq in to_dead {
             self.move_to_dead(
@@ -291,7 +328,7 @@ impl Queue {
     }
 
     fn move_to_dead(&mut self, seq: i64, reason: DeadLetterReason, now: Instant) {
-        if let Some(mut entry) = self.active.remove(&seq) {
+        if let Some(mut entry) = self.remove_active(seq) {
             entry.lock = None;
             entry.visible_at = now;
             entry.expires_at = None;
@@ -362,20 +399,17 @@ impl Queue {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.active.insert(
+            self.insert_active(Entry {
+                message,
+                id,
                 seq,
-                Entry {
-                    message,
-                    id,
-                    seq,
-                    enqueued_at: now,
-                    visible_at,
-                    expires_at,
-                    delivery_count: 0,
-                    lock: None,
-                    dead_letter: None,
-                },
-            );
+                enqueued_at: now,
+                visible_at,
+                expires_at,
+                delivery_count: 0,
+                lock: None,
+                dead_letter: None,
+            });
         }
         ids
     }
@@ -443,18 +477,16 @@ impl Queue {
         clock: &Clock,
     ) -> Vec<ReceivedMessage> {
         let now = clock.now();
-        let map = match store {
-            Store::Active => &self.active,
-            Store::Dead => &self.dead,
+        let picked: Vec<i64> = match store {
+            Store::Active => self.available_in(&None, now).take(max).collect(),
+            Store::Dead => self
+                .dead
+                .values()
+                .filter(|e| Self::available(e, now))
+                .take(max)
+                .map(|e| e.seq)
+                .collect(),
         };
-        let picked: Vec<i64> = map
-            .values()
-            .filter(|e| {
-                Self::available(e, now) && (store == Store::Dead || e.message.session_id.is_none())
-            })
-            .take(max)
-            .map(|e| e.seq)
-            .collect();
         let until = now + self.spec.lock_duration;
         picked
             .into_iter()
@@ -507,7 +539,7 @@ impl Queue {
         self.entry_for(token, now, op)?;
         match (token.store, how) {
             (Store::Active, Settle::Complete) => {
-                self.active.remove(&token.seq);
+                self.remove_active(token.seq);
             }
             (Store::Dead, Settle::Complete) => {
                 self.dead.remove(&token.seq);
@@ -593,16 +625,22 @@ impl Queue {
     /// Locks the unlocked session whose oldest available message is oldest, if any.
     pub(crate) fn accept_next(&mut self, now: Instant) -> Option<(SessionId, SessionLock)> {
         let id = self
-            .active
-            .values()
-            .filter(|e| Self::available(e, now))
-            .filter_map(|e| e.message.session_id.as_ref())
-            .find(|s| {
+            .by_session
+            .keys()
+            .filter_map(Option::as_ref)
+            .filter(|s| {
                 self.sessions
                     .get(*s)
                     .and_then(|s| s.lock)
                     .is_none_or(|l| l.until <= now)
-            })?
+            })
+            .filter_map(|s| {
+                let key = Some(s.clone());
+                let first = self.available_in(&key, now).next()?;
+                Some((first, s))
+            })
+            .min()?
+            .1
             .clone();
         let lock = self.accept_named(&id, now).ok()?;
         Some((id, lock))
@@ -633,11 +671,8 @@ impl Queue {
         let now = clock.now();
         let lock = self.check_session(id, token, now, "receive")?;
         let picked: Vec<i64> = self
-            .active
-            .values()
-            .filter(|e| e.message.session_id.as_ref() == Some(id) && Self::available(e, now))
+            .available_in(&Some(id.clone()), now)
             .take(max)
-            .map(|e| e.seq)
             .collect();
         Ok(picked
             .into_iter()
@@ -685,13 +720,47 @@ impl Queue {
 
     /// Releases the session lock; its unsettled messages become available again.
     pub(crate) fn close_session(&mut self, id: &SessionId, token: u64, now: Instant) {
-        if self.check_session(id, token, now, "close").is_ok() {
-            if let Some(s) = self.sessions.get_mut(id) {
-                s.lock = None;
+        if self.check_session(id, token, now, "close").is_err() {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.lock = None;
+            if s.state.is_none() {
+                self.sessions.remove(id);
             }
-            // Let the next sweep release the messages that hung on this lock.
-            self.next_sweep = now;
-            self.sweep(now);
+        }
+        // Release the messages that hung on this lock (only this session's).
+        let key = Some(id.clone());
+        let held: Vec<i64> = self
+            .by_session
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|seq| {
+                self.active[seq]
+                    .lock
+                    .is_some_and(|l| l.session_lock == Some(token))
+            })
+            .collect();
+        let max = self.spec.max_delivery_count;
+        for seq in held {
+            let entry = self.active.get_mut(&seq).expect("indexed entry exists");
+            entry.lock = None;
+            if entry.delivery_count >= max {
+                let count = entry.delivery_count;
+                self.move_to_dead(
+                    seq,
+                    DeadLetterReason::new(
+                        MAX_DELIVERY_COUNT_EXCEEDED,
+                        format!("delivered {count} times, the queue allows {max}"),
+                    ),
+                    now,
+                );
+            } else if let Some(e) = entry.expires_at {
+                // A message that outlived its TTL while locked expires on the next sweep.
+                self.note_deadline(e);
+            }
         }
     }
 

@@ -624,3 +624,27 @@ async fn concurrent_producers_and_consumers_settle_each_message_once() {
     assert_eq!(unique.len(), PRODUCERS * EACH);
     assert_eq!(p.message_count(&q).unwrap(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn accept_next_prefers_the_session_with_the_oldest_message() {
+    let (p, q) = provider_with(QueueSpec::default().with_sessions(true)).await;
+    for s in ["b", "a", "c", "a"] {
+        p.send(&q, Message::new(s).with_session_id(sid(s)))
+            .await
+            .unwrap();
+    }
+    let mut order = Vec::new();
+    while let Some(r) = p
+        .accept_session(&q, SessionSelector::Next, NO_WAIT)
+        .await
+        .unwrap()
+    {
+        order.push(r.session_id().as_str().to_owned());
+        for m in r.receive(ReceiveOptions::new(10, NO_WAIT)).await.unwrap() {
+            r.complete(&m.receipt).await.unwrap();
+        }
+        r.close().await.unwrap();
+    }
+    assert_eq!(order, ["b", "a", "c"]);
+    assert_eq!(p.message_count(&q).unwrap(), 0);
+}
