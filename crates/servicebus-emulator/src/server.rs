@@ -207,6 +207,9 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), ConnError> 
     let (mut r, mut w) = stream.into_split();
     let mut hdr = [0u8; 8];
     r.read_exact(&mut hdr).await?;
+    // Without a configured key every client is trusted; with one, the connection must
+    // prove it knows the key (SASL PLAIN, or a verified `$cbs` token) before using entities.
+    let mut authorized = shared.key.is_none();
     if &hdr[..4] != b"AMQP" {
         return Err(ConnError::Protocol("not AMQP".into()));
     }
@@ -236,6 +239,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), ConnError> 
         if !ok {
             return Err(ConnError::Protocol("SASL authentication failed".into()));
         }
+        authorized |= init.mechanism.as_str() == "PLAIN";
         r.read_exact(&mut hdr).await?;
     }
     if hdr != *b"AMQP\x00\x01\x00\x00" {
@@ -261,14 +265,22 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), ConnError> 
         sessions: HashMap::new(),
         owners: Vec::new(),
         heartbeat: None,
+        authorized,
     };
     let mut changed = shared.broker.subscribe();
+    let mut heartbeat: Option<tokio::time::Interval> = None;
     let result = loop {
+        if heartbeat.is_none() {
+            heartbeat = conn.heartbeat.map(|d| {
+                let mut i = tokio::time::interval(d);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            });
+        }
         let deadline = shared
             .broker
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        let hb = conn.heartbeat;
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { break Ok(()) };
@@ -281,7 +293,13 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), ConnError> 
             }
             _ = changed.changed() => {}
             _ = tokio::time::sleep_until(deadline) => { shared.broker.tick(); }
-            _ = async { match hb { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
+            _ = async {
+                match heartbeat.as_mut() {
+                    Some(i) => { i.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                // The peer asked for traffic within its idle timeout: an empty frame.
                 conn.w.write_all(&frame(0, 0, &[], &[])).await?;
             }
         }
@@ -359,6 +377,7 @@ struct Link {
 #[derive(Debug)]
 struct OutDelivery {
     token: Uuid,
+    handle: u32,
 }
 
 struct Sess {
@@ -377,6 +396,7 @@ struct Conn {
     sessions: HashMap<u16, Sess>,
     owners: Vec<u64>,
     heartbeat: Option<Duration>,
+    authorized: bool,
 }
 
 fn parse_address(addr: &str) -> String {
@@ -507,15 +527,17 @@ impl Conn {
             Performative::Transfer(t) => self.on_transfer(ch, t, payload).await?,
             Performative::Disposition(d) => self.on_disposition(ch, d).await?,
             Performative::Detach(d) => {
-                let removed = self
-                    .sessions
-                    .get_mut(&ch)
-                    .and_then(|s| s.links.remove(&d.handle.0));
-                if let Some(Link {
-                    kind: LinkKind::QueueOut { owner, .. },
-                    ..
-                }) = removed
-                {
+                let removed = self.sessions.get_mut(&ch).and_then(|s| {
+                    // Deliveries of a closed link can no longer be settled through it.
+                    s.unsettled.retain(|_, od| od.handle != d.handle.0);
+                    s.links.remove(&d.handle.0)
+                });
+                // A detach for a link we do not hold answers the detach we sent when we
+                // refused it: nothing more to say.
+                let Some(link) = removed else {
+                    return Ok(true);
+                };
+                if let LinkKind::QueueOut { owner, .. } = link.kind {
                     self.shared.broker.release_owner(owner);
                 }
                 let reply = Detach {
@@ -605,6 +627,13 @@ impl Conn {
         };
         let path = parse_address(&address);
         let mut properties = None;
+        if path != "$cbs" && !self.authorized {
+            let err = error(
+                "amqp:unauthorized-access",
+                "put a valid SAS token on $cbs before attaching to an entity",
+            );
+            return self.refuse_attach(ch, attach, err).await;
+        }
         let kind = if path == "$cbs" || path.ends_with("/$management") || path == "$management" {
             let node = if path == "$cbs" {
                 Node::Cbs
@@ -778,7 +807,8 @@ impl Conn {
         let Some(l) = s.links.get_mut(&h) else {
             return Ok(());
         };
-        if let Some(credit) = flow.link_credit {
+        let outgoing = matches!(l.kind, LinkKind::QueueOut { .. } | LinkKind::NodeOut { .. });
+        if let (Some(credit), true) = (flow.link_credit, outgoing) {
             let their_count = flow.delivery_count.unwrap_or(l.delivery_count);
             l.credit = their_count
                 .wrapping_add(credit)
@@ -883,11 +913,20 @@ impl Conn {
         };
         let last = d.last.unwrap_or(d.first);
         let mut replies = Vec::new();
-        let mut id = d.first;
-        loop {
+        // Walk the deliveries we track inside the range, not the (peer-chosen) range itself.
+        let mut ids: Vec<u32> = s
+            .unsettled
+            .keys()
+            .copied()
+            .filter(|id| id.wrapping_sub(d.first) <= last.wrapping_sub(d.first))
+            .collect();
+        ids.sort_by_key(|id| id.wrapping_sub(d.first));
+        for id in ids {
             if let Some(od) = s.unsettled.remove(&id) {
-                let res = match &d.state {
-                    Some(state) => self.shared.broker.settle(od.token, settlement_of(state)),
+                let res = match d.state.as_ref().map(settlement_of) {
+                    Some(Ok(how)) => self.shared.broker.settle(od.token, how),
+                    // Not applied; the message keeps its lock until it expires.
+                    Some(Err(e)) => Err(e),
                     None => Ok(()),
                 };
                 if !d.settled {
@@ -913,10 +952,6 @@ impl Conn {
                     });
                 }
             }
-            if id == last {
-                break;
-            }
-            id = id.wrapping_add(1);
         }
         for r in replies {
             self.send(perf(ch, &r)?).await?;
@@ -933,7 +968,11 @@ impl Conn {
     ) -> Result<(), ConnError> {
         let op = app_prop_str(&req, "operation").unwrap_or_default();
         let (status, desc, body): (i32, String, Value) = match node {
-            Node::Cbs => self.cbs(&req),
+            Node::Cbs => {
+                let r = self.cbs(&req);
+                self.authorized |= r.0 == 200;
+                r
+            }
             Node::Management(entity) => {
                 match crate::management::handle(&self.shared.broker, entity, &op, &req) {
                     Ok(v) => (
@@ -1092,7 +1131,8 @@ impl Conn {
                     let delivery_id = s.next_delivery_id;
                     s.next_delivery_id = s.next_delivery_id.wrapping_add(1);
                     if let (Some(token), false) = (token, settled) {
-                        s.unsettled.insert(delivery_id, OutDelivery { token });
+                        s.unsettled
+                            .insert(delivery_id, OutDelivery { token, handle: h });
                     }
                     let t = Transfer {
                         handle: Handle(h),
@@ -1333,10 +1373,17 @@ pub(crate) fn encode_message(mut m: AmqpMessage) -> Result<Vec<u8>, serde_amqp::
     Ok(out)
 }
 
-fn settlement_of(state: &DeliveryState) -> Settlement {
-    match state {
+/// Maps a receiver's outcome to a settlement. Deferral (`modified` with
+/// `undeliverable-here`) is not emulated and is refused rather than misapplied.
+fn settlement_of(state: &DeliveryState) -> Result<Settlement, EmulatorError> {
+    Ok(match state {
         DeliveryState::Accepted(_) => Settlement::Complete,
         DeliveryState::Released(_) => Settlement::Abandon { properties: vec![] },
+        DeliveryState::Modified(m) if m.undeliverable_here == Some(true) => {
+            return Err(EmulatorError::BadRequest {
+                reason: "deferring messages is not emulated".into(),
+            });
+        }
         DeliveryState::Modified(m) => Settlement::Abandon {
             properties: fields_to_props(m.message_annotations.as_ref()),
         },
@@ -1355,8 +1402,12 @@ fn settlement_of(state: &DeliveryState) -> Settlement {
                 properties: vec![],
             }
         }
-        _ => Settlement::Abandon { properties: vec![] },
-    }
+        _ => {
+            return Err(EmulatorError::BadRequest {
+                reason: "unsupported delivery outcome".into(),
+            });
+        }
+    })
 }
 
 fn fields_to_props(
