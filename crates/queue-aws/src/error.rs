@@ -1,0 +1,701 @@
+//! The one place where SQS failures become [`QueueError`]s.
+//!
+//! SDK errors are first reduced to [`Failure`] (code, HTTP status, transport kind), a
+//! plain value that keeps neither the SDK type nor the server's message text (which can
+//! echo request values such as receipt handles or attribute values). [`map_failure`]
+//! then classifies it; its table test is the specification of the mapping.
+
+use std::{error::Error as StdError, fmt, time::Duration};
+
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use queue_core::{AuthFailure, BoxError, QueueError, RetryClass};
+
+use crate::PROVIDER;
+
+/// What went wrong, reduced to classification facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The service answered with an error.
+    Service {
+        code: Option<String>,
+        status: Option<u16>,
+        /// `Some(false)` when a batch entry failed through no fault of the sender.
+        sender_fault: Option<bool>,
+        /// Server text, kept only to tell size and attribute problems apart inside a
+        /// generic `InvalidParameterValue`; never copied into an error.
+        hint: Hint,
+    },
+    /// The call timed out (SDK operation or attempt timeout).
+    Timeout,
+    /// The request never got an answer (connect, TLS, I/O).
+    Transport {
+        timeout: bool,
+        io_kind: Option<std::io::ErrorKind>,
+    },
+    /// The request could not be built (e.g. no credentials, no region).
+    Construction { detail: &'static str },
+    /// An answer came that could not be read.
+    Response { status: Option<u16> },
+}
+
+/// What an `InvalidParameterValue` message says, as far as classification cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hint {
+    None,
+    TooLarge,
+    Attributes,
+    /// The receipt handle is unknown or its message is gone (real SQS answers a
+    /// `ChangeMessageVisibility` on a deleted message this way).
+    Receipt,
+}
+
+impl Hint {
+    fn from_message(msg: Option<&str>) -> Self {
+        let Some(msg) = msg else { return Self::None };
+        let lower = msg.to_ascii_lowercase();
+        if lower.contains("receipthandle") || lower.contains("receipt handle") {
+            Self::Receipt
+        } else if lower.contains("shorter than")
+            || lower.contains("too long")
+            || lower.contains("size")
+        {
+            Self::TooLarge
+        } else if lower.contains("attribute") {
+            Self::Attributes
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// Where the failure happened, for the error's context fields.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) operation: &'static str,
+    pub(crate) queue: &'a str,
+    /// Configured operation timeout, reported by [`QueueError::Timeout`].
+    pub(crate) timeout: Duration,
+    /// Size and limit of the message being sent, if this was a send.
+    pub(crate) size: Option<(usize, usize)>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(operation: &'static str, queue: &'a str, timeout: Duration) -> Self {
+        Self {
+            operation,
+            queue,
+            timeout,
+            size: None,
+        }
+    }
+}
+
+/// Reduces an SDK error to [`Failure`].
+pub(crate) fn failure_of<E>(err: &SdkError<E, aws_sdk_sqs::config::http::HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+{
+    match err {
+        SdkError::ServiceError(service) => Failure::Service {
+            code: service.err().code().map(str::to_owned),
+            status: Some(service.raw().status().as_u16()),
+            sender_fault: None,
+            hint: Hint::from_message(service.err().message()),
+        },
+        SdkError::TimeoutError(_) => Failure::Timeout,
+        SdkError::DispatchFailure(dispatch) => Failure::Transport {
+            timeout: dispatch.is_timeout(),
+            io_kind: io_kind(
+                dispatch
+                    .as_connector_error()
+                    .map(|c| c as &(dyn StdError + 'static)),
+            ),
+        },
+        SdkError::ConstructionFailure(_) => Failure::Construction {
+            detail: "the request could not be built (missing credentials or region?)",
+        },
+        SdkError::ResponseError(resp) => Failure::Response {
+            status: Some(resp.raw().status().as_u16()),
+        },
+        _ => Failure::Response { status: None },
+    }
+}
+
+/// Reduces a failed batch entry to [`Failure`].
+pub(crate) fn failure_of_entry(code: &str, sender_fault: bool, message: Option<&str>) -> Failure {
+    Failure::Service {
+        code: Some(code.to_owned()),
+        status: None,
+        sender_fault: Some(sender_fault),
+        hint: Hint::from_message(message),
+    }
+}
+
+fn io_kind(mut err: Option<&(dyn StdError + 'static)>) -> Option<std::io::ErrorKind> {
+    while let Some(e) = err {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        err = e.source();
+    }
+    None
+}
+
+/// Shorthand: reduce and map.
+pub(crate) fn map_sdk<E>(
+    err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+    ctx: Ctx<'_>,
+) -> QueueError
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+{
+    map_failure(&failure_of(&err), ctx)
+}
+
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "OverLimit",
+    "KmsThrottled",
+    "KMS.ThrottlingException",
+];
+const SERVER: &[&str] = &[
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "QueueDeletedRecently",
+    "AWS.SimpleQueueService.QueueDeletedRecently",
+    "PurgeQueueInProgress",
+    "AWS.SimpleQueueService.PurgeQueueInProgress",
+];
+const NOT_FOUND: &[&str] = &[
+    "QueueDoesNotExist",
+    "AWS.SimpleQueueService.NonExistentQueue",
+];
+const AUTHORIZATION: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "KmsAccessDenied",
+    "KMS.AccessDeniedException",
+];
+const AUTHENTICATION: &[&str] = &[
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "InvalidSecurity",
+    "InvalidAccessKeyId",
+    "AuthFailure",
+    "RequestExpired",
+];
+const LOCK_LOST: &[&str] = &[
+    "ReceiptHandleIsInvalid",
+    "InvalidReceiptHandle",
+    "MessageNotInflight",
+    "AWS.SimpleQueueService.MessageNotInflight",
+];
+const TOO_LARGE: &[&str] = &[
+    "MessageTooLong",
+    "BatchRequestTooLong",
+    "AWS.SimpleQueueService.BatchRequestTooLong",
+];
+const BAD_MESSAGE: &[&str] = &[
+    "InvalidMessageContents",
+    "InvalidAttributeName",
+    "InvalidAttributeValue",
+    "TooManyEntriesInBatchRequest",
+    "AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+    "BatchEntryIdsNotDistinct",
+    "AWS.SimpleQueueService.BatchEntryIdsNotDistinct",
+    "EmptyBatchRequest",
+    "AWS.SimpleQueueService.EmptyBatchRequest",
+    "InvalidBatchEntryId",
+    "AWS.SimpleQueueService.InvalidBatchEntryId",
+];
+const UNSUPPORTED: &[&str] = &[
+    "UnsupportedOperation",
+    "AWS.SimpleQueueService.UnsupportedOperation",
+];
+const INVALID_PARAMETER: &[&str] = &[
+    "InvalidParameterValue",
+    "InvalidParameterValueException",
+    "InvalidParameterCombination",
+    "MissingParameter",
+    "ValidationError",
+    "ValidationException",
+    "InvalidAddress",
+];
+
+/// Operations whose invalid parameters are the message's fault.
+fn is_send(operation: &str) -> bool {
+    operation.starts_with("send") || operation == "dead_letter" || operation == "redrive"
+}
+
+/// Maps a reduced failure to the queue error a caller sees. The only classification of
+/// SQS failures in this crate.
+pub(crate) fn map_failure(failure: &Failure, ctx: Ctx<'_>) -> QueueError {
+    let queue = ctx.queue.to_owned();
+    let op = ctx.operation;
+    let provider_err = |class: RetryClass| QueueError::Provider {
+        provider: PROVIDER,
+        operation: op,
+        class,
+        source: Box::new(Redacted(describe(failure))) as BoxError,
+    };
+    let too_large = || {
+        let (size, max) = ctx.size.unwrap_or((0, crate::codec::MAX_MESSAGE_SIZE));
+        QueueError::MessageTooLarge {
+            provider: PROVIDER,
+            queue: queue.clone(),
+            size,
+            max,
+        }
+    };
+    match failure {
+        Failure::Timeout => QueueError::Timeout {
+            provider: PROVIDER,
+            operation: op,
+            after: ctx.timeout,
+        },
+        Failure::Transport { timeout: true, .. } => QueueError::Timeout {
+            provider: PROVIDER,
+            operation: op,
+            after: ctx.timeout,
+        },
+        Failure::Transport { .. } => QueueError::Connection {
+            provider: PROVIDER,
+            operation: op,
+            source: Box::new(Redacted(describe(failure))),
+        },
+        Failure::Construction { .. } => QueueError::Auth {
+            provider: PROVIDER,
+            operation: op,
+            kind: AuthFailure::Authentication,
+            detail: "the request could not be signed or built; check that credentials and a region are configured".to_owned(),
+        },
+        Failure::Response { status } => match status {
+            Some(s) if *s == 429 => QueueError::Throttled {
+                provider: PROVIDER,
+                operation: op,
+                retry_after: None,
+            },
+            Some(s) if *s >= 500 => provider_err(RetryClass::Transient),
+            // An unreadable 2xx/4xx answer: often a proxy or a wrong endpoint.
+            _ => provider_err(RetryClass::Permanent),
+        },
+        Failure::Service {
+            code,
+            status,
+            sender_fault,
+            hint,
+        } => {
+            let code = code.as_deref().unwrap_or_default();
+            let is = |table: &[&str]| table.contains(&code);
+            if is(THROTTLING) {
+                QueueError::Throttled {
+                    provider: PROVIDER,
+                    operation: op,
+                    retry_after: None,
+                }
+            } else if is(NOT_FOUND) {
+                QueueError::QueueNotFound {
+                    provider: PROVIDER,
+                    queue,
+                    operation: op,
+                }
+            } else if is(AUTHORIZATION) {
+                QueueError::Auth {
+                    provider: PROVIDER,
+                    operation: op,
+                    kind: AuthFailure::Authorization,
+                    detail: format!("SQS denied the call ({code}); check the IAM policy"),
+                }
+            } else if is(AUTHENTICATION) {
+                QueueError::Auth {
+                    provider: PROVIDER,
+                    operation: op,
+                    kind: AuthFailure::Authentication,
+                    detail: format!("SQS rejected the credentials ({code})"),
+                }
+            } else if is(LOCK_LOST) {
+                QueueError::LockLost {
+                    provider: PROVIDER,
+                    queue,
+                    operation: op,
+                }
+            } else if is(TOO_LARGE) {
+                too_large()
+            } else if is(BAD_MESSAGE) {
+                QueueError::InvalidMessage {
+                    provider: PROVIDER,
+                    reason: format!("SQS rejected the message ({code})"),
+                }
+            } else if is(UNSUPPORTED) {
+                QueueError::Unsupported {
+                    provider: PROVIDER,
+                    operation: op,
+                }
+            } else if is(SERVER) || sender_fault == &Some(false) {
+                provider_err(RetryClass::Transient)
+            } else if is(INVALID_PARAMETER) {
+                match hint {
+                    Hint::Receipt => QueueError::LockLost {
+                        provider: PROVIDER,
+                        queue,
+                        operation: op,
+                    },
+                    Hint::TooLarge if is_send(op) => too_large(),
+                    _ if is_send(op) => QueueError::InvalidMessage {
+                        provider: PROVIDER,
+                        reason: match hint {
+                            Hint::Attributes => {
+                                format!("SQS rejected the message attributes ({code})")
+                            }
+                            _ => format!("SQS rejected a message parameter ({code})"),
+                        },
+                    },
+                    _ => provider_err(RetryClass::Permanent),
+                }
+            } else {
+                match status {
+                    Some(429) => QueueError::Throttled {
+                        provider: PROVIDER,
+                        operation: op,
+                        retry_after: None,
+                    },
+                    Some(401) => QueueError::Auth {
+                        provider: PROVIDER,
+                        operation: op,
+                        kind: AuthFailure::Authentication,
+                        detail: format!("SQS answered 401 ({code})"),
+                    },
+                    Some(403) => QueueError::Auth {
+                        provider: PROVIDER,
+                        operation: op,
+                        kind: AuthFailure::Authorization,
+                        detail: format!("SQS answered 403 ({code})"),
+                    },
+                    Some(s) if *s >= 500 => provider_err(RetryClass::Transient),
+                    _ => provider_err(RetryClass::Permanent),
+                }
+            }
+        }
+    }
+}
+
+/// A one-line description of a failure without server text.
+fn describe(failure: &Failure) -> String {
+    match failure {
+        Failure::Service { code, status, .. } => format!(
+            "SQS error code `{}`{}",
+            code.as_deref().unwrap_or("<none>"),
+            status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+        ),
+        Failure::Timeout => "timed out".to_owned(),
+        Failure::Transport { timeout, io_kind } => format!(
+            "no answer from SQS ({}{})",
+            if *timeout {
+                "timeout"
+            } else {
+                "transport failure"
+            },
+            io_kind.map(|k| format!(", io: {k}")).unwrap_or_default()
+        ),
+        Failure::Construction { detail } => (*detail).to_owned(),
+        Failure::Response { status } => format!(
+            "unreadable answer from SQS{}",
+            status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+        ),
+    }
+}
+
+/// A source error carrying only our own description.
+#[derive(Debug)]
+struct Redacted(String);
+
+impl fmt::Display for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Redacted {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(code: &str, status: u16) -> Failure {
+        Failure::Service {
+            code: Some(code.to_owned()),
+            status: Some(status),
+            sender_fault: None,
+            hint: Hint::None,
+        }
+    }
+
+    fn ctx(op: &'static str) -> Ctx<'static> {
+        Ctx {
+            operation: op,
+            queue: "jobs",
+            timeout: Duration::from_secs(60),
+            size: Some((2_000_000, 1_048_576)),
+        }
+    }
+
+    #[test]
+    fn mapping_table() {
+        use RetryClass::{Permanent, Transient};
+        // (failure, operation, expected kind label, expected retry class)
+        let table: Vec<(Failure, &'static str, &str, RetryClass)> = vec![
+            (
+                service("ThrottlingException", 400),
+                "send",
+                "throttled",
+                Transient,
+            ),
+            (
+                service("RequestThrottled", 403),
+                "receive",
+                "throttled",
+                Transient,
+            ),
+            (service("OverLimit", 403), "receive", "throttled", Transient),
+            (service("KmsThrottled", 400), "send", "throttled", Transient),
+            (service("InternalError", 500), "send", "provider", Transient),
+            (
+                service("ServiceUnavailable", 503),
+                "receive",
+                "provider",
+                Transient,
+            ),
+            (
+                service("SomethingNew", 502),
+                "complete",
+                "provider",
+                Transient,
+            ),
+            (service("", 429), "send", "throttled", Transient),
+            (
+                service("QueueDoesNotExist", 400),
+                "send",
+                "queue_not_found",
+                Permanent,
+            ),
+            (
+                service("AWS.SimpleQueueService.NonExistentQueue", 400),
+                "check_access",
+                "queue_not_found",
+                Permanent,
+            ),
+            (service("AccessDenied", 403), "send", "auth", Permanent),
+            (
+                service("InvalidClientTokenId", 403),
+                "receive",
+                "auth",
+                Permanent,
+            ),
+            (
+                service("SignatureDoesNotMatch", 403),
+                "receive",
+                "auth",
+                Permanent,
+            ),
+            (service("Unknown", 403), "receive", "auth", Permanent),
+            (
+                service("ReceiptHandleIsInvalid", 400),
+                "complete",
+                "lock_lost",
+                Permanent,
+            ),
+            (
+                service("MessageNotInflight", 400),
+                "abandon",
+                "lock_lost",
+                Permanent,
+            ),
+            (
+                service("BatchRequestTooLong", 400),
+                "send_batch",
+                "message_too_large",
+                Permanent,
+            ),
+            (
+                Failure::Service {
+                    code: Some("InvalidParameterValue".into()),
+                    status: Some(400),
+                    sender_fault: None,
+                    hint: Hint::from_message(Some(
+                        "One or more parameters are invalid. Reason: Message must be shorter than 262144 bytes.",
+                    )),
+                },
+                "send",
+                "message_too_large",
+                Permanent,
+            ),
+            (
+                Failure::Service {
+                    code: Some("InvalidParameterValue".into()),
+                    status: Some(400),
+                    sender_fault: None,
+                    hint: Hint::from_message(Some(
+                        "Number of message attributes [11] exceeds the allowed maximum [10].",
+                    )),
+                },
+                "send",
+                "invalid_message",
+                Permanent,
+            ),
+            (
+                service("InvalidParameterValue", 400),
+                "renew_lock",
+                "provider",
+                Permanent,
+            ),
+            (
+                Failure::Service {
+                    code: Some("InvalidParameterValue".into()),
+                    status: Some(400),
+                    sender_fault: None,
+                    hint: Hint::from_message(Some(
+                        "Value x for parameter ReceiptHandle is invalid. Reason: Message does not exist or is not available for visibility timeout change.",
+                    )),
+                },
+                "abandon",
+                "lock_lost",
+                Permanent,
+            ),
+            (
+                service("InvalidMessageContents", 400),
+                "send",
+                "invalid_message",
+                Permanent,
+            ),
+            (
+                service("UnsupportedOperation", 400),
+                "receive",
+                "unsupported",
+                Permanent,
+            ),
+            (
+                service("QueueDeletedRecently", 400),
+                "create_queue",
+                "provider",
+                Transient,
+            ),
+            (
+                failure_of_entry("InternalError", false, None),
+                "send_batch",
+                "provider",
+                Transient,
+            ),
+            (
+                failure_of_entry("ReceiptHandleIsInvalid", true, Some("handle \"x\" bad")),
+                "complete_batch",
+                "lock_lost",
+                Permanent,
+            ),
+            (Failure::Timeout, "receive", "timeout", Transient),
+            (
+                Failure::Transport {
+                    timeout: false,
+                    io_kind: Some(std::io::ErrorKind::ConnectionRefused),
+                },
+                "send",
+                "connection",
+                Transient,
+            ),
+            (
+                Failure::Transport {
+                    timeout: true,
+                    io_kind: None,
+                },
+                "send",
+                "timeout",
+                Transient,
+            ),
+            (
+                Failure::Construction { detail: "x" },
+                "send",
+                "auth",
+                Permanent,
+            ),
+            (
+                Failure::Response { status: Some(503) },
+                "send",
+                "provider",
+                Transient,
+            ),
+            (
+                Failure::Response { status: Some(200) },
+                "send",
+                "provider",
+                Permanent,
+            ),
+            (
+                service("QueueNameExists", 400),
+                "create_queue",
+                "provider",
+                Permanent,
+            ),
+        ];
+        for (failure, op, label, class) in table {
+            let err = map_failure(&failure, ctx(op));
+            assert_eq!(err.kind_label(), label, "{failure:?} during {op}: {err}");
+            assert_eq!(err.retry_class(), class, "{failure:?} during {op}: {err}");
+            assert!(err.to_string().contains("sqs"), "{err}");
+        }
+    }
+
+    #[test]
+    fn typed_fields_are_filled() {
+        match map_failure(&service("MessageTooLong", 400), ctx("send")) {
+            QueueError::MessageTooLarge {
+                size, max, queue, ..
+            } => {
+                assert_eq!((size, max, queue.as_str()), (2_000_000, 1_048_576, "jobs"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match map_failure(&service("QueueDoesNotExist", 400), ctx("receive")) {
+            QueueError::QueueNotFound {
+                queue, operation, ..
+            } => {
+                assert_eq!((queue.as_str(), operation), ("jobs", "receive"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match map_failure(&service("AccessDenied", 403), ctx("send")) {
+            QueueError::Auth { kind, .. } => assert_eq!(kind, AuthFailure::Authorization),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_text_never_reaches_the_error() {
+        let failure = failure_of_entry(
+            "InvalidParameterValue",
+            true,
+            Some("Value CANARY-secret-attr for parameter X is invalid"),
+        );
+        let err = map_failure(&failure, ctx("send_batch"));
+        let mut text = format!("{err} {err:?}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        assert!(!text.contains("CANARY"), "{text}");
+    }
+}
