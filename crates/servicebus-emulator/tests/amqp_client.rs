@@ -212,3 +212,28 @@ async fn many_connections_and_links_at_once() {
     };
     assert_eq!(emu.broker().count(&q), 0, "accepted messages left behind");
 }
+
+#[tokio::test]
+async fn keeps_an_idle_connection_alive_for_a_client_with_an_idle_timeout() {
+    let emu = start(false).await;
+    let mut conn = Connection::builder()
+        .container_id("idle")
+        .idle_time_out(400u32)
+        .open(&url(&emu, None)[..])
+        .await
+        .unwrap();
+    // Longer than the client's idle timeout with nothing to say: the emulator must send
+    // empty frames or the client drops the connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "s", "q").await.unwrap();
+    sender
+        .send("still here")
+        .await
+        .unwrap()
+        .accepted_or("not accepted")
+        .unwrap();
+    sender.close().await.unwrap();
+    session.end().await.unwrap();
+    conn.close().await.unwrap();
+}

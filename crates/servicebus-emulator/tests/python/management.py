@@ -105,11 +105,40 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
         receiver.complete_message(got)
         assert receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
 
+        # update-disposition on $management: the SDK's own fallback when a settlement on the
+        # receiver link is not confirmed (called directly here, through its internal helper,
+        # so that the request is encoded by the SDK itself).
+        sender.send_messages([ServiceBusMessage("mgmt-complete"), ServiceBusMessage("mgmt-dead")])
+        a = receive_one(receiver)
+        b = receive_one(receiver)
+        assert (str(a), str(b)) == ("mgmt-complete", "mgmt-dead")
+        receiver._settle_message_via_mgmt_link("completed", [a.lock_token])
+        receiver._settle_message_via_mgmt_link(
+            "suspended", [b.lock_token],
+            dead_letter_details={"deadletter-reason": "via-mgmt",
+                                 "deadletter-description": "settled on $management"})
+        try:
+            receiver._settle_message_via_mgmt_link("completed", [a.lock_token])
+        except MessageLockLostError:
+            pass
+        else:
+            raise SystemExit("a lock token was settled twice")
+        assert receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
+
     with client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
         dead = receive_one(dlq)
         assert str(dead) == "expire-me"
         assert dead.dead_letter_reason == "MaxDeliveryCountExceeded", dead.dead_letter_reason
         dlq.complete_message(dead)
+        dead = receive_one(dlq)
+        assert str(dead) == "mgmt-dead"
+        assert dead.dead_letter_reason == "via-mgmt", dead.dead_letter_reason
+        assert dead.dead_letter_error_description == "settled on $management"
+        # Peek works on the dead-letter queue's own $management node (locked messages too).
+        peeked = dlq.peek_messages(max_message_count=5, sequence_number=dead.sequence_number)
+        assert [str(p) for p in peeked] == ["mgmt-dead"], [str(p) for p in peeked]
+        dlq.complete_message(dead)
+        assert dlq.peek_messages(max_message_count=5, sequence_number=1) == []
 
     # Receive-and-delete: settled on delivery, gone afterwards.
     with client.get_queue_sender(queue) as sender:
