@@ -193,6 +193,40 @@ impl Harness {
         got
     }
 
+    /// Receives until `n` messages arrived or `within` passed, completing each message as
+    /// it arrives (so slow brokers cannot let locks run out while the rest trickles in).
+    pub(crate) async fn take_n(
+        &self,
+        q: &QueueName,
+        n: usize,
+        per_call: usize,
+        within: Duration,
+    ) -> Vec<ReceivedMessage> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = self.receive_wait.min(deadline - now);
+            let want = per_call.min(n - got.len());
+            let batch = self.recv_wait(q, want, wait).await;
+            assert!(
+                batch.len() <= want,
+                "asked for at most {want} messages, got {}",
+                batch.len()
+            );
+            for m in batch {
+                if let Err(e) = self.provider.complete(&m.receipt).await {
+                    panic!("complete on `{q}` failed: {e}");
+                }
+                got.push(m);
+            }
+        }
+        got
+    }
+
     /// Reads the dead-letter queue until `n` messages arrived or `within` passed.
     pub(crate) async fn recv_dead_n(
         &self,
