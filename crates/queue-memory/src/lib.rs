@@ -75,8 +75,9 @@
 //!   *requires* a session id on every message.
 //! - **Limits** come from a [`Profile`] (`memory`, `sqs`, `service-bus`). A message larger
 //!   than the profile allows fails with [`QueueError::MessageTooLarge`] and nothing is
-//!   stored; a batch with one such message stores none of them. Receives return at most
-//!   the profile's batch size; `send_batch` takes any number of messages.
+//!   stored; a batch with one such message stores none of them. A receive's
+//!   `max_messages` is clamped to `1..=` the profile's batch size; `send_batch` takes any
+//!   number of messages.
 //! - **Receive with wait** returns as soon as at least one message is available, or an
 //!   empty vector at the deadline, never an error. Waiting receivers sleep on a
 //!   [`tokio::sync::Notify`] and on the queue's next deadline; they never poll.

@@ -63,7 +63,11 @@ impl fmt::Debug for InMemoryProvider {
         f.debug_struct("InMemoryProvider")
             .field("profile", &self.inner.profile)
             .field("limits", &self.inner.limits)
-            .field("queues", &self.inner.lock().len())
+            // `try_lock`: Debug must never block or deadlock, even mid-operation.
+            .field(
+                "queues",
+                &self.inner.queues.try_lock().map(|q| q.len()).ok(),
+            )
             .finish_non_exhaustive()
     }
 }
