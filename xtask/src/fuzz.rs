@@ -91,14 +91,15 @@ pub(crate) fn fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<(), Failure> {
     for (target, outcome) in &results {
         match outcome {
             Ok(r) => println!(
-                "  {target:<32} ok      ran {:>5.0}s  {} executions  {}",
-                r.seconds,
+                "  {target:<24} ok  fuzzed {}s, {} executions ({:.0}s wall incl. build)  {}",
+                r.fuzz_seconds.as_deref().unwrap_or("?"),
                 r.executions.as_deref().unwrap_or("?"),
+                r.seconds,
                 r.log.display()
             ),
             Err(e) => {
                 failed += 1;
-                println!("  {target:<32} FAILED  {e}");
+                println!("  {target:<24} FAILED  {e}");
             }
         }
     }
@@ -114,7 +115,10 @@ pub(crate) fn fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<(), Failure> {
 
 #[derive(Debug)]
 struct TargetRun {
+    /// Wall time of the whole `cargo fuzz run`, including the build.
     seconds: f64,
+    /// libFuzzer's own count of seconds spent fuzzing.
+    fuzz_seconds: Option<String>,
     executions: Option<String>,
     log: PathBuf,
 }
@@ -170,8 +174,18 @@ fn run_target(
     }
     Ok(TargetRun {
         seconds,
+        fuzz_seconds: fuzzing_seconds(&text),
         executions: final_stat(&text, "stat::number_of_executed_units:"),
         log: log.to_path_buf(),
+    })
+}
+
+/// The `S` of libFuzzer's closing line `Done N runs in S second(s)`.
+fn fuzzing_seconds(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        let rest = l.trim().strip_prefix("Done ")?;
+        let (_, secs) = rest.split_once(" runs in ")?;
+        secs.split_whitespace().next().map(str::to_owned)
     })
 }
 

@@ -156,7 +156,8 @@ pub(crate) fn invokes_conformance_macro(text: &str) -> bool {
 }
 
 /// Every entry of `skip`, `skip-tree`, `exceptions`, `ignore` and `deny` in `deny.toml` is an
-/// inline table with a `reason`.
+/// inline table with a `reason`, or (where cargo-deny has no `reason` key, as in license
+/// `exceptions`) is preceded by a `# reason: ...` comment.
 pub(crate) fn deny_toml_exceptions_have_reasons(root: &Path) -> Vec<String> {
     match std::fs::read_to_string(root.join("deny.toml")) {
         Err(e) => vec![format!("cannot read deny.toml: {e}")],
@@ -168,9 +169,12 @@ pub(crate) fn entries_without_reason(text: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for key in ["skip", "skip-tree", "exceptions", "ignore", "deny"] {
         for (section, entries) in toml_arrays(text, key) {
-            for entry in entries {
-                let is_table = entry.starts_with('{');
-                if !is_table || !inline_table_has_key(&entry, "reason") {
+            for (entry, comments) in entries {
+                let has_key = entry.starts_with('{') && inline_table_has_key(&entry, "reason");
+                let has_comment = comments
+                    .split_once("reason:")
+                    .is_some_and(|(_, why)| !why.trim().is_empty());
+                if !has_key && !has_comment {
                     problems.push(format!(
                         "deny.toml [{section}] {key}: entry `{}` has no `reason`",
                         entry.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -451,7 +455,7 @@ pub(crate) fn toml_sets_key(text: &str, table: &str, key: &str) -> bool {
 }
 
 /// For each `key = [ ... ]` in the document: its table and its top-level elements (text).
-fn toml_arrays(text: &str, key: &str) -> Vec<(String, Vec<String>)> {
+fn toml_arrays(text: &str, key: &str) -> Vec<(String, Vec<(String, String)>)> {
     let mut out = Vec::new();
     let mut current = String::new();
     let mut lines = text.lines();
@@ -467,18 +471,22 @@ fn toml_arrays(text: &str, key: &str) -> Vec<(String, Vec<String>)> {
         if k.trim() != key || !v.trim_start().starts_with('[') {
             continue;
         }
-        // Collect the array text until its brackets balance.
-        let mut buf = v.trim_start().to_owned();
-        while bracket_depth(&buf) > 0 {
+        // Collect the array text (with its comments) until its brackets balance.
+        let start = line.find('=').map_or(0, |i| i + 1);
+        let mut raw = line[start..].trim_start().to_owned();
+        let mut code = v.trim_start().to_owned();
+        while bracket_depth(&code) > 0 {
             match lines.next() {
                 Some(next) => {
-                    buf.push('\n');
-                    buf.push_str(strip_comment(next));
+                    raw.push('\n');
+                    raw.push_str(next);
+                    code.push('\n');
+                    code.push_str(strip_comment(next));
                 }
                 None => break,
             }
         }
-        out.push((current.clone(), split_array(&buf)));
+        out.push((current.clone(), split_array(&raw)));
     }
     out
 }
@@ -514,17 +522,29 @@ fn walk_outside_strings(s: &str, mut f: impl FnMut(char)) {
     }
 }
 
-/// The top-level elements of an array literal `[a, {b = 1}, "c"]`.
-fn split_array(array: &str) -> Vec<String> {
+/// The top-level elements of an array literal `[a, {b = 1}, "c"]`, each with the text of
+/// the `#` comments that precede it.
+fn split_array(array: &str) -> Vec<(String, String)> {
     let inner = array.trim();
     let inner = inner.strip_prefix('[').unwrap_or(inner);
     let inner = inner.strip_suffix(']').unwrap_or(inner);
     let mut out = Vec::new();
     let mut cur = String::new();
+    let mut comments = String::new();
+    let mut in_comment = false;
     let mut depth = 0i32;
     let mut in_str: Option<char> = None;
     let mut escaped = false;
     for c in inner.chars() {
+        if in_comment {
+            if c == '\n' {
+                in_comment = false;
+                comments.push(' ');
+            } else {
+                comments.push(c);
+            }
+            continue;
+        }
         match in_str {
             Some(q) => {
                 if escaped {
@@ -537,6 +557,7 @@ fn split_array(array: &str) -> Vec<String> {
                 cur.push(c);
             }
             None => match c {
+                '#' => in_comment = true,
                 '"' | '\'' => {
                     in_str = Some(c);
                     cur.push(c);
@@ -551,7 +572,8 @@ fn split_array(array: &str) -> Vec<String> {
                 }
                 ',' if depth == 0 => {
                     if !cur.trim().is_empty() {
-                        out.push(cur.trim().to_owned());
+                        out.push((cur.trim().to_owned(), comments.trim().to_owned()));
+                        comments.clear();
                     }
                     cur.clear();
                 }
@@ -560,7 +582,7 @@ fn split_array(array: &str) -> Vec<String> {
         }
     }
     if !cur.trim().is_empty() {
-        out.push(cur.trim().to_owned());
+        out.push((cur.trim().to_owned(), comments.trim().to_owned()));
     }
     out
 }
@@ -568,7 +590,7 @@ fn split_array(array: &str) -> Vec<String> {
 /// True when the inline table `{ ... }` has `key = ` at its top level.
 fn inline_table_has_key(table: &str, key: &str) -> bool {
     let inner = table.trim().trim_start_matches('{').trim_end_matches('}');
-    split_array(&format!("[{inner}]")).iter().any(|kv| {
+    split_array(&format!("[{inner}]")).iter().any(|(kv, _)| {
         kv.split_once('=')
             .is_some_and(|(k, v)| k.trim() == key && !v.trim().trim_matches('"').trim().is_empty())
     })
@@ -767,10 +789,14 @@ skip = [
 exceptions = [
     { allow = ["Unicode-3.0"], crate = "unicode-ident", reason = "" },
     { allow = ["MPL-2.0"], crate = "webpki-roots", reason = "weak copyleft, unmodified" },
+    # reason: data license, attribution only
+    { allow = ["CDLA-Permissive-2.0"], crate = "webpki-root-certs" },
+    # reason:
+    { allow = ["OpenSSL"], crate = "empty-reason" },
 ]
 "#;
         let problems = entries_without_reason(text);
-        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
         assert!(problems[0].contains("hashbrown@0.14"));
         assert!(problems[1].contains("bare@1.0"));
         assert!(
