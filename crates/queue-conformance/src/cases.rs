@@ -265,6 +265,15 @@ pub async fn queue_not_found(h: &Harness) {
     );
     let err = h
         .provider()
+        .check_access(&name)
+        .await
+        .expect_err("check_access on a missing queue must fail");
+    assert!(
+        matches!(err, QueueError::QueueNotFound { .. }),
+        "expected QueueNotFound from check_access, got {err}"
+    );
+    let err = h
+        .provider()
         .receive(&name, ReceiveOptions::new(1, Duration::from_millis(100)))
         .await
         .expect_err("receiving from a missing queue must fail");
@@ -773,6 +782,57 @@ pub async fn session_lock_expiry_allows_steal(h: &Harness) {
     assert_eq!(bodies(&rest), ["B"]);
     ok(thief.complete(&rest[0].receipt).await, "session complete");
     ok(thief.close().await, "session close");
+    q.delete().await;
+}
+
+/// Renewing a session lock keeps the session (and its received messages) past the
+/// original expiry: others still cannot accept it and its messages still settle.
+pub async fn session_lock_renewal_keeps_session(h: &Harness) {
+    if !locked_sessions(h, "session_lock_renewal_keeps_session") {
+        return;
+    }
+    if !h.capabilities().lock_renewal {
+        note("session_lock_renewal_keeps_session", "no lock renewal");
+        return;
+    }
+    let q = h.queue("session-renew", h.spec().with_sessions(true)).await;
+    let s = sid("octo/repo#8");
+    send(h, q.name(), Message::new("A").with_session_id(s.clone())).await;
+    let r = accept(h, q.name(), &s).await;
+    let before = r.locked_until();
+    let got = session_recv(r.as_ref(), h, 1).await;
+    assert_eq!(bodies(&got), ["A"]);
+    let lock = h.lock_duration();
+    sleep(lock * 6 / 10).await;
+    let until = ok(r.renew_session_lock().await, "renew_session_lock");
+    assert!(
+        until > before,
+        "renew_session_lock did not move the expiry forward"
+    );
+    assert_eq!(
+        r.locked_until(),
+        until,
+        "locked_until does not report the renewal"
+    );
+    sleep(lock * 6 / 10).await;
+    match h
+        .provider()
+        .accept_session(
+            q.name(),
+            SessionSelector::Named(s.clone()),
+            h.receive_wait(),
+        )
+        .await
+    {
+        Err(QueueError::SessionLocked { .. }) => {}
+        Err(e) => panic!("expected SessionLocked for a renewed session, got {e}"),
+        Ok(_) => panic!("a renewed session lock expired at the original time"),
+    }
+    ok(
+        r.complete(&got[0].receipt).await,
+        "session complete after renewal",
+    );
+    ok(r.close().await, "session close");
     q.delete().await;
 }
 

@@ -115,6 +115,7 @@ macro_rules! __conformance_case_list {
             second_accept_of_locked_session_fails
             accept_next_skips_locked_sessions
             session_lock_expiry_allows_steal
+            session_lock_renewal_keeps_session
             session_close_releases_messages
             thousand_message_session_in_order
             concurrent_senders_get_distinct_ids
