@@ -43,13 +43,44 @@ pub struct EntityRef {
     pub sub: SubQueue,
 }
 
-/// A message handed to [`Broker::send`].
-#[derive(Clone, Debug)]
+/// A message handed to [`Broker::send`]. Its `Debug` leaves the message out: bodies and
+/// properties may hold secrets.
+#[derive(Clone)]
 pub struct IncomingMessage {
     /// The AMQP message as the client sent it.
     pub message: AmqpMessage,
     /// When it becomes visible (scheduled messages).
     pub scheduled_at: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for IncomingMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingMessage")
+            .field("scheduled_at", &self.scheduled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Delivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivered")
+            .field("sequence_number", &self.sequence_number)
+            .field("delivery_count", &self.delivery_count)
+            .field("session_id", &self.session_id)
+            .field("locked_until", &self.locked_until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock_state();
+        let mut d = f.debug_struct("Broker");
+        for (name, q) in &st.queues {
+            d.field(name, &(q.main.entries.len(), q.dlq.entries.len()));
+        }
+        d.finish_non_exhaustive()
+    }
 }
 
 impl IncomingMessage {
@@ -84,6 +115,7 @@ impl IncomingMessage {
 
 /// How a lock is released.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Settlement {
     /// Delete the message.
     Complete,
@@ -101,13 +133,10 @@ pub enum Settlement {
         /// Further application properties to merge.
         properties: Vec<(String, SimpleValue)>,
     },
-    /// Defer is not emulated; kept out on purpose.
-    #[doc(hidden)]
-    _NonExhaustive,
 }
 
-/// One message as a receiver gets it.
-#[derive(Clone, Debug)]
+/// One message as a receiver gets it. Its `Debug` leaves the message out.
+#[derive(Clone)]
 pub struct Delivered {
     /// Lock token (nil for receive-and-delete and peeks).
     pub lock_token: Uuid,
@@ -138,7 +167,7 @@ struct Lock {
     until: Instant,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Entry {
     message: Arc<AmqpMessage>,
     seq: i64,
@@ -156,12 +185,11 @@ struct SessionInfo {
     lock: Option<(OwnerId, Instant)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Store {
     entries: BTreeMap<i64, Entry>,
 }
 
-#[derive(Debug)]
 struct QueueState {
     cfg: QueueConfig,
     next_seq: i64,
@@ -180,14 +208,14 @@ impl QueueState {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     queues: BTreeMap<String, QueueState>,
     locks: HashMap<Uuid, LockRef>,
 }
 
 /// The emulated namespace. Cheap to clone; all clones share state.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Broker {
     state: Arc<Mutex<State>>,
     clock: Clock,
@@ -464,7 +492,7 @@ impl Broker {
         let mut e = store.entries.remove(&r.seq).expect("checked above");
         e.lock = None;
         match how {
-            Settlement::Complete | Settlement::_NonExhaustive => {}
+            Settlement::Complete => {}
             Settlement::Abandon { properties } => {
                 merge_props(&mut e, properties);
                 e.delivery_count += 1;
@@ -932,6 +960,18 @@ mod tests {
 
     fn broker(cfg: QueueConfig) -> Broker {
         Broker::new([("q".to_owned(), cfg)], Clock::new())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debug_output_leaves_message_contents_out() {
+        let b = broker(QueueConfig::new());
+        let m = msg("CANARY-BODY-31337", Some("CANARY-ID"), None);
+        assert!(!format!("{m:?}").contains("CANARY"));
+        b.send("q", vec![m]).unwrap();
+        assert!(!format!("{b:?}").contains("CANARY"));
+        let d = b.receive(&main("q"), None, 1, true).unwrap().unwrap();
+        assert!(!format!("{d:?}").contains("CANARY"));
+        assert_eq!(body(&d), "CANARY-BODY-31337");
     }
 
     #[tokio::test(start_paused = true)]

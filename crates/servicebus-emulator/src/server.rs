@@ -49,6 +49,7 @@ const SESSION_FILTER: &str = "com.microsoft:session-filter";
 const LOCKED_UNTIL_UTC: &str = "com.microsoft:locked-until-utc";
 const BATCH_FORMAT: u32 = 0x8001_3700;
 const OUR_MAX_FRAME: u32 = 256 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const LINK_CREDIT: u32 = 200;
 const SESSION_WINDOW: u32 = 1_000_000;
 /// .NET ticks (100 ns) between 0001-01-01 and the Unix epoch.
@@ -66,6 +67,7 @@ pub struct Emulator {
     broker: Broker,
     key: Option<(String, String)>,
     accept: JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -78,8 +80,10 @@ impl std::fmt::Debug for Emulator {
 }
 
 impl Drop for Emulator {
+    /// Stops accepting and closes every open connection.
     fn drop(&mut self) {
         self.accept.abort();
+        let _ = self.shutdown.send(true);
     }
 }
 
@@ -102,6 +106,7 @@ impl Emulator {
             .clone()
             .map(|k| (config.key_name_or_default().to_owned(), k));
         let broker = Broker::new(config.queues.clone(), crate::clock::Clock::new());
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             broker: broker.clone(),
             key: key.clone(),
@@ -114,8 +119,9 @@ impl Emulator {
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
+                let stop = stop.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, shared).await {
+                    if let Err(e) = serve(stream, shared, stop).await {
                         tracing::debug!(error = %e, "connection ended");
                     }
                 });
@@ -126,6 +132,7 @@ impl Emulator {
             broker,
             key,
             accept,
+            shutdown,
         })
     }
 
@@ -203,50 +210,16 @@ fn perf<T: Serialize>(channel: u16, p: &T) -> Result<Vec<u8>, ConnError> {
 
 // ---------------------------------------------------------------- connection
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), ConnError> {
+async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ConnError> {
     let (mut r, mut w) = stream.into_split();
-    let mut hdr = [0u8; 8];
-    r.read_exact(&mut hdr).await?;
-    // Without a configured key every client is trusted; with one, the connection must
-    // prove it knows the key (SASL PLAIN, or a verified `$cbs` token) before using entities.
-    let mut authorized = shared.key.is_none();
-    if &hdr[..4] != b"AMQP" {
-        return Err(ConnError::Protocol("not AMQP".into()));
-    }
-    if hdr[4] == 3 {
-        w.write_all(b"AMQP\x03\x01\x00\x00").await?;
-        let mechs = SaslMechanisms {
-            sasl_server_mechanisms: serde_amqp::primitives::Array(vec![
-                Symbol::from("MSSBCBS"),
-                Symbol::from("PLAIN"),
-                Symbol::from("ANONYMOUS"),
-            ]),
-        };
-        w.write_all(&frame(1, 0, &serde_amqp::to_vec(&mechs)?, &[]))
-            .await?;
-        let (_, _, body) = read_frame(&mut r).await?;
-        let init: SaslInit = serde_amqp::from_slice(&body)?;
-        let ok = sasl_ok(
-            &init,
-            shared.key.as_ref().map(|(n, k)| (n.as_str(), k.as_str())),
-        );
-        let outcome = SaslOutcome {
-            code: if ok { SaslCode::Ok } else { SaslCode::Auth },
-            additional_data: None,
-        };
-        w.write_all(&frame(1, 0, &serde_amqp::to_vec(&outcome)?, &[]))
-            .await?;
-        if !ok {
-            return Err(ConnError::Protocol("SASL authentication failed".into()));
-        }
-        authorized |= init.mechanism.as_str() == "PLAIN";
-        r.read_exact(&mut hdr).await?;
-    }
-    if hdr != *b"AMQP\x00\x01\x00\x00" {
-        w.write_all(b"AMQP\x00\x01\x00\x00").await?;
-        return Err(ConnError::Protocol("unsupported protocol header".into()));
-    }
-    w.write_all(&hdr).await?;
+    // A peer that stalls before the AMQP header exchange completes is dropped.
+    let authorized = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut r, &mut w, &shared))
+        .await
+        .map_err(|_| ConnError::Protocol("handshake timed out".into()))??;
 
     let (tx, mut rx) = mpsc::channel::<Result<(u16, Vec<u8>), ConnError>>(64);
     let reader = tokio::spawn(async move {
@@ -292,6 +265,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), ConnError> 
                 }
             }
             _ = changed.changed() => {}
+            _ = stop.changed() => break Ok(()),
             _ = tokio::time::sleep_until(deadline) => { shared.broker.tick(); }
             _ = async {
                 match heartbeat.as_mut() {
@@ -314,6 +288,57 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), ConnError> 
     result
 }
 
+/// Protocol header exchange and optional SASL. Returns whether SASL PLAIN proved the key.
+async fn handshake(
+    r: &mut OwnedReadHalf,
+    w: &mut OwnedWriteHalf,
+    shared: &Shared,
+) -> Result<bool, ConnError> {
+    let mut hdr = [0u8; 8];
+    r.read_exact(&mut hdr).await?;
+    // Without a configured key every client is trusted; with one, the connection must
+    // prove it knows the key (SASL PLAIN, or a verified `$cbs` token) before using entities.
+    let mut authorized = shared.key.is_none();
+    if &hdr[..4] != b"AMQP" {
+        return Err(ConnError::Protocol("not AMQP".into()));
+    }
+    if hdr[4] == 3 {
+        w.write_all(b"AMQP\x03\x01\x00\x00").await?;
+        let mechs = SaslMechanisms {
+            sasl_server_mechanisms: serde_amqp::primitives::Array(vec![
+                Symbol::from("MSSBCBS"),
+                Symbol::from("PLAIN"),
+                Symbol::from("ANONYMOUS"),
+            ]),
+        };
+        w.write_all(&frame(1, 0, &serde_amqp::to_vec(&mechs)?, &[]))
+            .await?;
+        let (_, _, body) = read_frame(r).await?;
+        let init: SaslInit = serde_amqp::from_slice(&body)?;
+        let ok = sasl_ok(
+            &init,
+            shared.key.as_ref().map(|(n, k)| (n.as_str(), k.as_str())),
+        );
+        let outcome = SaslOutcome {
+            code: if ok { SaslCode::Ok } else { SaslCode::Auth },
+            additional_data: None,
+        };
+        w.write_all(&frame(1, 0, &serde_amqp::to_vec(&outcome)?, &[]))
+            .await?;
+        if !ok {
+            return Err(ConnError::Protocol("SASL authentication failed".into()));
+        }
+        authorized |= init.mechanism.as_str() == "PLAIN";
+        r.read_exact(&mut hdr).await?;
+    }
+    if hdr != *b"AMQP\x00\x01\x00\x00" {
+        w.write_all(b"AMQP\x00\x01\x00\x00").await?;
+        return Err(ConnError::Protocol("unsupported protocol header".into()));
+    }
+    w.write_all(&hdr).await?;
+    Ok(authorized)
+}
+
 fn sasl_ok(init: &SaslInit, key: Option<(&str, &str)>) -> bool {
     match init.mechanism.as_str() {
         "ANONYMOUS" | "MSSBCBS" => true,
@@ -334,7 +359,6 @@ fn sasl_ok(init: &SaslInit, key: Option<(&str, &str)>) -> bool {
     }
 }
 
-#[derive(Debug)]
 enum LinkKind {
     /// Client sends messages into a queue.
     QueueIn { queue: String },
@@ -357,7 +381,6 @@ enum Node {
     Management(EntityRef),
 }
 
-#[derive(Debug)]
 struct Link {
     /// The node address (for NodeOut: the source address it listens to).
     address: String,
@@ -374,7 +397,6 @@ struct Link {
     granted: u32,
 }
 
-#[derive(Debug)]
 struct OutDelivery {
     token: Uuid,
     handle: u32,

@@ -237,3 +237,28 @@ async fn keeps_an_idle_connection_alive_for_a_client_with_an_idle_timeout() {
     session.end().await.unwrap();
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn dropping_the_emulator_closes_its_connections() {
+    let emu = start(false).await;
+    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "s", "q").await.unwrap();
+    sender
+        .send("before")
+        .await
+        .unwrap()
+        .accepted_or("no")
+        .unwrap();
+    let addr = emu.local_addr();
+    drop(emu);
+    let after = tokio::time::timeout(Duration::from_secs(2), sender.send("after")).await;
+    assert!(
+        !matches!(after, Ok(Ok(_))),
+        "a send succeeded after shutdown"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+}
