@@ -62,7 +62,7 @@ async fn filled(sessions: usize, per_session: usize) -> (InMemoryProvider, Queue
 
 fn settings() -> ProcessorSettings {
     ProcessorSettings::default()
-        .with_max_concurrent_messages(32)
+        .with_max_concurrent_messages(100)
         .with_max_concurrent_sessions(8)
         .with_receive_wait(Duration::from_millis(1))
         .with_session_idle_timeout(Duration::from_millis(1))

@@ -718,6 +718,20 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    #[test]
+    fn the_documented_example_file_loads_and_states_the_real_defaults() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/queue-runtime.example.toml");
+        let cfg = QueueRuntimeConfig::load_from(Some(&path), Some(HashMap::new())).unwrap();
+        assert_eq!(cfg.queue, "github-events");
+        assert_eq!(cfg.provider.provider_name(), "memory");
+        assert_eq!(
+            format!("{:?}", cfg.processor),
+            format!("{:?}", ProcessorSettings::default()),
+            "docs/queue-runtime.example.toml must list the defaults"
+        );
+    }
+
     #[tokio::test]
     async fn provider_not_compiled_in_is_a_config_error() {
         let settings: ProviderSettings = serde_json::from_str(r#"{"kind":"service-bus"}"#).unwrap();

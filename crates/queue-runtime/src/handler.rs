@@ -240,7 +240,8 @@ impl fmt::Debug for MessageContext {
 
 /// Handles one message. Implement it, or use [`handler_fn`] / [`json_handler`].
 ///
-/// The handler runs on its own task: a panic is caught and counts as a transient failure.
+/// A panic in the handler is caught and counts as a transient failure (the message is
+/// retried); the consumer keeps running.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Processes `message` and says what to do with it.

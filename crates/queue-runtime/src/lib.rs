@@ -12,9 +12,9 @@
 //!   variables, and [`build_provider`] to pick the provider at run time.
 //!
 //! # Features
-//! * `memory` (default): the in-memory provider, as [`memory`].
+//! * `memory` (default): the in-memory provider, as `queue_runtime::memory`.
 //! * `security`: message signing, replay protection and GitHub webhook verification, as
-//!   [`security`](crate::security) (its gates plug into [`Processor::with_gate`]).
+//!   `queue_runtime::security` (its gates plug into [`Processor::with_gate`]).
 //! * `full`: every provider and extension available in this release.
 //!
 //! A provider kind whose feature is off still parses in configuration; building it returns
@@ -87,6 +87,11 @@ pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use queue_memory as memory;
+
+/// The workspace README's Rust examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "memory"))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(feature = "security")]
 #[cfg_attr(docsrs, doc(cfg(feature = "security")))]

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures::FutureExt;
 use queue_core::{
     Capabilities, DeadLetterReason, MessageGate, QueueError, QueueName, Receipt, ReceiveOptions,
     ReceivedMessage, Result, SessionId, SessionReceiver, SessionSelector, SessionSupport,
@@ -21,7 +22,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, Span};
+use tracing::Instrument;
 
 use crate::{
     breaker::CircuitBreaker,
@@ -678,9 +679,11 @@ impl Shared {
         let owned = msg.clone();
         self.metrics.in_flight.increment(1.0);
         let started = Instant::now();
-        let mut task = tokio::spawn(
-            async move { handler.handle(owned, ctx).await }.instrument(Span::current()),
-        );
+        // Polled inline (the caller is already its own task); a panic is caught here and
+        // becomes a retry, and dropping the future is how a stuck handler is stopped.
+        let task = std::panic::AssertUnwindSafe(async move { handler.handle(owned, ctx).await })
+            .catch_unwind();
+        tokio::pin!(task);
         let max_timer = tokio::time::sleep(self.settings.max_lock_renewal);
         tokio::pin!(max_timer);
         let mut lock_lost = false;
@@ -712,7 +715,6 @@ impl Shared {
                     tokio::select! {
                         res = &mut task => break Some(res),
                         _ = tokio::time::sleep(HARD_STOP_GRACE) => {
-                            task.abort();
                             break None;
                         }
                     }
@@ -736,16 +738,13 @@ impl Shared {
             return Disposition::LockLost;
         }
         match joined {
-            Err(join_err) => {
+            Err(_panic) => {
                 bump(&self.stats.handler_failures);
                 bump(&self.stats.handler_panics);
                 self.metrics.failed("panic");
                 self.metrics.handler_duration("panic", took);
-                let why = if join_err.is_panic() {
-                    "the handler panicked"
-                } else {
-                    "the handler task was cancelled"
-                };
+                // The panic payload may quote message data: it is not logged.
+                let why = "the handler panicked";
                 tracing::error!("{why}; the message will be retried");
                 self.retry(settler, msg, watch, None, "handler_panic", why)
                     .await
