@@ -1,0 +1,843 @@
+//! The AMQP plumbing: one connection with one session, lazily attached links, `$cbs`
+//! authorization with refresh, `$management` calls, and reconnect with backoff.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use fe2o3_amqp::{
+    Connection, Receiver, Sender, Session,
+    connection::ConnectionHandle,
+    link::{LinkStateError, RecvError, SendError, receiver::CreditMode},
+    sasl_profile::SaslProfile,
+    session::SessionHandle,
+    types::{
+        definitions::{self, ReceiverSettleMode, SenderSettleMode},
+        messaging::{
+            AmqpValue, ApplicationProperties, Body, Message as AmqpMessage, MessageId as AmqpId,
+            Outcome, Properties, Source, Target,
+        },
+        primitives::{OrderedMap, SimpleValue, Symbol, Value},
+    },
+};
+use queue_core::{ExposeSecret, SecretString};
+use tokio::{net::TcpStream, time::Instant};
+
+use crate::{
+    config::{Credential, ServiceBusConfig},
+    convert::{Outgoing, timestamp},
+    credential::{SERVICE_BUS_SCOPE, sas_expiry, sas_token, unix_secs},
+    error::Failure,
+};
+
+pub(crate) const SESSION_FILTER: &str = "com.microsoft:session-filter";
+
+/// The condition and description of an AMQP error.
+pub(crate) fn failure_of(e: &definitions::Error) -> Failure {
+    let condition = match serde_amqp::to_value(&e.condition) {
+        Ok(Value::Symbol(s)) => s.0,
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    };
+    Failure::Condition {
+        condition,
+        description: e.description.clone().unwrap_or_default(),
+    }
+}
+
+fn link_state_failure(e: &LinkStateError) -> Failure {
+    match e {
+        LinkStateError::RemoteDetachedWithError(err)
+        | LinkStateError::RemoteClosedWithError(err) => failure_of(err),
+        other => Failure::ConnectionLost(format!("link stopped: {other}")),
+    }
+}
+
+pub(crate) fn recv_failure(e: &RecvError) -> Failure {
+    match e {
+        RecvError::LinkStateError(l) => link_state_failure(l),
+        other => Failure::ConnectionLost(format!("receive failed: {other}")),
+    }
+}
+
+fn send_failure(e: &SendError) -> Failure {
+    match e {
+        SendError::LinkStateError(l) => link_state_failure(l),
+        SendError::Detached(d) => match d {
+            fe2o3_amqp::link::DetachError::RemoteDetachedWithError(err)
+            | fe2o3_amqp::link::DetachError::RemoteClosedWithError(err) => failure_of(err),
+            other => Failure::ConnectionLost(format!("link detached: {other}")),
+        },
+        other => Failure::ConnectionLost(format!("send failed: {other}")),
+    }
+}
+
+/// Whether a failure means the connection (not just one link) is gone.
+pub(crate) fn is_connection_loss(f: &Failure) -> bool {
+    match f {
+        Failure::ConnectionLost(_) => true,
+        Failure::Condition { condition, .. } => {
+            condition.starts_with("amqp:connection:")
+                || condition == "amqp:session:window-violation"
+        }
+        _ => false,
+    }
+}
+
+fn link_name(kind: &str) -> String {
+    format!("{kind}-{}", uuid::Uuid::new_v4())
+}
+
+/// A sender link.
+pub(crate) struct SenderLink {
+    sender: tokio::sync::Mutex<Sender>,
+    pub(crate) max_message_size: Option<u64>,
+}
+
+impl SenderLink {
+    pub(crate) async fn send(&self, msg: Outgoing, timeout: Duration) -> Result<(), Failure> {
+        let mut s = self.sender.lock().await;
+        let outcome = tokio::time::timeout(timeout, s.send(msg))
+            .await
+            .map_err(|_| Failure::Timeout(timeout))?
+            .map_err(|e| send_failure(&e))?;
+        match outcome {
+            Outcome::Accepted(_) => Ok(()),
+            Outcome::Rejected(r) => Err(r.error.as_ref().map_or_else(
+                || Failure::Condition {
+                    condition: "amqp:internal-error".into(),
+                    description: "message rejected".into(),
+                },
+                failure_of,
+            )),
+            other => Err(Failure::Condition {
+                condition: "amqp:internal-error".into(),
+                description: format!("unexpected outcome {:?}", std::mem::discriminant(&other)),
+            }),
+        }
+    }
+}
+
+/// A peek-lock receiver link (settle mode second, manual credit).
+pub(crate) struct ReceiverLink {
+    pub(crate) receiver: tokio::sync::Mutex<Option<Receiver>>,
+    pub(crate) disposer: fe2o3_amqp::link::ReceiverDisposer,
+    /// Unique id of this link (receipts remember it).
+    pub(crate) id: u64,
+    pub(crate) closed: AtomicBool,
+    /// For session links: the session id the service assigned.
+    pub(crate) session_id: Option<String>,
+}
+
+/// A request/response pair of links (`$cbs`, `<entity>/$management`).
+pub(crate) struct RpcLink {
+    links: tokio::sync::Mutex<(Sender, Receiver)>,
+    reply_to: String,
+}
+
+/// A `$management` or `$cbs` response.
+pub(crate) struct Response {
+    pub(crate) status: i32,
+    pub(crate) condition: Option<String>,
+    pub(crate) description: String,
+    pub(crate) body: Value,
+}
+
+impl Response {
+    /// The body map entry `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
+        match &self.body {
+            Value::Map(m) => m
+                .get(&Value::String(key.to_owned()))
+                .or_else(|| m.get(&Value::Symbol(Symbol::from(key)))),
+            _ => None,
+        }
+    }
+
+    fn into_result(self) -> Result<Self, Failure> {
+        if (200..300).contains(&self.status) {
+            Ok(self)
+        } else {
+            Err(Failure::Status {
+                code: self.status,
+                condition: self.condition,
+                description: self.description,
+            })
+        }
+    }
+}
+
+fn app_string(ap: &ApplicationProperties, keys: &[&str]) -> Option<String> {
+    keys.iter().find_map(|k| match ap.0.get(*k) {
+        Some(SimpleValue::String(s)) => Some(s.clone()),
+        Some(SimpleValue::Symbol(s)) => Some(s.0.clone()),
+        _ => None,
+    })
+}
+
+fn app_int(ap: &ApplicationProperties, keys: &[&str]) -> Option<i32> {
+    keys.iter().find_map(|k| match ap.0.get(*k) {
+        Some(SimpleValue::Int(n)) => Some(*n),
+        Some(SimpleValue::Long(n)) => i32::try_from(*n).ok(),
+        Some(SimpleValue::Uint(n)) => i32::try_from(*n).ok(),
+        Some(SimpleValue::Short(n)) => Some(i32::from(*n)),
+        _ => None,
+    })
+}
+
+impl RpcLink {
+    async fn attach(session: &mut SessionHandle<()>, node: &str) -> Result<Self, Failure> {
+        let reply_to = format!("{node}-reply-{}", uuid::Uuid::new_v4());
+        let sender = Sender::builder()
+            .name(link_name("rpc-send"))
+            .target(node)
+            .sender_settle_mode(SenderSettleMode::Settled)
+            .attach(session)
+            .await
+            .map_err(|e| attach_failure(&e.to_string(), definitions::Error::try_from(&e).ok()))?;
+        let receiver = Receiver::builder()
+            .name(link_name("rpc-recv"))
+            .source(node)
+            .target(reply_to.as_str())
+            .receiver_settle_mode(ReceiverSettleMode::First)
+            .attach(session)
+            .await
+            .map_err(|e| attach_failure(&e.to_string(), definitions::Error::try_from(&e).ok()))?;
+        Ok(Self {
+            links: tokio::sync::Mutex::new((sender, receiver)),
+            reply_to,
+        })
+    }
+
+    /// Sends one request and waits for its response.
+    pub(crate) async fn call(
+        &self,
+        properties: Vec<(&str, SimpleValue)>,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Response, Failure> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut ap = OrderedMap::new();
+        for (k, v) in properties {
+            ap.insert(k.to_owned(), v);
+        }
+        let msg = AmqpMessage {
+            header: None,
+            delivery_annotations: None,
+            message_annotations: None,
+            properties: Some(Properties {
+                message_id: Some(AmqpId::String(id.clone())),
+                reply_to: Some(self.reply_to.clone()),
+                ..Properties::default()
+            }),
+            application_properties: Some(ApplicationProperties(ap)),
+            body: AmqpValue(body),
+            footer: None,
+        };
+        let mut links = self.links.lock().await;
+        let (sender, receiver) = &mut *links;
+        let deadline = Instant::now() + timeout;
+        tokio::time::timeout_at(deadline, sender.send(msg))
+            .await
+            .map_err(|_| Failure::Timeout(timeout))?
+            .map_err(|e| send_failure(&e))?;
+        loop {
+            let d = tokio::time::timeout_at(deadline, receiver.recv::<Body<Value>>())
+                .await
+                .map_err(|_| Failure::Timeout(timeout))?
+                .map_err(|e| recv_failure(&e))?;
+            let _ = receiver.accept(&d).await;
+            let m = d.into_message();
+            let corr = m.properties.as_ref().and_then(|p| p.correlation_id.clone());
+            if !matches!(corr, Some(AmqpId::String(ref c)) if *c == id) {
+                continue; // a late answer to an earlier, timed-out request
+            }
+            let empty = ApplicationProperties(OrderedMap::new());
+            let ap = m.application_properties.as_ref().unwrap_or(&empty);
+            let status = app_int(ap, &["statusCode", "status-code"]).unwrap_or(500);
+            let condition = app_string(ap, &["errorCondition", "error-condition"]);
+            let description =
+                app_string(ap, &["statusDescription", "status-description"]).unwrap_or_default();
+            let body = match m.body {
+                Body::Value(AmqpValue(v)) => v,
+                _ => Value::Null,
+            };
+            return Ok(Response {
+                status,
+                condition,
+                description,
+                body,
+            });
+        }
+    }
+}
+
+fn attach_failure(text: &str, err: Option<definitions::Error>) -> Failure {
+    match err {
+        Some(e) => failure_of(&e),
+        None => Failure::ConnectionLost(format!("attach failed: {text}")),
+    }
+}
+
+/// A refused attach carries the broker's error in a detach; fe2o3 reports it as
+/// `RemoteClosedWithError` (or a detach variant) of the attach error.
+fn receiver_attach_failure(e: &fe2o3_amqp::link::ReceiverAttachError) -> Failure {
+    use fe2o3_amqp::link::ReceiverAttachError as E;
+    match e {
+        E::RemoteClosedWithError(err) => failure_of(err),
+        other => attach_failure(&other.to_string(), None),
+    }
+}
+
+fn sender_attach_failure(e: &fe2o3_amqp::link::SenderAttachError) -> Failure {
+    use fe2o3_amqp::link::SenderAttachError as E;
+    match e {
+        E::RemoteClosedWithError(err) => failure_of(err),
+        other => attach_failure(&other.to_string(), None),
+    }
+}
+
+/// One live connection and everything attached on it.
+pub(crate) struct Live {
+    connection: tokio::sync::Mutex<ConnectionHandle<()>>,
+    session: tokio::sync::Mutex<SessionHandle<()>>,
+    cbs: RpcLink,
+    /// CBS audience -> token expiry.
+    tokens: Mutex<HashMap<String, SystemTime>>,
+    senders: Mutex<HashMap<String, Arc<SenderLink>>>,
+    receivers: Mutex<HashMap<String, Arc<ReceiverLink>>>,
+    management: Mutex<HashMap<String, Arc<RpcLink>>>,
+    pub(crate) dead: AtomicBool,
+}
+
+impl Live {
+    fn is_usable(&self) -> bool {
+        !self.dead.load(Ordering::Acquire)
+    }
+}
+
+/// The connection manager shared by a provider and its session receivers.
+pub(crate) struct Amqp {
+    pub(crate) cfg: ServiceBusConfig,
+    live: tokio::sync::Mutex<Option<Arc<Live>>>,
+    generation: AtomicU64,
+    next_link: AtomicU64,
+    failures: Mutex<(u32, Option<Instant>)>,
+    puts: AtomicU64,
+    connects: AtomicU64,
+}
+
+impl std::fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Amqp")
+            .field("cfg", &self.cfg)
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Amqp {
+    pub(crate) fn new(cfg: ServiceBusConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            live: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+            next_link: AtomicU64::new(1),
+            failures: Mutex::new((0, None)),
+            puts: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+        })
+    }
+
+    /// Tokens put on `$cbs` so far.
+    pub(crate) fn token_puts(&self) -> u64 {
+        self.puts.load(Ordering::Relaxed)
+    }
+
+    /// Connections opened so far.
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    fn audience(&self, entity: &str) -> String {
+        let ep = &self.cfg.endpoint;
+        format!("sb://{}/{}", ep.host, entity)
+    }
+
+    /// The live connection, opening one (after the backoff) if there is none.
+    pub(crate) async fn live(self: &Arc<Self>) -> Result<Arc<Live>, Failure> {
+        let mut guard = self.live.lock().await;
+        if let Some(l) = guard.as_ref()
+            && l.is_usable()
+        {
+            return Ok(l.clone());
+        }
+        if let Some(old) = guard.take() {
+            let mut c = old.connection.lock().await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), c.close()).await;
+        }
+        let wait = {
+            let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            match *f {
+                (0, _) | (_, None) => Duration::ZERO,
+                (n, Some(at)) => {
+                    let backoff = self
+                        .cfg
+                        .reconnect_backoff
+                        .saturating_mul(1u32 << (n - 1).min(16))
+                        .min(self.cfg.max_reconnect_backoff);
+                    backoff.saturating_sub(at.elapsed())
+                }
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        match self.connect().await {
+            Ok(live) => {
+                *self.failures.lock().unwrap_or_else(|p| p.into_inner()) = (0, None);
+                let live = Arc::new(live);
+                self.spawn_refresher(Arc::downgrade(&live));
+                *guard = Some(live.clone());
+                Ok(live)
+            }
+            Err(e) => {
+                let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                *f = (f.0.saturating_add(1), Some(Instant::now()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Live, Failure> {
+        let ep = &self.cfg.endpoint;
+        let timeout = self.cfg.operation_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect((ep.host.as_str(), ep.port)))
+            .await
+            .map_err(|_| Failure::Timeout(timeout))?
+            .map_err(|e| {
+                Failure::ConnectionLost(format!(
+                    "tcp connect to {}:{}: {}",
+                    ep.host,
+                    ep.port,
+                    e.kind()
+                ))
+            })?;
+        let _ = stream.set_nodelay(true);
+        let container = format!("queue-azure-{}", uuid::Uuid::new_v4());
+        let builder = Connection::builder()
+            .container_id(container)
+            .hostname(ep.host.as_str())
+            .sasl_profile(SaslProfile::Anonymous)
+            .max_frame_size(256 * 1024)
+            .idle_time_out(120_000u32);
+        let builder = if ep.tls {
+            builder.scheme("amqps").domain(ep.host.as_str())
+        } else {
+            builder.scheme("amqp")
+        };
+        let mut connection = tokio::time::timeout(timeout, builder.open_with_stream(stream))
+            .await
+            .map_err(|_| Failure::Timeout(timeout))?
+            .map_err(|e| Failure::ConnectionLost(format!("open failed: {e}")))?;
+        let mut session = Session::begin(&mut connection)
+            .await
+            .map_err(|e| Failure::ConnectionLost(format!("begin failed: {e}")))?;
+        let cbs = RpcLink::attach(&mut session, "$cbs").await?;
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        Ok(Live {
+            connection: tokio::sync::Mutex::new(connection),
+            session: tokio::sync::Mutex::new(session),
+            cbs,
+            tokens: Mutex::new(HashMap::new()),
+            senders: Mutex::new(HashMap::new()),
+            receivers: Mutex::new(HashMap::new()),
+            management: Mutex::new(HashMap::new()),
+            dead: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks `live` dead after a connection-level failure, so the next call reconnects.
+    pub(crate) fn note_failure(&self, live: &Live, f: &Failure) {
+        if is_connection_loss(f) {
+            live.dead.store(true, Ordering::Release);
+            let mut fl = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if fl.0 == 0 {
+                *fl = (1, Some(Instant::now()));
+            }
+        }
+    }
+
+    /// A token for `audience` and its expiry.
+    async fn token(
+        &self,
+        audience: &str,
+    ) -> Result<(SecretString, &'static str, SystemTime), Failure> {
+        match &self.cfg.credential {
+            Credential::SharedKey { key_name, key } => {
+                let expires = SystemTime::now() + self.cfg.sas_token_ttl;
+                Ok((
+                    sas_token(audience, key_name, key, unix_secs(expires)),
+                    "servicebus.windows.net:sastoken",
+                    expires,
+                ))
+            }
+            Credential::SasToken(t) => {
+                let expires =
+                    sas_expiry(t).unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
+                Ok((t.clone(), "servicebus.windows.net:sastoken", expires))
+            }
+            Credential::Token(c) => {
+                let t = c
+                    .get_token(&[SERVICE_BUS_SCOPE])
+                    .await
+                    .map_err(|_| Failure::Status {
+                        code: 401,
+                        condition: Some("amqp:unauthorized-access".into()),
+                        description: "the token credential returned no token".into(),
+                    })?;
+                Ok((t.token, "jwt", t.expires_on))
+            }
+        }
+    }
+
+    /// Puts a token for `audience` on `$cbs`.
+    async fn put_token(&self, live: &Live, audience: &str) -> Result<(), Failure> {
+        let (token, kind, expires) = self.token(audience).await?;
+        let resp = live
+            .cbs
+            .call(
+                vec![
+                    ("operation", SimpleValue::String("put-token".into())),
+                    ("type", SimpleValue::String(kind.into())),
+                    ("name", SimpleValue::String(audience.into())),
+                    ("expiration", SimpleValue::Timestamp(timestamp(expires))),
+                ],
+                Value::String(token.expose_secret().to_owned()),
+                self.cfg.operation_timeout,
+            )
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(f) => {
+                self.note_failure(live, &f);
+                return Err(f);
+            }
+        };
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        if !(200..300).contains(&resp.status) {
+            return Err(Failure::Status {
+                code: resp.status,
+                condition: Some(if resp.status == 404 {
+                    "amqp:not-found".into()
+                } else {
+                    "amqp:unauthorized-access".into()
+                }),
+                description: String::new(),
+            });
+        }
+        live.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(audience.to_owned(), expires);
+        Ok(())
+    }
+
+    fn refresh_margin(&self) -> Duration {
+        (self.cfg.sas_token_ttl / 5).min(Duration::from_secs(300))
+    }
+
+    /// Makes sure a fresh token for `entity` is on `$cbs`.
+    pub(crate) async fn authorize(&self, live: &Live, entity: &str) -> Result<(), Failure> {
+        let audience = self.audience(entity);
+        let fresh = live
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&audience)
+            .is_some_and(|exp| {
+                exp.duration_since(SystemTime::now())
+                    .is_ok_and(|left| left > self.refresh_margin())
+            });
+        if fresh {
+            return Ok(());
+        }
+        self.put_token(live, &audience).await
+    }
+
+    /// Re-puts tokens before they expire, for as long as the connection lives.
+    fn spawn_refresher(self: &Arc<Self>, live: Weak<Live>) {
+        let me = Arc::downgrade(self);
+        let every = (self.refresh_margin() / 2).max(Duration::from_millis(200));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let (Some(me), Some(live)) = (me.upgrade(), live.upgrade()) else {
+                    return;
+                };
+                if !live.is_usable() {
+                    return;
+                }
+                let due: Vec<String> = {
+                    let tokens = live.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                    tokens
+                        .iter()
+                        .filter(|(_, exp)| {
+                            exp.duration_since(SystemTime::now())
+                                .map_or(true, |left| left <= me.refresh_margin())
+                        })
+                        .map(|(a, _)| a.clone())
+                        .collect()
+                };
+                for audience in due {
+                    if let Err(e) = me.put_token(&live, &audience).await {
+                        tracing::warn!(kind = ?std::mem::discriminant(&e), "token refresh failed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// The sender link for `entity`, attached on first use.
+    pub(crate) async fn sender(
+        self: &Arc<Self>,
+        entity: &str,
+    ) -> Result<(Arc<Live>, Arc<SenderLink>), Failure> {
+        let live = self.live().await?;
+        self.authorize(&live, entity).await?;
+        if let Some(s) = live
+            .senders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(entity)
+        {
+            return Ok((live.clone(), s.clone()));
+        }
+        let mut session = live.session.lock().await;
+        let sender = Sender::builder()
+            .name(link_name("send"))
+            .target(entity)
+            .sender_settle_mode(SenderSettleMode::Unsettled)
+            .attach(&mut *session)
+            .await
+            .map_err(|e| sender_attach_failure(&e));
+        drop(session);
+        let sender = match sender {
+            Ok(s) => s,
+            Err(f) => {
+                self.note_failure(&live, &f);
+                return Err(f);
+            }
+        };
+        let link = Arc::new(SenderLink {
+            max_message_size: sender.max_message_size(),
+            sender: tokio::sync::Mutex::new(sender),
+        });
+        live.senders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entity.to_owned(), link.clone());
+        Ok((live, link))
+    }
+
+    /// Forgets a link that failed, so it is attached again next time.
+    pub(crate) fn drop_sender(&self, live: &Live, entity: &str) {
+        live.senders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(entity);
+    }
+
+    /// Forgets a receiver link.
+    pub(crate) fn drop_receiver(&self, live: &Live, entity: &str, id: u64) {
+        let mut r = live.receivers.lock().unwrap_or_else(|p| p.into_inner());
+        if r.get(entity).is_some_and(|l| l.id == id)
+            && let Some(l) = r.remove(entity)
+        {
+            l.closed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Attaches a peek-lock receiver on `entity`; with `session` set, a session receiver
+    /// (`Some(None)`: the next available session).
+    pub(crate) async fn attach_receiver(
+        self: &Arc<Self>,
+        live: &Arc<Live>,
+        entity: &str,
+        session: Option<Option<&str>>,
+        server_wait: Option<Duration>,
+    ) -> Result<Arc<ReceiverLink>, Failure> {
+        self.authorize(live, entity).await?;
+        let mut source = Source::builder().address(entity);
+        if let Some(s) = session {
+            let mut filter = OrderedMap::new();
+            filter.insert(
+                Symbol::from(SESSION_FILTER),
+                s.map_or(Value::Null, |id| Value::String(id.to_owned())),
+            );
+            source = source.filter(filter);
+        }
+        let mut props = OrderedMap::new();
+        if let Some(w) = server_wait {
+            props.insert(
+                Symbol::from("com.microsoft:timeout"),
+                Value::Uint(u32::try_from(w.as_millis()).unwrap_or(u32::MAX)),
+            );
+        }
+        let mut s = live.session.lock().await;
+        let attached = Receiver::builder()
+            .name(link_name("recv"))
+            .source(source.build())
+            .target(
+                Target::builder()
+                    .address(format!("recv-{}", uuid::Uuid::new_v4()))
+                    .build(),
+            )
+            .receiver_settle_mode(ReceiverSettleMode::Second)
+            .sender_settle_mode(SenderSettleMode::Unsettled)
+            .credit_mode(CreditMode::Manual)
+            .auto_accept(false)
+            .properties(props)
+            .attach(&mut *s)
+            .await
+            .map_err(|e| receiver_attach_failure(&e));
+        drop(s);
+        let receiver = match attached {
+            Ok(r) => r,
+            Err(f) => {
+                self.note_failure(live, &f);
+                return Err(f);
+            }
+        };
+        let session_id = session.and_then(|_| {
+            receiver
+                .source()
+                .as_ref()
+                .and_then(|src| src.filter.as_ref())
+                .and_then(|f| f.get(&Symbol::from(SESSION_FILTER)))
+                .and_then(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Symbol(s) => Some(s.0.clone()),
+                    Value::Described(d) => match &d.value {
+                        Value::String(s) => Some(s.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+        });
+        Ok(Arc::new(ReceiverLink {
+            disposer: receiver.disposer(),
+            receiver: tokio::sync::Mutex::new(Some(receiver)),
+            id: self.next_link.fetch_add(1, Ordering::Relaxed),
+            closed: AtomicBool::new(false),
+            session_id,
+        }))
+    }
+
+    /// The shared (non-session) receiver for `entity`, attached on first use.
+    pub(crate) async fn receiver(
+        self: &Arc<Self>,
+        entity: &str,
+    ) -> Result<(Arc<Live>, Arc<ReceiverLink>), Failure> {
+        let live = self.live().await?;
+        self.authorize(&live, entity).await?;
+        if let Some(r) = live
+            .receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(entity)
+        {
+            return Ok((live.clone(), r.clone()));
+        }
+        let link = self.attach_receiver(&live, entity, None, None).await?;
+        live.receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entity.to_owned(), link.clone());
+        Ok((live, link))
+    }
+
+    /// Calls `operation` on `<entity>/$management`.
+    pub(crate) async fn manage(
+        self: &Arc<Self>,
+        entity: &str,
+        operation: &str,
+        body: Vec<(&str, Value)>,
+    ) -> Result<Response, Failure> {
+        let live = self.live().await?;
+        self.authorize(&live, entity).await?;
+        let node = format!("{entity}/$management");
+        let existing = live
+            .management
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .cloned();
+        let rpc = match existing {
+            Some(r) => r,
+            None => {
+                let mut s = live.session.lock().await;
+                let attached = RpcLink::attach(&mut s, &node).await;
+                drop(s);
+                let rpc = match attached {
+                    Ok(r) => Arc::new(r),
+                    Err(f) => {
+                        self.note_failure(&live, &f);
+                        return Err(f);
+                    }
+                };
+                live.management
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node.clone(), rpc.clone());
+                rpc
+            }
+        };
+        let mut map = OrderedMap::new();
+        for (k, v) in body {
+            map.insert(Value::String(k.to_owned()), v);
+        }
+        let timeout = self.cfg.operation_timeout;
+        let res = rpc
+            .call(
+                vec![
+                    ("operation", SimpleValue::String(operation.to_owned())),
+                    (
+                        "com.microsoft:server-timeout",
+                        SimpleValue::Uint(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)),
+                    ),
+                ],
+                Value::Map(map),
+                timeout,
+            )
+            .await;
+        match res {
+            Ok(r) => r.into_result(),
+            Err(f) => {
+                self.note_failure(&live, &f);
+                if !is_connection_loss(&f) {
+                    live.management
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&node);
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// Closes the connection (best effort).
+    pub(crate) async fn close(&self) {
+        if let Some(live) = self.live.lock().await.take() {
+            live.dead.store(true, Ordering::Release);
+            let mut c = live.connection.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! Configuration: connection strings, credentials and the [`ServiceBusConfig`] builder.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use queue_core::{ExposeSecret, QueueError, Result, SecretString, ServiceBusSettings};
+
+use crate::credential::TokenCredential;
+
+/// Default AMQP port over TLS.
+const AMQPS_PORT: u16 = 5671;
+/// Default plain AMQP port of the local development emulator.
+const EMULATOR_PORT: u16 = 5672;
+
+/// How the provider proves who it is to the namespace.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Credential {
+    /// A shared access key: SAS tokens are generated and refreshed from it.
+    SharedKey {
+        /// Name of the shared access policy.
+        key_name: String,
+        /// The key (never printed).
+        key: SecretString,
+    },
+    /// A ready-made SAS token (`SharedAccessSignature sr=..`). It cannot be refreshed: once
+    /// it expires, calls fail with an authentication error.
+    SasToken(SecretString),
+    /// A Microsoft Entra ID token source (JWT bearer tokens, refreshed before expiry).
+    Token(Arc<dyn TokenCredential>),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SharedKey { key_name, .. } => f
+                .debug_struct("SharedKey")
+                .field("key_name", key_name)
+                .field("key", &"<redacted>")
+                .finish(),
+            Self::SasToken(_) => f.debug_tuple("SasToken").field(&"<redacted>").finish(),
+            Self::Token(c) => f.debug_tuple("Token").field(c).finish(),
+        }
+    }
+}
+
+/// Where the namespace is and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    /// Host name (`<ns>.servicebus.windows.net`, or a loopback host for the emulator).
+    pub(crate) host: String,
+    /// TCP port.
+    pub(crate) port: u16,
+    /// TLS (always, except for the loopback development emulator).
+    pub(crate) tls: bool,
+}
+
+/// A parsed Service Bus connection string. Its `Debug` never shows the key or token.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ConnectionString {
+    /// Host of the `Endpoint=sb://<host>[:port]/` part.
+    pub host: String,
+    /// Port given in the endpoint, if any.
+    pub port: Option<u16>,
+    /// `EntityPath`, if the string is scoped to one queue.
+    pub entity_path: Option<String>,
+    /// `UseDevelopmentEmulator=true`.
+    pub use_development_emulator: bool,
+    /// The credential the string carries.
+    pub credential: Credential,
+}
+
+impl fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionString")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("entity_path", &self.entity_path)
+            .field("use_development_emulator", &self.use_development_emulator)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cs_err(reason: impl Into<String>) -> QueueError {
+    QueueError::config("service_bus.connection_string", reason)
+}
+
+impl ConnectionString {
+    /// Parses `Endpoint=sb://..;SharedAccessKeyName=..;SharedAccessKey=..` (or
+    /// `SharedAccessSignature=..` instead of the key pair), with optional `EntityPath` and
+    /// `UseDevelopmentEmulator=true`. Errors never quote the key or the token.
+    pub fn parse(text: &str) -> Result<Self> {
+        let (mut endpoint, mut key_name, mut key, mut sas, mut entity, mut emulator) =
+            (None, None, None, None, None, false);
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(cs_err("every part must be `Name=value`"));
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "endpoint" => endpoint = Some(v.trim().to_owned()),
+                "sharedaccesskeyname" => key_name = Some(v.trim().to_owned()),
+                "sharedaccesskey" => key = Some(SecretString::from(v.trim().to_owned())),
+                "sharedaccesssignature" => sas = Some(SecretString::from(v.trim().to_owned())),
+                "entitypath" => entity = Some(v.trim().to_owned()),
+                "usedevelopmentemulator" => {
+                    emulator = match v.trim().to_ascii_lowercase().as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(cs_err("UseDevelopmentEmulator must be true or false")),
+                    }
+                }
+                // Unknown names are not echoed: a typo could hold a secret.
+                _ => {
+                    return Err(cs_err(
+                        "unknown part (expected Endpoint, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, EntityPath, UseDevelopmentEmulator)",
+                    ));
+                }
+            }
+        }
+        let endpoint = endpoint.ok_or_else(|| cs_err("Endpoint is missing"))?;
+        let rest = endpoint
+            .strip_prefix("sb://")
+            .ok_or_else(|| cs_err("Endpoint must start with sb://"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (host, port) = split_host_port(authority)?;
+        let credential = match (key_name, key, sas) {
+            (Some(key_name), Some(key), None) => {
+                if key_name.is_empty() || key.expose_secret().is_empty() {
+                    return Err(cs_err(
+                        "SharedAccessKeyName and SharedAccessKey must not be empty",
+                    ));
+                }
+                Credential::SharedKey { key_name, key }
+            }
+            (None, None, Some(sas)) => Credential::SasToken(sas),
+            (_, _, Some(_)) => {
+                return Err(cs_err(
+                    "give either SharedAccessSignature or SharedAccessKeyName with SharedAccessKey, not both",
+                ));
+            }
+            _ => {
+                return Err(cs_err(
+                    "SharedAccessKeyName and SharedAccessKey (or SharedAccessSignature) are required",
+                ));
+            }
+        };
+        Ok(Self {
+            host,
+            port,
+            entity_path: entity.filter(|e| !e.is_empty()),
+            use_development_emulator: emulator,
+            credential,
+        })
+    }
+
+    /// Where to connect, enforcing TLS except for a loopback development emulator.
+    pub(crate) fn endpoint(&self) -> Result<Endpoint> {
+        if self.use_development_emulator {
+            if !is_loopback(&self.host) {
+                return Err(cs_err(
+                    "UseDevelopmentEmulator=true is only accepted for loopback hosts (localhost, 127.0.0.1, ::1)",
+                ));
+            }
+            return Ok(Endpoint {
+                host: self.host.clone(),
+                port: self.port.unwrap_or(EMULATOR_PORT),
+                tls: false,
+            });
+        }
+        Ok(Endpoint {
+            host: self.host.clone(),
+            port: AMQPS_PORT,
+            tls: true,
+        })
+    }
+}
+
+fn split_host_port(authority: &str) -> Result<(String, Option<u16>)> {
+    if authority.is_empty() {
+        return Err(cs_err("Endpoint has no host"));
+    }
+    // [::1]:5672
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (h, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| cs_err("Endpoint host has an unclosed `[`"))?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| cs_err("Endpoint port is not a number"))?,
+            ),
+            None => None,
+        };
+        return Ok((h.to_owned(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Ok((
+            h.to_owned(),
+            Some(
+                p.parse()
+                    .map_err(|_| cs_err("Endpoint port is not a number"))?,
+            ),
+        )),
+        _ => Ok((authority.to_owned(), None)),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Configuration of a [`ServiceBusProvider`](crate::ServiceBusProvider).
+///
+/// Build it with [`ServiceBusConfig::builder`] or from a connection string. Its `Debug`
+/// output never shows keys or tokens.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServiceBusConfig {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) credential: Credential,
+    pub(crate) entity_path: Option<String>,
+    pub(crate) sas_token_ttl: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_batch_size: usize,
+    pub(crate) max_lock_duration: Duration,
+    pub(crate) duplicate_detection: bool,
+    pub(crate) reconnect_backoff: Duration,
+    pub(crate) max_reconnect_backoff: Duration,
+}
+
+impl fmt::Debug for ServiceBusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBusConfig")
+            .field("host", &self.endpoint.host)
+            .field("port", &self.endpoint.port)
+            .field("tls", &self.endpoint.tls)
+            .field("credential", &self.credential)
+            .field("entity_path", &self.entity_path)
+            .field("sas_token_ttl", &self.sas_token_ttl)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_batch_size", &self.max_batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceBusConfig {
+    /// A builder with Service Bus standard-tier defaults.
+    pub fn builder() -> ServiceBusConfigBuilder {
+        ServiceBusConfigBuilder::default()
+    }
+
+    /// The configuration a connection string describes, with default limits.
+    pub fn from_connection_string(text: &str) -> Result<Self> {
+        Self::builder().with_connection_string(text).build()
+    }
+}
+
+/// Builds a [`ServiceBusConfig`].
+#[derive(Clone, Default)]
+pub struct ServiceBusConfigBuilder {
+    connection_string: Option<ConnectionString>,
+    namespace: Option<String>,
+    credential: Option<Credential>,
+    sas_token_ttl: Option<Duration>,
+    operation_timeout: Option<Duration>,
+    max_message_size: Option<usize>,
+    max_batch_size: Option<usize>,
+    duplicate_detection: bool,
+    reconnect_backoff: Option<Duration>,
+    error: Option<String>,
+}
+
+impl fmt::Debug for ServiceBusConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBusConfigBuilder")
+            .field("connection_string", &self.connection_string)
+            .field("namespace", &self.namespace)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceBusConfigBuilder {
+    /// Uses a SAS connection string (parse errors surface from [`Self::build`]).
+    pub fn with_connection_string(mut self, text: &str) -> Self {
+        match ConnectionString::parse(text) {
+            Ok(cs) => self.connection_string = Some(cs),
+            Err(e) => self.error = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Uses a fully qualified namespace (`<name>.servicebus.windows.net`) with a token
+    /// credential (Microsoft Entra ID).
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Uses this credential (overrides the one of the connection string).
+    pub fn with_credential(mut self, credential: Credential) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// Uses a Microsoft Entra ID token source.
+    pub fn with_token_credential(self, credential: Arc<dyn TokenCredential>) -> Self {
+        self.with_credential(Credential::Token(credential))
+    }
+
+    /// Lifetime of the SAS tokens generated from a shared key (default 1 hour). Tokens are
+    /// put again on `$cbs` when less than a fifth of this remains.
+    pub fn with_sas_token_ttl(mut self, ttl: Duration) -> Self {
+        self.sas_token_ttl = Some(ttl);
+        self
+    }
+
+    /// How long one AMQP round trip may take (default 60 s).
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
+        self
+    }
+
+    /// Largest message, in bytes (default 256 KiB, the standard tier).
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// Most messages per batch (default 100).
+    pub fn with_max_batch_size(mut self, n: usize) -> Self {
+        self.max_batch_size = Some(n);
+        self
+    }
+
+    /// Declares that the queues have duplicate detection on (a per-queue setting on
+    /// Service Bus; reported in [`Capabilities`](queue_core::Capabilities)).
+    pub fn with_duplicate_detection(mut self, on: bool) -> Self {
+        self.duplicate_detection = on;
+        self
+    }
+
+    /// First delay before reconnecting after a connection loss (default 100 ms; doubles up
+    /// to 30 s).
+    pub fn with_reconnect_backoff(mut self, d: Duration) -> Self {
+        self.reconnect_backoff = Some(d);
+        self
+    }
+
+    /// Validates and builds the configuration.
+    pub fn build(self) -> Result<ServiceBusConfig> {
+        if let Some(e) = self.error {
+            return Err(cs_err(e));
+        }
+        let (endpoint, cs_credential, entity_path) =
+            match (&self.connection_string, &self.namespace) {
+                (Some(cs), _) => (
+                    cs.endpoint()?,
+                    Some(cs.credential.clone()),
+                    cs.entity_path.clone(),
+                ),
+                (None, Some(ns)) => {
+                    let ns = ns.trim().trim_start_matches("sb://").trim_end_matches('/');
+                    if ns.is_empty() {
+                        return Err(QueueError::config(
+                            "service_bus.namespace",
+                            "must not be empty",
+                        ));
+                    }
+                    (
+                        Endpoint {
+                            host: ns.to_owned(),
+                            port: AMQPS_PORT,
+                            tls: true,
+                        },
+                        None,
+                        None,
+                    )
+                }
+                (None, None) => {
+                    return Err(QueueError::config(
+                        "service_bus",
+                        "set connection_string, or namespace with a token credential",
+                    ));
+                }
+            };
+        let credential = self.credential.or(cs_credential).ok_or_else(|| {
+            QueueError::config(
+                "service_bus.namespace",
+                "a namespace needs a credential (with_token_credential)",
+            )
+        })?;
+        let sas_token_ttl = self.sas_token_ttl.unwrap_or(Duration::from_secs(3600));
+        if sas_token_ttl < Duration::from_secs(2) {
+            return Err(QueueError::config(
+                "service_bus.sas_token_ttl",
+                "must be at least 2 seconds",
+            ));
+        }
+        Ok(ServiceBusConfig {
+            endpoint,
+            credential,
+            entity_path,
+            sas_token_ttl,
+            operation_timeout: self.operation_timeout.unwrap_or(Duration::from_secs(60)),
+            max_message_size: self.max_message_size.unwrap_or(256 * 1024),
+            max_batch_size: self.max_batch_size.unwrap_or(100).max(1),
+            max_lock_duration: Duration::from_secs(300),
+            duplicate_detection: self.duplicate_detection,
+            reconnect_backoff: self.reconnect_backoff.unwrap_or(Duration::from_millis(100)),
+            max_reconnect_backoff: Duration::from_secs(30),
+        })
+    }
+}
+
+impl TryFrom<&ServiceBusSettings> for ServiceBusConfig {
+    type Error = QueueError;
+
+    fn try_from(s: &ServiceBusSettings) -> Result<Self> {
+        match (&s.connection_string, &s.namespace) {
+            (Some(cs), _) => Self::from_connection_string(cs.expose_secret()),
+            (None, Some(_)) => Err(QueueError::config(
+                "service_bus.namespace",
+                "a namespace alone needs a token credential: build the provider with \
+                 ServiceBusProvider::builder().with_namespace(..).with_token_credential(..)",
+            )),
+            (None, None) => Err(QueueError::config(
+                "service_bus.connection_string",
+                "missing (set connection_string)",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANARY: &str = "CANARY-k3y-5b1d";
+
+    #[test]
+    fn parses_shared_key_strings() {
+        let cs = ConnectionString::parse(&format!(
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey={CANARY};EntityPath=orders"
+        ))
+        .unwrap();
+        assert_eq!(cs.host, "ns.servicebus.windows.net");
+        assert_eq!(cs.entity_path.as_deref(), Some("orders"));
+        let ep = cs.endpoint().unwrap();
+        assert_eq!((ep.port, ep.tls), (5671, true));
+        match &cs.credential {
+            Credential::SharedKey { key_name, key } => {
+                assert_eq!(key_name, "Root");
+                assert_eq!(key.expose_secret(), CANARY);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_sas_token_strings() {
+        let cs = ConnectionString::parse(&format!(
+            "Endpoint=sb://ns.servicebus.windows.net;SharedAccessSignature=SharedAccessSignature sr=x&sig={CANARY}&se=1"
+        ))
+        .unwrap();
+        assert!(matches!(cs.credential, Credential::SasToken(_)));
+    }
+
+    #[test]
+    fn emulator_only_on_loopback_and_plain_port() {
+        let ok = ConnectionString::parse(
+            "Endpoint=sb://127.0.0.1:6000;SharedAccessKeyName=a;SharedAccessKey=b;UseDevelopmentEmulator=true",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.endpoint().unwrap(),
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 6000,
+                tls: false
+            }
+        );
+        let default_port = ConnectionString::parse(
+            "Endpoint=sb://localhost;SharedAccessKeyName=a;SharedAccessKey=b;UseDevelopmentEmulator=true",
+        )
+        .unwrap();
+        assert_eq!(default_port.endpoint().unwrap().port, 5672);
+        let v6 = ConnectionString::parse(
+            "Endpoint=sb://[::1]:7000;SharedAccessKeyName=a;SharedAccessKey=b;UseDevelopmentEmulator=true",
+        )
+        .unwrap();
+        assert_eq!(v6.endpoint().unwrap().port, 7000);
+        let remote = ConnectionString::parse(
+            "Endpoint=sb://ns.servicebus.windows.net;SharedAccessKeyName=a;SharedAccessKey=b;UseDevelopmentEmulator=true",
+        )
+        .unwrap();
+        let err = remote.endpoint().unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+        // Without the emulator flag a loopback host still gets TLS on 5671.
+        let tls = ConnectionString::parse(
+            "Endpoint=sb://127.0.0.1:6000;SharedAccessKeyName=a;SharedAccessKey=b",
+        )
+        .unwrap();
+        assert_eq!(tls.endpoint().unwrap().port, 5671);
+        assert!(tls.endpoint().unwrap().tls);
+    }
+
+    #[test]
+    fn bad_strings_are_typed_errors_without_secrets() {
+        for bad in [
+            format!("SharedAccessKeyName=a;SharedAccessKey={CANARY}"),
+            format!("Endpoint=https://x;SharedAccessKeyName=a;SharedAccessKey={CANARY}"),
+            format!("Endpoint=sb://x;SharedAccessKey={CANARY}"),
+            format!("Endpoint=sb://x;Bogus{CANARY}=1;SharedAccessKeyName=a;SharedAccessKey=b"),
+            format!("Endpoint=sb://x;{CANARY}"),
+            format!(
+                "Endpoint=sb://x;SharedAccessKeyName=a;SharedAccessKey={CANARY};SharedAccessSignature={CANARY}"
+            ),
+            format!("Endpoint=sb://x:notaport;SharedAccessKeyName=a;SharedAccessKey={CANARY}"),
+        ] {
+            let err = ConnectionString::parse(&bad).unwrap_err();
+            assert!(matches!(err, QueueError::Config { .. }), "{err:?}");
+            assert!(!err.to_string().contains(CANARY), "{err}");
+            assert!(!format!("{err:?}").contains(CANARY), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn debug_of_every_config_type_redacts_canary() {
+        let text = format!(
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey={CANARY}"
+        );
+        let cs = ConnectionString::parse(&text).unwrap();
+        let builder = ServiceBusConfig::builder().with_connection_string(&text);
+        let cfg = builder.clone().build().unwrap();
+        let sas = Credential::SasToken(SecretString::from(CANARY));
+        let settings = ServiceBusSettings::default();
+        let _ = settings;
+        for printed in [
+            format!("{cs:?}"),
+            format!("{cs:#?}"),
+            format!("{builder:?}"),
+            format!("{cfg:?}"),
+            format!("{cfg:#?}"),
+            format!("{sas:?}"),
+        ] {
+            assert!(!printed.contains(CANARY), "secret leaked: {printed}");
+        }
+        assert!(format!("{cfg:?}").contains("ns.servicebus.windows.net"));
+    }
+
+    #[test]
+    fn from_settings_requires_something_usable() {
+        let err = ServiceBusConfig::try_from(&ServiceBusSettings::default()).unwrap_err();
+        assert!(matches!(err, QueueError::Config { .. }));
+    }
+}

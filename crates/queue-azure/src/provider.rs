@@ -1,0 +1,745 @@
+//! [`ServiceBusProvider`]: the [`QueueProvider`] over AMQP.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, Weak, atomic::Ordering},
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fe2o3_amqp::{
+    link::delivery::DeliveryInfo,
+    types::{
+        messaging::Body,
+        primitives::{Array, Binary, Value},
+    },
+};
+use queue_core::{
+    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
+    Receipt, ReceiveOptions, ReceivedMessage, Result, ServiceBusSettings, SessionId,
+    SessionReceiver, SessionSelector, SessionSupport,
+};
+use tokio::time::Instant;
+
+use crate::{
+    amqp::{Amqp, ReceiverLink, Response, is_connection_loss, recv_failure},
+    config::{ServiceBusConfig, ServiceBusConfigBuilder},
+    convert::{self, encoded_len, from_amqp, lock_token, system_time, to_amqp},
+    error::{Ctx, Failure, PROVIDER, map_failure},
+    session::ServiceBusSessionReceiver,
+};
+
+/// After the first message of a receive arrives, how long to wait for more.
+const GATHER: Duration = Duration::from_millis(20);
+
+/// What the provider remembers about one locked delivery.
+pub(crate) struct LockEntry {
+    link: Weak<ReceiverLink>,
+    info: DeliveryInfo,
+    /// The entity the message was received from (`q` or `q/$deadletterqueue`).
+    entity: String,
+    locked_until: Option<SystemTime>,
+    session: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) amqp: Arc<Amqp>,
+    locks: Mutex<HashMap<uuid::Uuid, LockEntry>>,
+}
+
+/// The Azure Service Bus provider. Cheap to clone; clones share one AMQP connection.
+///
+/// ```no_run
+/// # async fn run() -> queue_core::Result<()> {
+/// use queue_azure::ServiceBusProvider;
+/// use queue_core::{Message, QueueName, QueueProvider};
+///
+/// let provider = ServiceBusProvider::builder()
+///     .with_connection_string(&std::env::var("SERVICEBUS_CONNECTION_STRING").unwrap_or_default())
+///     .build()?;
+/// let queue = QueueName::new("orders")?;
+/// provider.check_access(&queue).await?;
+/// provider.send(&queue, Message::new("hello")).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ServiceBusProvider {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ServiceBusProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBusProvider")
+            .field("config", &self.shared.amqp.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ServiceBusProvider`]: the [`ServiceBusConfigBuilder`] setters, then
+/// [`ServiceBusProviderBuilder::build`].
+#[derive(Debug, Default)]
+pub struct ServiceBusProviderBuilder {
+    config: ServiceBusConfigBuilder,
+}
+
+macro_rules! forward {
+    ($($(#[$m:meta])* $name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        $(#[$m])*
+        pub fn $name(mut self, $($arg: $ty),*) -> Self {
+            self.config = self.config.$name($($arg),*);
+            self
+        }
+    )*};
+}
+
+impl ServiceBusProviderBuilder {
+    forward! {
+        /// See [`ServiceBusConfigBuilder::with_connection_string`].
+        with_connection_string(text: &str);
+        /// See [`ServiceBusConfigBuilder::with_namespace`].
+        with_namespace(namespace: String);
+        /// See [`ServiceBusConfigBuilder::with_credential`].
+        with_credential(credential: crate::Credential);
+        /// See [`ServiceBusConfigBuilder::with_token_credential`].
+        with_token_credential(credential: Arc<dyn crate::TokenCredential>);
+        /// See [`ServiceBusConfigBuilder::with_sas_token_ttl`].
+        with_sas_token_ttl(ttl: Duration);
+        /// See [`ServiceBusConfigBuilder::with_operation_timeout`].
+        with_operation_timeout(timeout: Duration);
+        /// See [`ServiceBusConfigBuilder::with_max_message_size`].
+        with_max_message_size(bytes: usize);
+        /// See [`ServiceBusConfigBuilder::with_max_batch_size`].
+        with_max_batch_size(n: usize);
+        /// See [`ServiceBusConfigBuilder::with_duplicate_detection`].
+        with_duplicate_detection(on: bool);
+        /// See [`ServiceBusConfigBuilder::with_reconnect_backoff`].
+        with_reconnect_backoff(d: Duration);
+    }
+
+    /// Validates the configuration. No connection is made until the first call.
+    pub fn build(self) -> Result<ServiceBusProvider> {
+        Ok(ServiceBusProvider::new(self.config.build()?))
+    }
+}
+
+fn uuid_value(u: uuid::Uuid) -> Value {
+    Value::Uuid(fe2o3_amqp::types::primitives::Uuid::from(*u.as_bytes()))
+}
+
+fn dlq(queue: &str) -> String {
+    format!("{queue}/$deadletterqueue")
+}
+
+impl ServiceBusProvider {
+    /// A builder.
+    pub fn builder() -> ServiceBusProviderBuilder {
+        ServiceBusProviderBuilder::default()
+    }
+
+    /// A provider for `config`. No connection is made until the first call.
+    pub fn new(config: ServiceBusConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                amqp: Amqp::new(config),
+                locks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A provider from the settings of a configuration file.
+    pub fn from_settings(settings: &ServiceBusSettings) -> Result<Self> {
+        Ok(Self::new(ServiceBusConfig::try_from(settings)?))
+    }
+
+    /// How many tokens were put on `$cbs` so far (first authorizations and refreshes).
+    pub fn token_puts(&self) -> u64 {
+        self.shared.amqp.token_puts()
+    }
+
+    /// How many connections were opened so far (1 plus reconnects).
+    pub fn connections_opened(&self) -> u64 {
+        self.shared.amqp.connects()
+    }
+
+    /// Closes the connection. Later calls open a new one.
+    pub async fn close(&self) {
+        self.shared.amqp.close().await;
+    }
+
+    /// Schedules messages through `$management` `schedule-message` and returns their
+    /// sequence numbers, for [`Self::cancel_scheduled`]. Each message needs its
+    /// `scheduled_enqueue_time`.
+    pub async fn schedule(&self, queue: &QueueName, messages: Vec<Message>) -> Result<Vec<i64>> {
+        let ctx = Ctx::new("schedule", queue.as_str());
+        let mut items = Vec::new();
+        for m in &messages {
+            if m.scheduled_enqueue_time.is_none() {
+                return Err(QueueError::InvalidMessage {
+                    provider: PROVIDER,
+                    reason: "a scheduled message needs scheduled_enqueue_time".into(),
+                });
+            }
+            let id = m.message_id.clone().unwrap_or_else(MessageId::random);
+            let out = to_amqp(m, &id);
+            self.check_size(queue, &out, None)?;
+            let mut entry = fe2o3_amqp::types::primitives::OrderedMap::new();
+            entry.insert(
+                Value::String("message-id".into()),
+                Value::String(id.as_str().to_owned()),
+            );
+            if let Some(s) = &m.session_id {
+                entry.insert(
+                    Value::String("session-id".into()),
+                    Value::String(s.as_str().to_owned()),
+                );
+            }
+            entry.insert(
+                Value::String("message".into()),
+                Value::Binary(Binary::from(convert::encode(&out))),
+            );
+            items.push(Value::Map(entry));
+        }
+        let resp = self
+            .shared
+            .amqp
+            .manage(
+                queue.as_str(),
+                "com.microsoft:schedule-message",
+                vec![("messages", Value::List(items))],
+            )
+            .await
+            .map_err(|f| map_failure(f, ctx))?;
+        Ok(long_list(resp.get("sequence-numbers")))
+    }
+
+    /// Cancels scheduled messages by sequence number.
+    pub async fn cancel_scheduled(
+        &self,
+        queue: &QueueName,
+        sequence_numbers: &[i64],
+    ) -> Result<()> {
+        let ctx = Ctx::new("cancel_scheduled", queue.as_str());
+        let seqs: Vec<Value> = sequence_numbers.iter().map(|n| Value::Long(*n)).collect();
+        self.shared
+            .amqp
+            .manage(
+                queue.as_str(),
+                "com.microsoft:cancel-scheduled-message",
+                vec![("sequence-numbers", Value::Array(Array::from(seqs)))],
+            )
+            .await
+            .map_err(|f| map_failure(f, ctx))?;
+        Ok(())
+    }
+
+    fn check_size(
+        &self,
+        queue: &QueueName,
+        out: &convert::Outgoing,
+        link_max: Option<u64>,
+    ) -> Result<()> {
+        let mut max = self.shared.amqp.cfg.max_message_size;
+        if let Some(l) = link_max.filter(|l| *l > 0) {
+            max = max.min(usize::try_from(l).unwrap_or(usize::MAX));
+        }
+        let size = encoded_len(out);
+        if size > max {
+            return Err(map_failure(
+                Failure::TooLarge { size, max },
+                Ctx::new("send", queue.as_str()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn send_one(&self, queue: &QueueName, out: convert::Outgoing) -> Result<()> {
+        let ctx = Ctx::new("send", queue.as_str());
+        let amqp = &self.shared.amqp;
+        let (live, link) = amqp
+            .sender(queue.as_str())
+            .await
+            .map_err(|f| map_failure(f, ctx))?;
+        self.check_size(queue, &out, link.max_message_size)?;
+        if let Err(f) = link.send(out, amqp.cfg.operation_timeout).await {
+            amqp.note_failure(&live, &f);
+            amqp.drop_sender(&live, queue.as_str());
+            return Err(map_failure(f, ctx));
+        }
+        Ok(())
+    }
+
+    /// Receives from `entity` with the shared receiver, reconnecting once after a
+    /// connection loss.
+    async fn receive_entity(
+        &self,
+        queue: &QueueName,
+        entity: String,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let ctx = Ctx::new("receive", queue.as_str());
+        let amqp = &self.shared.amqp;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (live, link) = match amqp.receiver(&entity).await {
+                Ok(x) => x,
+                Err(f) if attempt == 1 && is_connection_loss(&f) => continue,
+                Err(f) => return Err(map_failure(f, ctx)),
+            };
+            match self.shared.pull(&link, &entity, queue, None, options).await {
+                Ok(v) => return Ok(v),
+                Err(f) => {
+                    amqp.note_failure(&live, &f);
+                    amqp.drop_receiver(&live, &entity, link.id);
+                    if attempt == 1 && is_connection_loss(&f) {
+                        continue;
+                    }
+                    return Err(map_failure(f, ctx));
+                }
+            }
+        }
+    }
+}
+
+fn long_list(v: Option<&Value>) -> Vec<i64> {
+    let items: Vec<Value> = match v {
+        Some(Value::Array(a)) => a.0.clone(),
+        Some(Value::List(l)) => l.clone(),
+        _ => Vec::new(),
+    };
+    items
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::Long(n) => Some(n),
+            Value::Int(n) => Some(i64::from(n)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn time_list(v: Option<&Value>) -> Vec<SystemTime> {
+    let items: Vec<Value> = match v {
+        Some(Value::Array(a)) => a.0.clone(),
+        Some(Value::List(l)) => l.clone(),
+        Some(other) => vec![other.clone()],
+        None => Vec::new(),
+    };
+    items
+        .iter()
+        .filter_map(|v| match v {
+            Value::Timestamp(t) => Some(system_time(t)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How settlement is requested on `$management` `update-disposition`.
+#[derive(Clone, Copy)]
+pub(crate) enum Disposition<'a> {
+    Complete,
+    Abandon,
+    DeadLetter(&'a DeadLetterReason),
+}
+
+impl Shared {
+    /// Pulls up to `options.max_messages` deliveries from `link`.
+    pub(crate) async fn pull(
+        &self,
+        link: &Arc<ReceiverLink>,
+        entity: &str,
+        queue: &QueueName,
+        session: Option<&SessionId>,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>, Failure> {
+        let max = options.max_messages.clamp(1, self.amqp.cfg.max_batch_size);
+        let mut guard = link.receiver.lock().await;
+        let Some(r) = guard.as_mut() else {
+            return Err(Failure::Condition {
+                condition: "com.microsoft:session-lock-lost".into(),
+                description: "the receiver is closed".into(),
+            });
+        };
+        let deadline = Instant::now() + options.wait;
+        let mut got = Vec::new();
+        // Deliveries that arrived after an earlier call returned come first.
+        while got.len() < max {
+            match tokio::time::timeout(Duration::ZERO, r.recv::<Body<Value>>()).await {
+                Err(_) => break,
+                Ok(Ok(d)) => self.admit(link, entity, queue, session, d, &mut got),
+                Ok(Err(e)) => return Err(recv_failure(&e)),
+            }
+        }
+        if got.len() < max {
+            let want = u32::try_from(max - got.len()).unwrap_or(u32::MAX);
+            r.set_credit(want)
+                .await
+                .map_err(|e| Failure::ConnectionLost(format!("flow failed: {e}")))?;
+            while got.len() < max {
+                let until = if got.is_empty() {
+                    deadline
+                } else {
+                    deadline.min(Instant::now() + GATHER)
+                };
+                match tokio::time::timeout_at(until, r.recv::<Body<Value>>()).await {
+                    Err(_) => break,
+                    Ok(Ok(d)) => self.admit(link, entity, queue, session, d, &mut got),
+                    Ok(Err(e)) => {
+                        if got.is_empty() {
+                            return Err(recv_failure(&e));
+                        }
+                        break;
+                    }
+                }
+            }
+            if got.len() < max {
+                // Take back unused credit so no message sits locked in our buffer.
+                let _ = r.drain().await;
+            }
+        }
+        Ok(got)
+    }
+
+    fn admit(
+        &self,
+        link: &Arc<ReceiverLink>,
+        entity: &str,
+        queue: &QueueName,
+        session: Option<&SessionId>,
+        d: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
+        got: &mut Vec<ReceivedMessage>,
+    ) {
+        let info = DeliveryInfo::from(&d);
+        let m = d.message();
+        let Some(token) = lock_token(d.delivery_tag().as_ref(), m) else {
+            tracing::warn!(entity, "delivery without a lock token ignored");
+            return;
+        };
+        let decoded = from_amqp(m);
+        if decoded
+            .locked_until
+            .is_some_and(|until| until <= SystemTime::now())
+        {
+            // Its lock ran out while it sat in the buffer; the broker delivers it again.
+            return;
+        }
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            token,
+            LockEntry {
+                link: Arc::downgrade(link),
+                info,
+                entity: entity.to_owned(),
+                locked_until: decoded.locked_until,
+                session: session.map(|s| s.as_str().to_owned()),
+            },
+        );
+        got.push(decoded.into_received(queue, session.cloned(), token.to_string()));
+    }
+
+    /// Settles the delivery behind `receipt`.
+    pub(crate) async fn settle(
+        &self,
+        receipt: &Receipt,
+        how: Disposition<'_>,
+        operation: &'static str,
+    ) -> Result<()> {
+        let queue = receipt.queue().as_str();
+        let ctx = Ctx::new(operation, queue).with_session(receipt.session());
+        if receipt.provider() != PROVIDER {
+            return Err(map_failure(Failure::LockGone, ctx));
+        }
+        let Ok(token) = receipt.token().parse::<uuid::Uuid>() else {
+            return Err(map_failure(Failure::LockGone, ctx));
+        };
+        let entry = self
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&token);
+        let (entity, session) = match &entry {
+            Some(e) => {
+                if e.locked_until.is_some_and(|u| u <= SystemTime::now()) {
+                    return Err(map_failure(Failure::LockGone, ctx));
+                }
+                (e.entity.clone(), e.session.clone())
+            }
+            None => (
+                queue.to_owned(),
+                receipt.session().map(|s| s.as_str().to_owned()),
+            ),
+        };
+        // Completion goes over the receive link when it is still up (the fast path all
+        // SDKs use); everything else, and anything whose link is gone, over $management.
+        if let (Disposition::Complete, Some(e)) = (how, &entry)
+            && let Some(link) = e.link.upgrade()
+            && !link.closed.load(Ordering::Acquire)
+            && link.disposer.accept(e.info.clone()).await.is_ok()
+        {
+            return Ok(());
+        }
+        let mut body = vec![
+            (
+                "disposition-status",
+                Value::String(
+                    match how {
+                        Disposition::Complete => "completed",
+                        Disposition::Abandon => "abandoned",
+                        Disposition::DeadLetter(_) => "suspended",
+                    }
+                    .into(),
+                ),
+            ),
+            (
+                "lock-tokens",
+                Value::Array(Array::from(vec![uuid_value(token)])),
+            ),
+        ];
+        if let Disposition::DeadLetter(r) = how {
+            body.push(("deadletter-reason", Value::String(r.reason.clone())));
+            body.push((
+                "deadletter-description",
+                Value::String(r.description.clone()),
+            ));
+        }
+        if let Some(s) = &session {
+            body.push(("session-id", Value::String(s.clone())));
+        }
+        self.amqp
+            .manage(&entity, "com.microsoft:update-disposition", body)
+            .await
+            .map(|_| ())
+            .map_err(|f| map_failure(f, ctx))
+    }
+
+    pub(crate) async fn manage_ctx(
+        &self,
+        entity: &str,
+        op: &str,
+        body: Vec<(&str, Value)>,
+        ctx: Ctx<'_>,
+    ) -> Result<Response> {
+        self.amqp
+            .manage(entity, op, body)
+            .await
+            .map_err(|f| map_failure(f, ctx))
+    }
+
+    /// Forgets the locks of a closed session link.
+    pub(crate) fn forget_link(&self, link_id: u64) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, e| e.link.upgrade().is_some_and(|l| l.id != link_id));
+    }
+}
+
+#[async_trait]
+impl QueueProvider for ServiceBusProvider {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let cfg = &self.shared.amqp.cfg;
+        let mut c = Capabilities::default();
+        c.sessions = SessionSupport::Locked;
+        c.session_state = true;
+        c.scheduled_delivery = true;
+        c.max_schedule_delay = None;
+        c.delayed_abandon = false;
+        c.max_batch_size = cfg.max_batch_size;
+        c.max_message_size = cfg.max_message_size;
+        c.max_lock_duration = cfg.max_lock_duration;
+        c.lock_renewal = true;
+        c.native_dead_letter = true;
+        c.duplicate_detection = cfg.duplicate_detection;
+        c.queue_management = false;
+        c.message_ttl = true;
+        c
+    }
+
+    async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
+        let id = message.message_id.clone().unwrap_or_else(MessageId::random);
+        let out = to_amqp(&message, &id);
+        self.check_size(queue, &out, None)?;
+        self.send_one(queue, out).await?;
+        Ok(id)
+    }
+
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<Message>,
+    ) -> Result<Vec<MessageId>> {
+        // Validate everything first: an oversize entry fails the batch with nothing sent.
+        let mut prepared = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let id = m.message_id.clone().unwrap_or_else(MessageId::random);
+            let out = to_amqp(m, &id);
+            self.check_size(queue, &out, None)?;
+            prepared.push((id, out));
+        }
+        let total = prepared.len();
+        let mut sent = Vec::with_capacity(total);
+        let mut iter = prepared.into_iter().enumerate();
+        while let Some((i, (id, out))) = iter.next() {
+            if let Err(e) = self.send_one(queue, out).await {
+                if sent.is_empty() {
+                    return Err(e);
+                }
+                let mut failed = vec![queue_core::BatchEntryError::new(i, e)];
+                for (j, _) in iter {
+                    failed.push(queue_core::BatchEntryError::new(
+                        j,
+                        QueueError::Provider {
+                            provider: PROVIDER,
+                            operation: "send_batch",
+                            class: queue_core::RetryClass::Transient,
+                            source: "not attempted after an earlier entry failed".into(),
+                        },
+                    ));
+                }
+                return Err(QueueError::PartialBatch {
+                    provider: PROVIDER,
+                    queue: queue.as_str().to_owned(),
+                    operation: "send_batch",
+                    total,
+                    succeeded: sent.into_iter().enumerate().collect(),
+                    failed,
+                });
+            }
+            sent.push(id);
+        }
+        Ok(sent)
+    }
+
+    async fn receive(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        self.receive_entity(queue, queue.as_str().to_owned(), options)
+            .await
+    }
+
+    async fn complete(&self, receipt: &Receipt) -> Result<()> {
+        self.shared
+            .settle(receipt, Disposition::Complete, "complete")
+            .await
+    }
+
+    async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
+        if delay.is_some() {
+            return Err(QueueError::unsupported(PROVIDER, "abandon with delay"));
+        }
+        self.shared
+            .settle(receipt, Disposition::Abandon, "abandon")
+            .await
+    }
+
+    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
+        self.shared
+            .settle(receipt, Disposition::DeadLetter(&reason), "dead_letter")
+            .await
+    }
+
+    async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
+        let queue = receipt.queue().as_str();
+        let ctx = Ctx::new("renew_lock", queue).with_session(receipt.session());
+        let Ok(token) = receipt.token().parse::<uuid::Uuid>() else {
+            return Err(map_failure(Failure::LockGone, ctx));
+        };
+        let entity = self
+            .shared
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&token)
+            .map_or_else(|| queue.to_owned(), |e| e.entity.clone());
+        let resp = self
+            .shared
+            .manage_ctx(
+                &entity,
+                "com.microsoft:renew-lock",
+                vec![(
+                    "lock-tokens",
+                    Value::Array(Array::from(vec![uuid_value(token)])),
+                )],
+                ctx,
+            )
+            .await?;
+        let until = time_list(resp.get("expirations"))
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                map_failure(
+                    Failure::Condition {
+                        condition: "amqp:decode-error".into(),
+                        description: "renew-lock answered without an expiration".into(),
+                    },
+                    ctx,
+                )
+            })?;
+        if let Some(e) = self
+            .shared
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&token)
+        {
+            e.locked_until = Some(until);
+        }
+        Ok(until)
+    }
+
+    async fn accept_session(
+        &self,
+        queue: &QueueName,
+        selector: SessionSelector,
+        wait: Duration,
+    ) -> Result<Option<Box<dyn SessionReceiver>>> {
+        ServiceBusSessionReceiver::accept(self.shared.clone(), queue, selector, wait)
+            .await
+            .map(|r| r.map(|r| Box::new(r) as Box<dyn SessionReceiver>))
+    }
+
+    async fn receive_dead_letters(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        self.receive_entity(queue, dlq(queue.as_str()), options)
+            .await
+    }
+
+    async fn check_access(&self, queue: &QueueName) -> Result<()> {
+        let ctx = Ctx::new("check_access", queue.as_str());
+        // Authorizes on $cbs, attaches $management (fails for a missing queue) and peeks.
+        self.shared
+            .manage_ctx(
+                queue.as_str(),
+                "com.microsoft:peek-message",
+                vec![
+                    ("from-sequence-number", Value::Long(0)),
+                    ("message-count", Value::Int(1)),
+                ],
+                ctx,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Session state as bytes, from a `get-session-state` answer.
+pub(crate) fn state_bytes(v: Option<&Value>) -> Option<Bytes> {
+    match v? {
+        Value::Binary(b) => Some(Bytes::from(b.to_vec())),
+        Value::String(s) => Some(Bytes::from(s.clone().into_bytes())),
+        _ => None,
+    }
+}
+
+pub(crate) fn first_time(v: Option<&Value>) -> Option<SystemTime> {
+    time_list(v).into_iter().next()
+}
