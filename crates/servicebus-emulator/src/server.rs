@@ -47,6 +47,7 @@ use crate::{
 
 const SESSION_FILTER: &str = "com.microsoft:session-filter";
 const LOCKED_UNTIL_UTC: &str = "com.microsoft:locked-until-utc";
+const OPERATION_TIMEOUT: &str = "com.microsoft:timeout";
 const BATCH_FORMAT: u32 = 0x8001_3700;
 const OUR_MAX_FRAME: u32 = 256 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -239,6 +240,8 @@ async fn serve(
         owners: Vec::new(),
         heartbeat: None,
         authorized,
+        pending: Vec::new(),
+        retrying: None,
     };
     let mut changed = shared.broker.subscribe();
     let mut heartbeat: Option<tokio::time::Interval> = None;
@@ -253,6 +256,9 @@ async fn serve(
         let deadline = shared
             .broker
             .next_deadline()
+            .into_iter()
+            .chain(conn.pending.iter().map(|p| p.deadline))
+            .min()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             msg = rx.recv() => {
@@ -419,6 +425,35 @@ struct Conn {
     owners: Vec<u64>,
     heartbeat: Option<Duration>,
     authorized: bool,
+    /// Next-available session receivers waiting for a session.
+    pending: Vec<PendingAttach>,
+    /// Owner and deadline of the pending attach being retried.
+    retrying: Option<(u64, Instant)>,
+}
+
+struct PendingAttach {
+    ch: u16,
+    attach: Attach,
+    deadline: Instant,
+    owner: u64,
+}
+
+/// How long a next-available session receiver may wait: the client's `com.microsoft:timeout`
+/// link property in milliseconds, else 60 s.
+fn session_wait(attach: &Attach) -> Duration {
+    let ms = attach
+        .properties
+        .as_ref()
+        .and_then(|p| p.get(&Symbol::from(OPERATION_TIMEOUT)))
+        .and_then(|v| match v {
+            Value::Uint(x) => Some(u64::from(*x)),
+            Value::Ulong(x) => Some(*x),
+            Value::Int(x) => u64::try_from(*x).ok(),
+            Value::Long(x) => u64::try_from(*x).ok(),
+            _ => None,
+        })
+        .unwrap_or(60_000);
+    Duration::from_millis(ms.min(600_000))
 }
 
 fn parse_address(addr: &str) -> String {
@@ -557,6 +592,16 @@ impl Conn {
                 // A detach for a link we do not hold answers the detach we sent when we
                 // refused it: nothing more to say.
                 let Some(link) = removed else {
+                    // A receiver that gives up while waiting for a session.
+                    if let Some(i) = self
+                        .pending
+                        .iter()
+                        .position(|p| p.ch == ch && p.attach.handle == d.handle)
+                    {
+                        let p = self.pending.remove(i);
+                        let e = EmulatorError::NoSessionAvailable;
+                        self.refuse_attach(ch, p.attach, broker_error(&e)).await?;
+                    }
                     return Ok(true);
                 };
                 if let LinkKind::QueueOut { owner, .. } = link.kind {
@@ -570,6 +615,7 @@ impl Conn {
                 self.send(perf(ch, &reply)?).await?;
             }
             Performative::End(_) => {
+                self.pending.retain(|p| p.ch != ch);
                 if let Some(s) = self.sessions.remove(&ch) {
                     for l in s.links.values() {
                         if let LinkKind::QueueOut { owner, .. } = l.kind {
@@ -693,8 +739,14 @@ impl Conn {
                     queue: entity.queue,
                 }
             } else {
-                let owner = self.shared.next_owner.fetch_add(1, Ordering::Relaxed);
-                self.owners.push(owner);
+                let (owner, deadline) = match self.retrying.take() {
+                    Some((owner, deadline)) => (owner, Some(deadline)),
+                    None => {
+                        let owner = self.shared.next_owner.fetch_add(1, Ordering::Relaxed);
+                        self.owners.push(owner);
+                        (owner, None)
+                    }
+                };
                 let peek_lock = attach.snd_settle_mode != SenderSettleMode::Settled;
                 let cfg = self
                     .shared
@@ -730,6 +782,23 @@ impl Conn {
                                 );
                             }
                             session = Some(lock.session_id);
+                        }
+                        // "Next available" waits for a session, up to the client's
+                        // `com.microsoft:timeout` (60 s when it names none).
+                        Err(EmulatorError::NoSessionAvailable) if wanted.is_none() => {
+                            let deadline =
+                                deadline.unwrap_or_else(|| Instant::now() + session_wait(&attach));
+                            if Instant::now() < deadline {
+                                self.pending.push(PendingAttach {
+                                    ch,
+                                    attach,
+                                    deadline,
+                                    owner,
+                                });
+                                return Ok(());
+                            }
+                            let e = EmulatorError::NoSessionAvailable;
+                            return self.refuse_attach(ch, attach, broker_error(&e)).await;
                         }
                         Err(e) => {
                             return self.refuse_attach(ch, attach, broker_error(&e)).await;
@@ -1110,6 +1179,11 @@ impl Conn {
 
     /// Sends whatever the links have credit for: queue deliveries and node responses.
     async fn pump(&mut self) -> Result<(), ConnError> {
+        for p in std::mem::take(&mut self.pending) {
+            self.retrying = Some((p.owner, p.deadline));
+            self.on_attach(p.ch, p.attach).await?;
+            self.retrying = None;
+        }
         let chans: Vec<u16> = self.sessions.keys().copied().collect();
         for ch in chans {
             let handles: Vec<u32> = self.sessions[&ch].links.keys().copied().collect();

@@ -4,6 +4,7 @@ session locks, session state, session lock renewal and expiry, as documented.
 Usage: sessions.py <connection string> <session queue, lock 30 s> <session queue, lock 2 s>
 """
 import sys
+import threading
 import time
 
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusClient, ServiceBusMessage
@@ -73,13 +74,39 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
 
     # With every message settled, no session is available.
     try:
-        with client.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION,
-                                       max_wait_time=2) as empty:
+        with ServiceBusClient.from_connection_string(conn_str, retry_total=0) as c4, \
+                c4.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION,
+                                      max_wait_time=2) as empty:
             empty.receive_messages(max_message_count=1, max_wait_time=1)
     except (OperationTimeoutError, ServiceBusError):
         pass
     else:
         raise SystemExit("got a session although none had messages")
+
+    # A next-available receiver opened before any session has messages waits for one.
+    result = {}
+
+    def wait_for_session():
+        try:
+            with ServiceBusClient.from_connection_string(conn_str) as c3, \
+                    c3.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION,
+                                          max_wait_time=15) as waiting:
+                result["session"] = waiting.session.session_id
+                got = drain(waiting, 1)
+                result["body"] = str(got[0])
+                waiting.complete_message(got[0])
+        except Exception as e:  # reported by the main thread
+            result["error"] = repr(e)
+
+    t = threading.Thread(target=wait_for_session)
+    t.start()
+    time.sleep(2.0)
+    assert t.is_alive(), f"the waiting receiver gave up early: {result}"
+    with client.get_queue_sender(queue) as sender:
+        sender.send_messages(ServiceBusMessage("d0", session_id="delta"))
+    t.join(30)
+    assert not t.is_alive(), "the waiting receiver never got the session"
+    assert result == {"session": "delta", "body": "d0"}, result
 
     # Session lock expiry hands the session (and its unsettled message) to another receiver;
     # the session state persists.
