@@ -262,3 +262,36 @@ async fn dropping_the_emulator_closes_its_connections() {
         "still accepting"
     );
 }
+
+#[tokio::test]
+async fn large_messages_are_split_and_reassembled() {
+    let emu = start(false).await;
+    // The client accepts only small frames: what the emulator sends must be split.
+    let mut conn = Connection::builder()
+        .container_id("big")
+        .max_frame_size(4096u32)
+        .open(&url(&emu, None)[..])
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "s", "q").await.unwrap();
+    // Larger than the emulator's 256 KiB frames: what the client sends arrives in pieces.
+    let body: String = (0..600_000)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    sender
+        .send(body.clone())
+        .await
+        .unwrap()
+        .accepted_or("not accepted")
+        .unwrap();
+    let mut receiver = Receiver::attach(&mut session, "r", "q").await.unwrap();
+    let d = receiver.recv::<String>().await.unwrap();
+    assert_eq!(d.body().len(), body.len());
+    assert!(d.body() == &body, "body changed in transit");
+    receiver.accept(&d).await.unwrap();
+    receiver.close().await.unwrap();
+    sender.close().await.unwrap();
+    session.end().await.unwrap();
+    conn.close().await.unwrap();
+}
