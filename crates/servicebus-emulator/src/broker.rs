@@ -461,11 +461,14 @@ impl Broker {
             .get_mut(&r.entity.queue)
             .ok_or(EmulatorError::LockLost)?;
         let max = q.cfg.max_delivery_count;
+        // Dead-letter queues are not session-bound, even for messages with a session id.
+        let session_bound = r.entity.sub == SubQueue::Main;
         if let Some(sid) = q
             .store(r.entity.sub)
             .entries
             .get(&r.seq)
             .and_then(|e| e.session_id.clone())
+            .filter(|_| session_bound)
         {
             // A session message may only be settled while its session is still locked.
             if q.sessions
@@ -483,7 +486,8 @@ impl Broker {
             .get(&r.seq)
             .filter(|e| e.lock.as_ref().is_some_and(|l| l.token == token))
             .is_some_and(|e| {
-                e.session_id.is_some() || e.lock.as_ref().is_some_and(|l| l.until > now)
+                (session_bound && e.session_id.is_some())
+                    || e.lock.as_ref().is_some_and(|l| l.until > now)
             });
         locks.remove(&token);
         if !valid {
@@ -972,6 +976,28 @@ mod tests {
         let d = b.receive(&main("q"), None, 1, true).unwrap().unwrap();
         assert!(!format!("{d:?}").contains("CANARY"));
         assert_eq!(body(&d), "CANARY-BODY-31337");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_letter_queue_of_a_session_queue_is_not_session_bound() {
+        let b = broker(QueueConfig::new().with_requires_session(true));
+        b.send("q", vec![msg("s-a", None, Some("s"))]).unwrap();
+        b.accept_session("q", Some("s"), 1).unwrap();
+        let d = b.receive(&main("q"), Some("s"), 1, true).unwrap().unwrap();
+        b.settle(
+            d.lock_token,
+            Settlement::DeadLetter {
+                reason: Some("r".into()),
+                description: None,
+                properties: vec![],
+            },
+        )
+        .unwrap();
+        b.release_owner(1);
+        let dead = b.receive(&dlq("q"), None, 2, true).unwrap().unwrap();
+        assert_eq!(dead.session_id.as_deref(), Some("s"));
+        b.settle(dead.lock_token, Settlement::Complete).unwrap();
+        assert_eq!(b.count(&dlq("q")), 0);
     }
 
     #[tokio::test(start_paused = true)]

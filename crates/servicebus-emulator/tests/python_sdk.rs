@@ -102,3 +102,12 @@ async fn named_and_next_available_sessions_state_and_lock_renewal() {
     );
     run("sessions.py", cfg, None, &["events", "events-short"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncio_client_sessions_settlement_and_dead_letter() {
+    let q = QueueConfig::new()
+        .with_requires_session(true)
+        .with_lock_duration(Duration::from_secs(30));
+    let cfg = keyed(EmulatorConfig::new().with_queue("orders", q));
+    run("async_sessions.py", cfg, None, &["orders"]).await;
+}
