@@ -132,6 +132,8 @@ pub(crate) struct ReceiverLink {
     pub(crate) closed: AtomicBool,
     /// For session links: the session id the service assigned.
     pub(crate) session_id: Option<String>,
+    /// The link name, sent as `associated-link-name` with management calls about it.
+    pub(crate) name: String,
 }
 
 /// A request/response pair of links (`$cbs`, `<entity>/$management`).
@@ -199,7 +201,7 @@ impl RpcLink {
             .sender_settle_mode(SenderSettleMode::Settled)
             .attach(session)
             .await
-            .map_err(|e| attach_failure(&e.to_string(), definitions::Error::try_from(&e).ok()))?;
+            .map_err(|e| sender_attach_failure(&e))?;
         let receiver = Receiver::builder()
             .name(link_name("rpc-recv"))
             .source(node)
@@ -207,7 +209,7 @@ impl RpcLink {
             .receiver_settle_mode(ReceiverSettleMode::First)
             .attach(session)
             .await
-            .map_err(|e| attach_failure(&e.to_string(), definitions::Error::try_from(&e).ok()))?;
+            .map_err(|e| receiver_attach_failure(&e))?;
         Ok(Self {
             links: tokio::sync::Mutex::new((sender, receiver)),
             reply_to,
@@ -732,6 +734,7 @@ impl Amqp {
                 })
         });
         Ok(Arc::new(ReceiverLink {
+            name: receiver.name().to_owned(),
             disposer: receiver.disposer(),
             receiver: tokio::sync::Mutex::new(Some(receiver)),
             id: self.next_link.fetch_add(1, Ordering::Relaxed),
@@ -769,6 +772,7 @@ impl Amqp {
         entity: &str,
         operation: &str,
         body: Vec<(&str, Value)>,
+        associated_link: Option<&str>,
     ) -> Result<Response, Failure> {
         let live = self.live().await?;
         self.authorize(&live, entity).await?;
@@ -804,19 +808,17 @@ impl Amqp {
             map.insert(Value::String(k.to_owned()), v);
         }
         let timeout = self.cfg.operation_timeout;
-        let res = rpc
-            .call(
-                vec![
-                    ("operation", SimpleValue::String(operation.to_owned())),
-                    (
-                        "com.microsoft:server-timeout",
-                        SimpleValue::Uint(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)),
-                    ),
-                ],
-                Value::Map(map),
-                timeout,
-            )
-            .await;
+        let mut props = vec![
+            ("operation", SimpleValue::String(operation.to_owned())),
+            (
+                "com.microsoft:server-timeout",
+                SimpleValue::Uint(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)),
+            ),
+        ];
+        if let Some(name) = associated_link {
+            props.push(("associated-link-name", SimpleValue::String(name.to_owned())));
+        }
+        let res = rpc.call(props, Value::Map(map), timeout).await;
         match res {
             Ok(r) => r.into_result(),
             Err(f) => {

@@ -208,6 +208,7 @@ impl ServiceBusProvider {
                 queue.as_str(),
                 "com.microsoft:schedule-message",
                 vec![("messages", Value::List(items))],
+                None,
             )
             .await
             .map_err(|f| map_failure(f, ctx))?;
@@ -228,6 +229,7 @@ impl ServiceBusProvider {
                 queue.as_str(),
                 "com.microsoft:cancel-scheduled-message",
                 vec![("sequence-numbers", Value::Array(Array::from(seqs)))],
+                None,
             )
             .await
             .map_err(|f| map_failure(f, ctx))?;
@@ -457,9 +459,16 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&token);
+        let associated = entry
+            .as_ref()
+            .and_then(|e| e.link.upgrade())
+            .filter(|l| !l.closed.load(Ordering::Acquire))
+            .map(|l| l.name.clone());
         let (entity, session) = match &entry {
             Some(e) => {
-                if e.locked_until.is_some_and(|u| u <= SystemTime::now()) {
+                // A session message is locked by its session lock (checked by the session
+                // receiver, renewed with it); others by their own lock.
+                if e.session.is_none() && e.locked_until.is_some_and(|u| u <= SystemTime::now()) {
                     return Err(map_failure(Failure::LockGone, ctx));
                 }
                 (e.entity.clone(), e.session.clone())
@@ -506,7 +515,12 @@ impl Shared {
             body.push(("session-id", Value::String(s.clone())));
         }
         self.amqp
-            .manage(&entity, "com.microsoft:update-disposition", body)
+            .manage(
+                &entity,
+                "com.microsoft:update-disposition",
+                body,
+                associated.as_deref(),
+            )
             .await
             .map(|_| ())
             .map_err(|f| map_failure(f, ctx))
@@ -517,10 +531,11 @@ impl Shared {
         entity: &str,
         op: &str,
         body: Vec<(&str, Value)>,
+        associated_link: Option<&str>,
         ctx: Ctx<'_>,
     ) -> Result<Response> {
         self.amqp
-            .manage(entity, op, body)
+            .manage(entity, op, body, associated_link)
             .await
             .map_err(|f| map_failure(f, ctx))
     }
@@ -650,13 +665,16 @@ impl QueueProvider for ServiceBusProvider {
         let Ok(token) = receipt.token().parse::<uuid::Uuid>() else {
             return Err(map_failure(Failure::LockGone, ctx));
         };
-        let entity = self
+        let (entity, associated) = self
             .shared
             .locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&token)
-            .map_or_else(|| queue.to_owned(), |e| e.entity.clone());
+            .map_or_else(
+                || (queue.to_owned(), None),
+                |e| (e.entity.clone(), e.link.upgrade().map(|l| l.name.clone())),
+            );
         let resp = self
             .shared
             .manage_ctx(
@@ -666,6 +684,7 @@ impl QueueProvider for ServiceBusProvider {
                     "lock-tokens",
                     Value::Array(Array::from(vec![uuid_value(token)])),
                 )],
+                associated.as_deref(),
                 ctx,
             )
             .await?;
@@ -724,6 +743,7 @@ impl QueueProvider for ServiceBusProvider {
                     ("from-sequence-number", Value::Long(0)),
                     ("message-count", Value::Int(1)),
                 ],
+                None,
                 ctx,
             )
             .await?;

@@ -109,7 +109,7 @@ impl ServiceBusSessionReceiver {
         };
         // The attach answer's `com.microsoft:locked-until-utc` is not exposed by the AMQP
         // client, so the expiry is read with a renewal right away.
-        me.renew_session_lock().await?;
+        me.renew().await?;
         Ok(Some(me))
     }
 
@@ -136,6 +136,41 @@ impl ServiceBusSessionReceiver {
             });
         }
         Ok(())
+    }
+
+    /// Renews the session lock on `$management` and records the new expiry.
+    async fn renew(&self) -> Result<SystemTime> {
+        let ctx = self.ctx("renew_session_lock");
+        let resp = self
+            .shared
+            .manage_ctx(
+                self.queue.as_str(),
+                "com.microsoft:renew-session-lock",
+                self.session_body(),
+                Some(&self.link.name),
+                ctx,
+            )
+            .await
+            .map_err(|e| match e {
+                QueueError::LockLost { .. } => QueueError::SessionLockLost {
+                    provider: crate::error::PROVIDER,
+                    queue: self.queue.as_str().to_owned(),
+                    session: self.session.clone(),
+                    operation: "renew_session_lock",
+                },
+                e => e,
+            })?;
+        let until = first_time(resp.get("expiration")).ok_or_else(|| {
+            map_failure(
+                Failure::Condition {
+                    condition: "amqp:decode-error".into(),
+                    description: "renew-session-lock answered without an expiration".into(),
+                },
+                ctx,
+            )
+        })?;
+        *self.locked_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+        Ok(until)
     }
 
     fn session_body(&self) -> Vec<(&'static str, Value)> {
@@ -211,36 +246,9 @@ impl SessionReceiver for ServiceBusSessionReceiver {
     }
 
     async fn renew_session_lock(&self) -> Result<SystemTime> {
-        let ctx = self.ctx("renew_session_lock");
-        let resp = self
-            .shared
-            .manage_ctx(
-                self.queue.as_str(),
-                "com.microsoft:renew-session-lock",
-                self.session_body(),
-                ctx,
-            )
-            .await
-            .map_err(|e| match e {
-                QueueError::LockLost { .. } => QueueError::SessionLockLost {
-                    provider: crate::error::PROVIDER,
-                    queue: self.queue.as_str().to_owned(),
-                    session: self.session.clone(),
-                    operation: "renew_session_lock",
-                },
-                e => e,
-            })?;
-        let until = first_time(resp.get("expiration")).ok_or_else(|| {
-            map_failure(
-                Failure::Condition {
-                    condition: "amqp:decode-error".into(),
-                    description: "renew-session-lock answered without an expiration".into(),
-                },
-                ctx,
-            )
-        })?;
-        *self.locked_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
-        Ok(until)
+        // An expired session lock cannot be renewed: the session may have a new owner.
+        self.ensure_locked("renew_session_lock")?;
+        self.renew().await
     }
 
     async fn get_state(&self) -> Result<Option<Bytes>> {
@@ -250,6 +258,7 @@ impl SessionReceiver for ServiceBusSessionReceiver {
                 self.queue.as_str(),
                 "com.microsoft:get-session-state",
                 self.session_body(),
+                Some(&self.link.name),
                 self.ctx("get_state"),
             )
             .await?;
@@ -267,6 +276,7 @@ impl SessionReceiver for ServiceBusSessionReceiver {
                 self.queue.as_str(),
                 "com.microsoft:set-session-state",
                 body,
+                Some(&self.link.name),
                 self.ctx("set_state"),
             )
             .await?;

@@ -1,0 +1,455 @@
+//! Service Bus specific behaviour against the in-process emulator: sessions, lock renewal,
+//! lock loss, reconnect after a dropped connection, SAS refresh and refusal, scheduling.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use queue_azure::ServiceBusProvider;
+use queue_core::{
+    AuthFailure, DeadLetterReason, Message, QueueError, QueueName, QueueProvider, ReceiveOptions,
+    SessionId, SessionSelector,
+};
+use servicebus_emulator::{Emulator, QueueConfig};
+use tokio::{
+    io::copy_bidirectional,
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+fn q(name: &str) -> QueueName {
+    QueueName::new(name).unwrap()
+}
+
+fn sid(s: &str) -> SessionId {
+    SessionId::new(s).unwrap()
+}
+
+fn lock(secs: u64) -> QueueConfig {
+    QueueConfig::new().with_lock_duration(Duration::from_secs(secs))
+}
+
+async fn one_queue(name: &str, cfg: QueueConfig) -> (Emulator, ServiceBusProvider) {
+    let emu = common::start(vec![(name.to_owned(), cfg)]).await;
+    let p = common::provider(&emu);
+    (emu, p)
+}
+
+fn opts(max: usize, wait_ms: u64) -> ReceiveOptions {
+    ReceiveOptions::new(max, Duration::from_millis(wait_ms))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_available_session_returns_each_session_once_then_none() {
+    let (_emu, p) = one_queue("s", lock(5).with_requires_session(true)).await;
+    let queue = q("s");
+    for s in ["a", "b"] {
+        p.send(&queue, Message::new(s).with_session_id(sid(s)))
+            .await
+            .unwrap();
+    }
+    let first = p
+        .accept_session(&queue, SessionSelector::Next, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("a session");
+    let second = p
+        .accept_session(&queue, SessionSelector::Next, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("another session");
+    let mut ids = vec![
+        first.session_id().as_str().to_owned(),
+        second.session_id().as_str().to_owned(),
+    ];
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["a", "b"],
+        "the service-assigned session ids are read back"
+    );
+    assert!(first.locked_until() > SystemTime::now());
+    let started = tokio::time::Instant::now();
+    let none = p
+        .accept_session(&queue, SessionSelector::Next, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(none.is_none(), "both sessions are locked");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "waited for a session"
+    );
+    for r in [first, second] {
+        let got = r.receive(opts(1, 1000)).await.unwrap();
+        assert_eq!(got[0].body().as_ref(), r.session_id().as_str().as_bytes());
+        r.complete(&got[0].receipt).await.unwrap();
+        r.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_renewal_keeps_a_slow_handlers_message() {
+    let (_emu, p) = one_queue("slow", lock(2)).await;
+    let queue = q("slow");
+    p.send(&queue, Message::new("slow")).await.unwrap();
+    let got = p.receive(&queue, opts(1, 2000)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let first_until = got[0].locked_until.expect("locked-until is reported");
+    // A handler that takes 5 s (2.5 locks), renewing every second.
+    let mut last = first_until;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        last = p.renew_lock(&got[0].receipt).await.unwrap();
+        // Meanwhile nobody else gets the message.
+        assert!(p.receive(&queue, opts(1, 10)).await.unwrap().is_empty());
+    }
+    assert!(last > first_until, "renewal moves the expiry");
+    p.complete(&got[0].receipt).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        p.receive(&queue, opts(1, 300)).await.unwrap().is_empty(),
+        "the completed message came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_lock_lost_is_typed() {
+    let (_emu, p) = one_queue("sl", lock(1).with_requires_session(true)).await;
+    let queue = q("sl");
+    let s = sid("octo/repo#9");
+    p.send(&queue, Message::new("x").with_session_id(s.clone()))
+        .await
+        .unwrap();
+    let r = p
+        .accept_session(
+            &queue,
+            SessionSelector::Named(s.clone()),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let got = r.receive(opts(1, 1000)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Someone else takes the session.
+    let thief = p
+        .accept_session(
+            &queue,
+            SessionSelector::Named(s.clone()),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    for err in [
+        r.receive(opts(1, 100)).await.unwrap_err(),
+        r.complete(&got[0].receipt).await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, QueueError::SessionLockLost { session, .. } if *session == s),
+            "{err}"
+        );
+    }
+    let err = r.renew_session_lock().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::SessionLockLost { .. } | QueueError::LockLost { .. }
+        ),
+        "{err}"
+    );
+    // While the thief holds it, a named accept is refused as locked.
+    let err = p
+        .accept_session(
+            &queue,
+            SessionSelector::Named(s.clone()),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::SessionLocked { .. }), "{err}");
+    let again = thief.receive(opts(1, 1000)).await.unwrap();
+    assert_eq!(again[0].delivery_count, 2);
+    thief.complete(&again[0].receipt).await.unwrap();
+    thief.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_and_dead_letter_from_a_session() {
+    let (_emu, p) = one_queue("st", lock(5).with_requires_session(true)).await;
+    let queue = q("st");
+    let s = sid("s1");
+    p.send(&queue, Message::new("bad").with_session_id(s.clone()))
+        .await
+        .unwrap();
+    let r = p
+        .accept_session(
+            &queue,
+            SessionSelector::Named(s.clone()),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.get_state().await.unwrap(), None);
+    r.set_state(Some("cursor=7".into())).await.unwrap();
+    assert_eq!(
+        r.get_state().await.unwrap().as_deref(),
+        Some(&b"cursor=7"[..])
+    );
+    let got = r.receive(opts(1, 1000)).await.unwrap();
+    r.dead_letter(
+        &got[0].receipt,
+        DeadLetterReason::new("Poison", "cannot parse"),
+    )
+    .await
+    .unwrap();
+    r.set_state(None).await.unwrap();
+    assert_eq!(r.get_state().await.unwrap(), None);
+    r.close().await.unwrap();
+    let dead = p.receive_dead_letters(&queue, opts(1, 2000)).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let why = dead[0].dead_letter.clone().expect("reason");
+    assert_eq!(
+        (why.reason.as_str(), why.description.as_str()),
+        ("Poison", "cannot parse")
+    );
+    assert_eq!(dead[0].session_id(), Some(&s));
+    p.complete(&dead[0].receipt).await.unwrap();
+}
+
+/// A TCP relay between the provider and the emulator whose live connections can be cut,
+/// standing in for a network failure.
+struct Relay {
+    addr: std::net::SocketAddr,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let c = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = TcpStream::connect(target).await {
+                        let _ = copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            addr,
+            conns,
+            accept,
+        }
+    }
+
+    /// Drops every relayed connection at once, mid-stream, without an AMQP close.
+    fn cut(&self) {
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_the_connection_drops_mid_stream_and_loses_nothing() {
+    const N: usize = 60;
+    let emu = common::start(vec![("r".to_owned(), lock(2))]).await;
+    let relay = Relay::start(emu.local_addr()).await;
+    let p = ServiceBusProvider::builder()
+        .with_connection_string(&format!(
+            "Endpoint=sb://{};SharedAccessKeyName={};SharedAccessKey={};UseDevelopmentEmulator=true",
+            relay.addr,
+            common::KEY_NAME,
+            common::KEY
+        ))
+        .with_reconnect_backoff(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let queue = q("r");
+    for i in 0..N {
+        p.send(&queue, Message::new(format!("m{i}"))).await.unwrap();
+    }
+    let mut seen = BTreeMap::new();
+    let mut cuts = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < N && tokio::time::Instant::now() < deadline {
+        match p.receive(&queue, opts(5, 500)).await {
+            Ok(batch) => {
+                for (k, m) in batch.iter().enumerate() {
+                    // Cut the connection twice while holding unsettled messages.
+                    if k == 1 && cuts < 2 && seen.len() >= 10 * (cuts + 1) {
+                        relay.cut();
+                        cuts += 1;
+                    }
+                    match p.complete(&m.receipt).await {
+                        Ok(()) => {
+                            seen.insert(String::from_utf8_lossy(m.body()).into_owned(), ());
+                        }
+                        // Settling across the cut may fail; the message comes back.
+                        Err(e) => assert!(
+                            e.is_transient() || matches!(e, QueueError::LockLost { .. }),
+                            "{e}"
+                        ),
+                    }
+                }
+            }
+            Err(e) => assert!(e.is_transient(), "receive failed permanently: {e}"),
+        }
+    }
+    assert_eq!(cuts, 2, "the connection was cut mid-stream");
+    assert_eq!(seen.len(), N, "messages were lost across reconnects");
+    assert!(p.connections_opened() >= 3, "reconnected after each cut");
+    // Sending works on the new connection too.
+    p.send(&queue, Message::new("after")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sas_tokens_are_refreshed_before_they_expire() {
+    let emu = common::start(vec![("t".to_owned(), lock(5))]).await;
+    let p = ServiceBusProvider::builder()
+        .with_connection_string(&common::connection_string(&emu))
+        .with_sas_token_ttl(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let queue = q("t");
+    p.check_access(&queue).await.unwrap();
+    let initial = p.token_puts();
+    assert!(initial >= 1);
+    // Keep working for more than two token lifetimes. The emulator refuses expired tokens
+    // on put-token, so every refresh had to carry a fresh, valid signature.
+    for i in 0..7 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        p.send(&queue, Message::new(format!("{i}"))).await.unwrap();
+    }
+    let got = p.receive(&queue, opts(7, 2000)).await.unwrap();
+    assert!(!got.is_empty());
+    assert!(
+        p.token_puts() >= initial + 2,
+        "tokens were not refreshed: {} puts",
+        p.token_puts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_rejected_without_leaking_it() {
+    const WRONG: &str = "CANARY-wrong-key-41d9";
+    let emu = common::start(vec![("w".to_owned(), lock(5))]).await;
+    let p = ServiceBusProvider::builder()
+        .with_connection_string(&format!(
+            "Endpoint=sb://{};SharedAccessKeyName={};SharedAccessKey={WRONG};UseDevelopmentEmulator=true",
+            emu.local_addr(),
+            common::KEY_NAME,
+        ))
+        .build()
+        .unwrap();
+    let queue = q("w");
+    for err in [
+        p.check_access(&queue).await.unwrap_err(),
+        p.send(&queue, Message::new("x")).await.unwrap_err(),
+        p.receive(&queue, opts(1, 100)).await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                err,
+                QueueError::Auth {
+                    kind: AuthFailure::Authentication,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!err.is_transient());
+        assert!(!format!("{err} {err:?}").contains(WRONG));
+    }
+    assert!(!format!("{p:?}").contains(WRONG));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_access_finds_missing_queues() {
+    let (_emu, p) = one_queue("present", lock(5)).await;
+    p.check_access(&q("present")).await.unwrap();
+    let err = p.check_access(&q("absent")).await.unwrap_err();
+    assert!(matches!(err, QueueError::QueueNotFound { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_messages_can_be_cancelled() {
+    let (_emu, p) = one_queue("sch", lock(5)).await;
+    let queue = q("sch");
+    let at = SystemTime::now() + Duration::from_secs(2);
+    let seqs = p
+        .schedule(
+            &queue,
+            vec![
+                Message::new("cancel-me").with_scheduled_enqueue_time(at),
+                Message::new("keep-me").with_scheduled_enqueue_time(at),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs.len(), 2);
+    p.cancel_scheduled(&queue, &seqs[..1]).await.unwrap();
+    assert!(
+        p.receive(&queue, opts(2, 500)).await.unwrap().is_empty(),
+        "delivered early"
+    );
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < deadline {
+        got.extend(p.receive(&queue, opts(2, 500)).await.unwrap());
+    }
+    let bodies: Vec<_> = got.iter().map(|m| m.body().clone()).collect();
+    assert_eq!(bodies, [bytes::Bytes::from_static(b"keep-me")]);
+    assert!(
+        p.schedule(&queue, vec![Message::new("no time")])
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_property_survives_a_round_trip() {
+    let (_emu, p) = one_queue("props", lock(5)).await;
+    let queue = q("props");
+    let msg = Message::new(vec![0u8, 159, 146, 150])
+        .with_content_type("application/octet-stream")
+        .with_correlation_id("corr-1")
+        .with_message_id(queue_core::MessageId::new("id-1").unwrap())
+        .with_attribute("event", "push")
+        .with_attribute("delivery", "abc")
+        .with_time_to_live(Duration::from_secs(600));
+    let before = SystemTime::now() - Duration::from_secs(1);
+    p.send(&queue, msg.clone()).await.unwrap();
+    let got = p.receive(&queue, opts(1, 2000)).await.unwrap();
+    let m = &got[0];
+    assert_eq!(m.message.body, msg.body);
+    assert_eq!(m.message.content_type, msg.content_type);
+    assert_eq!(m.message.correlation_id, msg.correlation_id);
+    assert_eq!(m.message_id.as_str(), "id-1");
+    assert_eq!(m.message.attributes, msg.attributes);
+    assert_eq!(m.message.time_to_live, msg.time_to_live);
+    assert_eq!(m.delivery_count, 1);
+    assert!(m.sequence_number.is_some());
+    assert!(m.enqueued_at >= before);
+    assert!(m.locked_until.unwrap() > SystemTime::now());
+    p.complete(&m.receipt).await.unwrap();
+}
