@@ -528,6 +528,11 @@ pub async fn build_provider(settings: &ProviderSettings) -> Result<SharedQueuePr
             let provider = queue_memory::InMemoryProvider::from_settings(s)?;
             Ok(std::sync::Arc::new(provider))
         }
+        #[cfg(feature = "aws")]
+        ProviderSettings::Sqs(s) => {
+            let provider = queue_aws::SqsProvider::from_settings(s).await?;
+            Ok(std::sync::Arc::new(provider))
+        }
         other => Err(not_enabled(other)),
     }
 }
@@ -732,6 +737,21 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "aws")]
+    #[tokio::test]
+    async fn sqs_is_built_when_the_aws_feature_is_on() {
+        let settings: ProviderSettings = serde_json::from_str(
+            r#"{"kind":"sqs","region":"us-east-1","endpoint":"http://127.0.0.1:9","access_key_id":"AKIDEXAMPLE","secret_access_key":"example"}"#,
+        )
+        .unwrap();
+        let provider = build_provider(&settings).await.unwrap();
+        assert_eq!(provider.name(), "sqs");
+        assert_eq!(
+            provider.capabilities().sessions,
+            queue_core::SessionSupport::Grouped
+        );
+    }
+
     #[tokio::test]
     async fn provider_not_compiled_in_is_a_config_error() {
         let settings: ProviderSettings = serde_json::from_str(r#"{"kind":"service-bus"}"#).unwrap();
@@ -742,6 +762,7 @@ mod tests {
             text.contains("`service-bus` is not enabled in this build"),
             "{text}"
         );
+        #[cfg(not(feature = "aws"))]
         {
             let settings: ProviderSettings = serde_json::from_str(r#"{"kind":"sqs"}"#).unwrap();
             let text = build_provider(&settings).await.unwrap_err().to_string();

@@ -13,6 +13,7 @@
 //!
 //! # Features
 //! * `memory` (default): the in-memory provider, as `queue_runtime::memory`.
+//! * `aws`: the AWS SQS provider (standard and FIFO queues), as `queue_runtime::aws`.
 //! * `security`: message signing, replay protection and GitHub webhook verification, as
 //!   `queue_runtime::security` (its gates plug into [`Processor::with_gate`]).
 //! * `full`: every provider and extension available in this release.
@@ -87,6 +88,10 @@ pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use queue_memory as memory;
+
+#[cfg(feature = "aws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
+pub use queue_aws as aws;
 
 /// The workspace README's Rust examples, compiled and run as doctests.
 #[cfg(all(doctest, feature = "memory"))]
