@@ -1,30 +1,4 @@
-//! Security for queue-runtime: signed messages, freshness and replay protection, GitHub
-//! webhook verification, input limits and redaction.
-//!
-//! - [`MessageSigner`] and the [`Signing`] provider decorator sign every outgoing message
-//!   with HMAC-SHA256 (v1 format, see `docs/security.md`) using the active key of a
-//!   [`KeyRing`].
-//! - [`SignatureGate`] is a [`queue_core::MessageGate`]: the consumer runtime runs it
-//!   before the handler and dead-letters rejections with the reason labels in [`reason`].
-//! - [`github::WebhookVerifier`] checks `X-Hub-Signature-256` and turns a delivery into a
-//!   [`queue_core::Message`] with the right session and message id.
-//! - [`Limits`] bounds bodies and attributes; [`redact`] decides what may be logged.
-//!
-//! ```
-//! use queue_core::{Message, QueueName, QueueProvider};
-//! use queue_security::{KeyRing, MessageSigner, SignatureGate, Signing, generate_key};
-//!
-//! # async fn demo(provider: impl QueueProvider) -> Result<(), Box<dyn std::error::Error>> {
-//! let ring = KeyRing::new();
-//! ring.insert("k1", generate_key()?)?;
-//! ring.set_active("k1")?;
-//! // Producer side: every send is signed.
-//! let producer = Signing::new(provider, MessageSigner::new(ring.clone()));
-//! producer.send(&QueueName::new("events")?, Message::new("{}")).await?;
-//! // Consumer side: hand this gate to the runtime's processor builder.
-//! let gate = SignatureGate::new(ring);
-//! # let _ = gate; Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod connstr;
