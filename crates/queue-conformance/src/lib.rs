@@ -38,6 +38,31 @@
 //!
 //! The calling crate needs `tokio` as a dev-dependency with the `macros` and `rt` features
 //! (plus `rt-multi-thread` for the default arm, `test-util` for `paused`).
+//!
+//! # Which cases need what
+//! Every case needs [`QueueProvider::create_queue`](queue_core::QueueProvider::create_queue)
+//! and `delete_queue`. Session queues get a `.fifo` name and
+//! [`QueueSpec::with_sessions`](queue_core::QueueSpec::with_sessions). Gated cases:
+//!
+//! | capability | cases |
+//! |---|---|
+//! | `sessions != None` (through `accept_session` when `Locked`, the plain receive when `Grouped`) | `session_id_round_trip`, `session_fifo_order`, `session_abandoned_message_comes_first`, `thousand_message_session_in_order` |
+//! | `sessions == Locked` | `second_accept_of_locked_session_fails`, `accept_next_skips_locked_sessions`, `session_lock_expiry_allows_steal`, `session_close_releases_messages`, `session_lock_renewal_keeps_session` (also `lock_renewal`) |
+//! | `session_state` and `Locked` | `session_state_round_trip` |
+//! | `delayed_abandon` | `abandon_with_delay_redelivers_later` |
+//! | `lock_renewal` | `renew_lock_extends_lock` |
+//! | `native_dead_letter` | `auto_dead_letter_after_max_deliveries` |
+//! | `scheduled_delivery` (delay capped by `max_schedule_delay`) | `scheduled_message_invisible_until_due` |
+//! | `duplicate_detection` (on a session queue where sessions exist) | `duplicate_detection_drops_duplicates` |
+//! | `message_ttl` | `expired_message_is_not_delivered` |
+//!
+//! The rest run on every provider. [`CASES`] lists them all.
+//!
+//! # Timing
+//! Locks are [`Harness::lock_duration`] long (default 2 s); "expired" means waiting 1.5
+//! lock durations plus half a second; anything expected to arrive gets
+//! [`Harness::slack`] (default 10 s). On a real server one run of the suite takes about
+//! 30 seconds of waiting; under a paused clock it takes milliseconds.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cases;
