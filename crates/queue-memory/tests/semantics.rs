@@ -648,3 +648,39 @@ async fn accept_next_prefers_the_session_with_the_oldest_message() {
     assert_eq!(order, ["b", "a", "c"]);
     assert_eq!(p.message_count(&q).unwrap(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_receivers_wake_at_lock_expiry() {
+    let spec = QueueSpec::default()
+        .with_sessions(false)
+        .with_lock_duration(LOCK);
+    let (p, q) = provider_with(spec).await;
+    p.send(&q, Message::new("m")).await.unwrap();
+    let first = recv(&p, &q, 1).await;
+    let start = Instant::now();
+    let again = p
+        .receive(&q, ReceiveOptions::new(1, Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), LOCK, "woke exactly when the lock ran out");
+    assert_eq!(again[0].message_id, first[0].message_id);
+
+    // A session receiver waiting past its own lock learns that it lost it.
+    p.send(&q, Message::new("s").with_session_id(sid("pr")))
+        .await
+        .unwrap();
+    let r = p
+        .accept_session(&q, SessionSelector::Next, NO_WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    let held = r.receive(ReceiveOptions::new(1, NO_WAIT)).await.unwrap();
+    assert_eq!(held.len(), 1);
+    let start = Instant::now();
+    let err = r
+        .receive(ReceiveOptions::new(1, Duration::from_secs(3600)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::SessionLockLost { .. }), "{err}");
+    assert_eq!(start.elapsed(), LOCK);
+}
