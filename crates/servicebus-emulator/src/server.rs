@@ -51,6 +51,8 @@ const OPERATION_TIMEOUT: &str = "com.microsoft:timeout";
 const BATCH_FORMAT: u32 = 0x8001_3700;
 const OUR_MAX_FRAME: u32 = 256 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest message (or batch) accepted, as advertised on every attach.
+const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 const LINK_CREDIT: u32 = 200;
 const SESSION_WINDOW: u32 = 1_000_000;
 /// .NET ticks (100 ns) between 0001-01-01 and the Unix epoch.
@@ -116,6 +118,8 @@ impl Emulator {
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _peer)) = listener.accept().await else {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -829,7 +833,7 @@ impl Conn {
             unsettled: None,
             incomplete_unsettled: false,
             initial_delivery_count: if client_sends { None } else { Some(0) },
-            max_message_size: Some(OUR_MAX_FRAME as u64 * 4),
+            max_message_size: Some(MAX_MESSAGE_SIZE as u64),
             offered_capabilities: None,
             desired_capabilities: None,
             properties,
@@ -933,7 +937,11 @@ impl Conn {
         };
         let (first, mut data) = match l.partial.take() {
             Some((first, mut data)) => {
-                data.extend_from_slice(&payload);
+                // Past the advertised maximum the rest is dropped; the delivery is refused
+                // when its last frame arrives.
+                if data.len() <= MAX_MESSAGE_SIZE {
+                    data.extend_from_slice(&payload);
+                }
                 (first, data)
             }
             None => (t.clone(), payload),
@@ -954,6 +962,12 @@ impl Conn {
             _ => None,
         };
         let outcome: DeliveryState = match kind {
+            _ if data.len() > MAX_MESSAGE_SIZE => DeliveryState::Rejected(Rejected {
+                error: Some(error(
+                    "amqp:link:message-size-exceeded",
+                    format!("messages are limited to {MAX_MESSAGE_SIZE} bytes"),
+                )),
+            }),
             Some(Err(queue)) => match decode_incoming(format, &data) {
                 Ok(msgs) => match self.shared.broker.send(&queue, msgs) {
                     Ok(_) => DeliveryState::Accepted(Accepted {}),

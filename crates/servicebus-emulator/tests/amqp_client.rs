@@ -295,3 +295,190 @@ async fn large_messages_are_split_and_reassembled() {
     session.end().await.unwrap();
     conn.close().await.unwrap();
 }
+
+/// A hand-driven AMQP peer, for what well-behaved clients never send.
+mod raw {
+    use fe2o3_amqp::types::{
+        definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode},
+        messaging::{Source, Target},
+        performatives::{Attach, Begin, Open, Performative, Transfer},
+    };
+    use serde::Serialize;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
+    pub(crate) fn frame<T: Serialize>(perf: &T, payload: &[u8]) -> Vec<u8> {
+        let body = serde_amqp::to_vec(perf).unwrap();
+        let size = 8 + body.len() + payload.len();
+        let mut out = (size as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&[2, 0, 0, 0]);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub(crate) async fn read(s: &mut TcpStream) -> Performative {
+        loop {
+            let size = s.read_u32().await.unwrap() as usize;
+            let mut buf = vec![0u8; size - 4];
+            s.read_exact(&mut buf).await.unwrap();
+            let body = &buf[(buf[0] as usize * 4 - 4)..];
+            if body.is_empty() {
+                continue; // heartbeat
+            }
+            let mut cur = std::io::Cursor::new(body);
+            return serde_amqp::from_reader(&mut cur).unwrap();
+        }
+    }
+
+    /// Connects, opens, begins and attaches a sender link (handle 0) to `address`.
+    pub(crate) async fn sender(addr: std::net::SocketAddr, address: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
+        let mut hdr = [0u8; 8];
+        s.read_exact(&mut hdr).await.unwrap();
+        let open = Open {
+            container_id: "raw".into(),
+            hostname: None,
+            max_frame_size: 65_536u32.into(),
+            channel_max: 1u16.into(),
+            idle_time_out: None,
+            outgoing_locales: None,
+            incoming_locales: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        s.write_all(&frame(&open, &[])).await.unwrap();
+        assert!(matches!(read(&mut s).await, Performative::Open(_)));
+        let begin = Begin {
+            remote_channel: None,
+            next_outgoing_id: 0,
+            incoming_window: 10_000,
+            outgoing_window: 10_000,
+            handle_max: Handle(255),
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        s.write_all(&frame(&begin, &[])).await.unwrap();
+        assert!(matches!(read(&mut s).await, Performative::Begin(_)));
+        let attach = Attach {
+            name: "raw-sender".into(),
+            handle: Handle(0),
+            role: Role::Sender,
+            snd_settle_mode: SenderSettleMode::Unsettled,
+            rcv_settle_mode: ReceiverSettleMode::First,
+            source: Some(Box::new(Source::default())),
+            target: Some(Box::new(
+                Target {
+                    address: Some(address.into()),
+                    ..Default::default()
+                }
+                .into(),
+            )),
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: Some(0),
+            max_message_size: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        s.write_all(&frame(&attach, &[])).await.unwrap();
+        assert!(matches!(read(&mut s).await, Performative::Attach(_)));
+        assert!(matches!(read(&mut s).await, Performative::Flow(_)));
+        s
+    }
+
+    pub(crate) fn transfer(first: bool, more: bool) -> Transfer {
+        Transfer {
+            handle: Handle(0),
+            delivery_id: first.then_some(0),
+            delivery_tag: first.then(|| vec![1u8].into()),
+            message_format: first.then_some(0),
+            settled: first.then_some(false),
+            more,
+            rcv_settle_mode: None,
+            state: None,
+            resume: false,
+            aborted: false,
+            batchable: false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn messages_over_the_advertised_size_are_refused() {
+    use fe2o3_amqp::types::{
+        definitions::{ErrorCondition, LinkError},
+        messaging::DeliveryState,
+        performatives::Performative,
+    };
+    use tokio::io::AsyncWriteExt;
+
+    let emu = start(false).await;
+    let mut s = raw::sender(emu.local_addr(), "q").await;
+    // 1.1 MiB in 60 000-byte frames: more than the 1 MiB every attach advertises.
+    let chunk = vec![0x41u8; 60_000];
+    let frames = 19;
+    for i in 0..frames {
+        let t = raw::transfer(i == 0, i + 1 < frames);
+        s.write_all(&raw::frame(&t, &chunk)).await.unwrap();
+    }
+    let Performative::Disposition(d) = raw::read(&mut s).await else {
+        panic!("expected a disposition")
+    };
+    assert!(d.settled);
+    let Some(DeliveryState::Rejected(r)) = d.state else {
+        panic!("oversize message was not rejected: {:?}", d.state)
+    };
+    let cond = r.error.unwrap().condition;
+    assert!(
+        matches!(
+            cond,
+            ErrorCondition::LinkError(LinkError::MessageSizeExceeded)
+        ),
+        "{cond:?}"
+    );
+    let q = EntityRef {
+        queue: "q".into(),
+        sub: SubQueue::Main,
+    };
+    assert_eq!(emu.broker().count(&q), 0);
+}
+
+#[tokio::test]
+async fn undecodable_messages_are_rejected_with_a_reason() {
+    use fe2o3_amqp::types::{
+        definitions::{AmqpError, ErrorCondition},
+        messaging::DeliveryState,
+        performatives::Performative,
+    };
+    use tokio::io::AsyncWriteExt;
+
+    let emu = start(false).await;
+    let mut s = raw::sender(emu.local_addr(), "q").await;
+    let t = raw::transfer(true, false);
+    s.write_all(&raw::frame(&t, b"\x00\x53\x77\xa1\xffnot amqp"))
+        .await
+        .unwrap();
+    let Performative::Disposition(d) = raw::read(&mut s).await else {
+        panic!("expected a disposition")
+    };
+    let Some(DeliveryState::Rejected(r)) = d.state else {
+        panic!("garbage was not rejected: {:?}", d.state)
+    };
+    let e = r.error.unwrap();
+    assert!(
+        matches!(
+            e.condition,
+            ErrorCondition::AmqpError(AmqpError::DecodeError)
+        ),
+        "{:?}",
+        e.condition
+    );
+    assert!(e.description.unwrap().contains("could not be decoded"));
+}
