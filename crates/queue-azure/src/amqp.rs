@@ -1,4 +1,5 @@
-//! The AMQP plumbing: one connection with one session, lazily attached links, `$cbs`
+//! The AMQP plumbing: one connection, one AMQP session per link (as the .NET SDK does, so a
+//! refused attach never disturbs another link's handles), lazily attached links, `$cbs`
 //! authorization with refresh, `$management` calls, and reconnect with backoff.
 
 use std::{
@@ -96,11 +97,63 @@ fn link_name(kind: &str) -> String {
 /// A sender link.
 pub(crate) struct SenderLink {
     sender: tokio::sync::Mutex<Sender>,
+    _session: Mutex<SessionHandle<()>>,
     pub(crate) max_message_size: Option<u64>,
 }
 
+/// The message format of a Service Bus batch: each data section holds one encoded message.
+pub(crate) const BATCH_FORMAT: u32 = 0x8001_3700;
+
 impl SenderLink {
     pub(crate) async fn send(&self, msg: Outgoing, timeout: Duration) -> Result<(), Failure> {
+        let sendable = fe2o3_amqp::link::delivery::Sendable::builder()
+            .message(msg)
+            .build();
+        self.send_sendable(sendable, timeout).await
+    }
+
+    /// Sends `msgs` as one batch delivery (all or nothing), as the SDKs' batches do: the
+    /// envelope carries the first message's id and session id.
+    pub(crate) async fn send_batch(
+        &self,
+        msgs: &[Outgoing],
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        let first = msgs.first().and_then(|m| m.properties.as_ref());
+        let envelope: Outgoing = AmqpMessage {
+            header: None,
+            delivery_annotations: None,
+            message_annotations: None,
+            properties: Some(Properties {
+                message_id: first.and_then(|p| p.message_id.clone()),
+                group_id: first.and_then(|p| p.group_id.clone()),
+                ..Properties::default()
+            }),
+            application_properties: None,
+            body: msgs
+                .iter()
+                .map(|m| {
+                    fe2o3_amqp::types::messaging::Data(fe2o3_amqp::types::primitives::Binary::from(
+                        crate::convert::encode(m),
+                    ))
+                })
+                .collect(),
+            footer: None,
+        };
+        let sendable = fe2o3_amqp::link::delivery::Sendable::builder()
+            .message(envelope)
+            .message_format(BATCH_FORMAT)
+            .build();
+        self.send_sendable(sendable, timeout).await
+    }
+
+    async fn send_sendable(
+        &self,
+        msg: fe2o3_amqp::link::delivery::Sendable<
+            fe2o3_amqp::types::messaging::Batch<fe2o3_amqp::types::messaging::Data>,
+        >,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
         let mut s = self.sender.lock().await;
         let outcome = tokio::time::timeout(timeout, s.send(msg))
             .await
@@ -134,12 +187,31 @@ pub(crate) struct ReceiverLink {
     pub(crate) session_id: Option<String>,
     /// The link name, sent as `associated-link-name` with management calls about it.
     pub(crate) name: String,
+    /// The link's own AMQP session, ended when the link closes.
+    pub(crate) session: tokio::sync::Mutex<Option<SessionHandle<()>>>,
+}
+
+impl ReceiverLink {
+    /// Detaches the link and ends its session (best effort).
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let receiver = self.receiver.lock().await.take();
+        if let Some(r) = receiver {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r.close()).await;
+        }
+        let session = self.session.lock().await.take();
+        if let Some(mut s) = session {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.end()).await;
+        }
+    }
 }
 
 /// A request/response pair of links (`$cbs`, `<entity>/$management`).
 pub(crate) struct RpcLink {
     links: tokio::sync::Mutex<(Sender, Receiver)>,
     reply_to: String,
+    /// The session the pair lives on; dropping it ends the session.
+    _session: Mutex<SessionHandle<()>>,
 }
 
 /// A `$management` or `$cbs` response.
@@ -193,13 +265,13 @@ fn app_int(ap: &ApplicationProperties, keys: &[&str]) -> Option<i32> {
 }
 
 impl RpcLink {
-    async fn attach(session: &mut SessionHandle<()>, node: &str) -> Result<Self, Failure> {
+    async fn attach(mut session: SessionHandle<()>, node: &str) -> Result<Self, Failure> {
         let reply_to = format!("{node}-reply-{}", uuid::Uuid::new_v4());
         let sender = Sender::builder()
             .name(link_name("rpc-send"))
             .target(node)
             .sender_settle_mode(SenderSettleMode::Settled)
-            .attach(session)
+            .attach(&mut session)
             .await
             .map_err(|e| sender_attach_failure(&e))?;
         let receiver = Receiver::builder()
@@ -207,12 +279,13 @@ impl RpcLink {
             .source(node)
             .target(reply_to.as_str())
             .receiver_settle_mode(ReceiverSettleMode::First)
-            .attach(session)
+            .attach(&mut session)
             .await
             .map_err(|e| receiver_attach_failure(&e))?;
         Ok(Self {
             links: tokio::sync::Mutex::new((sender, receiver)),
             reply_to,
+            _session: Mutex::new(session),
         })
     }
 
@@ -307,7 +380,6 @@ fn sender_attach_failure(e: &fe2o3_amqp::link::SenderAttachError) -> Failure {
 /// One live connection and everything attached on it.
 pub(crate) struct Live {
     connection: tokio::sync::Mutex<ConnectionHandle<()>>,
-    session: tokio::sync::Mutex<SessionHandle<()>>,
     cbs: RpcLink,
     /// CBS audience -> token expiry.
     tokens: Mutex<HashMap<String, SystemTime>>,
@@ -447,15 +519,14 @@ impl Amqp {
             .await
             .map_err(|_| Failure::Timeout(timeout))?
             .map_err(|e| Failure::ConnectionLost(format!("open failed: {e}")))?;
-        let mut session = Session::begin(&mut connection)
+        let session = Session::begin(&mut connection)
             .await
             .map_err(|e| Failure::ConnectionLost(format!("begin failed: {e}")))?;
-        let cbs = RpcLink::attach(&mut session, "$cbs").await?;
+        let cbs = RpcLink::attach(session, "$cbs").await?;
         self.connects.fetch_add(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
             connection: tokio::sync::Mutex::new(connection),
-            session: tokio::sync::Mutex::new(session),
             cbs,
             tokens: Mutex::new(HashMap::new()),
             senders: Mutex::new(HashMap::new()),
@@ -606,6 +677,20 @@ impl Amqp {
         });
     }
 
+    /// Begins a new AMQP session on the live connection.
+    async fn begin(&self, live: &Live) -> Result<SessionHandle<()>, Failure> {
+        let mut c = live.connection.lock().await;
+        let res = tokio::time::timeout(self.cfg.operation_timeout, Session::begin(&mut c)).await;
+        drop(c);
+        let f = match res {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => Failure::ConnectionLost(format!("begin failed: {e}")),
+            Err(_) => Failure::Timeout(self.cfg.operation_timeout),
+        };
+        self.note_failure(live, &f);
+        Err(f)
+    }
+
     /// The sender link for `entity`, attached on first use.
     pub(crate) async fn sender(
         self: &Arc<Self>,
@@ -621,15 +706,14 @@ impl Amqp {
         {
             return Ok((live.clone(), s.clone()));
         }
-        let mut session = live.session.lock().await;
+        let mut session = self.begin(&live).await?;
         let sender = Sender::builder()
             .name(link_name("send"))
             .target(entity)
             .sender_settle_mode(SenderSettleMode::Unsettled)
-            .attach(&mut *session)
+            .attach(&mut session)
             .await
             .map_err(|e| sender_attach_failure(&e));
-        drop(session);
         let sender = match sender {
             Ok(s) => s,
             Err(f) => {
@@ -638,6 +722,7 @@ impl Amqp {
             }
         };
         let link = Arc::new(SenderLink {
+            _session: Mutex::new(session),
             max_message_size: sender.max_message_size(),
             sender: tokio::sync::Mutex::new(sender),
         });
@@ -692,7 +777,7 @@ impl Amqp {
                 Value::Uint(u32::try_from(w.as_millis()).unwrap_or(u32::MAX)),
             );
         }
-        let mut s = live.session.lock().await;
+        let mut s = self.begin(live).await?;
         let attached = Receiver::builder()
             .name(link_name("recv"))
             .source(source.build())
@@ -706,10 +791,9 @@ impl Amqp {
             .credit_mode(CreditMode::Manual)
             .auto_accept(false)
             .properties(props)
-            .attach(&mut *s)
+            .attach(&mut s)
             .await
             .map_err(|e| receiver_attach_failure(&e));
-        drop(s);
         let receiver = match attached {
             Ok(r) => r,
             Err(f) => {
@@ -735,6 +819,7 @@ impl Amqp {
         });
         Ok(Arc::new(ReceiverLink {
             name: receiver.name().to_owned(),
+            session: tokio::sync::Mutex::new(Some(s)),
             disposer: receiver.disposer(),
             receiver: tokio::sync::Mutex::new(Some(receiver)),
             id: self.next_link.fetch_add(1, Ordering::Relaxed),
@@ -786,9 +871,8 @@ impl Amqp {
         let rpc = match existing {
             Some(r) => r,
             None => {
-                let mut s = live.session.lock().await;
-                let attached = RpcLink::attach(&mut s, &node).await;
-                drop(s);
+                let s = self.begin(&live).await?;
+                let attached = RpcLink::attach(s, &node).await;
                 let rpc = match attached {
                     Ok(r) => Arc::new(r),
                     Err(f) => {

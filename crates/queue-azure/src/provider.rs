@@ -272,6 +272,29 @@ impl ServiceBusProvider {
         Ok(())
     }
 
+    async fn send_chunk(
+        &self,
+        queue: &QueueName,
+        chunk: &[(usize, MessageId, convert::Outgoing)],
+    ) -> Result<()> {
+        if let [(_, _, one)] = chunk {
+            return self.send_one(queue, one.clone()).await;
+        }
+        let ctx = Ctx::new("send_batch", queue.as_str());
+        let amqp = &self.shared.amqp;
+        let (live, link) = amqp
+            .sender(queue.as_str())
+            .await
+            .map_err(|f| map_failure(f, ctx))?;
+        let msgs: Vec<convert::Outgoing> = chunk.iter().map(|(_, _, m)| m.clone()).collect();
+        if let Err(f) = link.send_batch(&msgs, amqp.cfg.operation_timeout).await {
+            amqp.note_failure(&live, &f);
+            amqp.drop_sender(&live, queue.as_str());
+            return Err(map_failure(f, ctx));
+        }
+        Ok(())
+    }
+
     /// Receives from `entity` with the shared receiver, reconnecting once after a
     /// connection loss.
     async fn receive_entity(
@@ -595,38 +618,55 @@ impl QueueProvider for ServiceBusProvider {
             self.check_size(queue, &out, None)?;
             prepared.push((id, out));
         }
+        // Pack consecutive messages into batch deliveries under the size and count limits.
+        let cfg = &self.shared.amqp.cfg;
         let total = prepared.len();
-        let mut sent = Vec::with_capacity(total);
-        let mut iter = prepared.into_iter().enumerate();
-        while let Some((i, (id, out))) = iter.next() {
-            if let Err(e) = self.send_one(queue, out).await {
-                if sent.is_empty() {
-                    return Err(e);
-                }
-                let mut failed = vec![queue_core::BatchEntryError::new(i, e)];
-                for (j, _) in iter {
-                    failed.push(queue_core::BatchEntryError::new(
-                        j,
-                        QueueError::Provider {
+        let mut chunks: Vec<Vec<(usize, MessageId, convert::Outgoing)>> = Vec::new();
+        let mut size = 0;
+        for (i, (id, out)) in prepared.into_iter().enumerate() {
+            // Each data section adds a few bytes of framing around the encoded message.
+            let len = encoded_len(&out) + 16;
+            let fits = chunks.last().is_some_and(|c| {
+                c.len() < cfg.max_batch_size && size + len <= cfg.max_message_size
+            });
+            if !fits {
+                chunks.push(Vec::new());
+                size = 64;
+            }
+            size += len;
+            chunks.last_mut().expect("pushed").push((i, id, out));
+        }
+        let mut sent: Vec<(usize, MessageId)> = Vec::with_capacity(total);
+        let mut chunks = chunks.into_iter();
+        while let Some(chunk) = chunks.next() {
+            let res = self.send_chunk(queue, &chunk).await;
+            match res {
+                Ok(()) => sent.extend(chunk.into_iter().map(|(i, id, _)| (i, id))),
+                Err(e) if sent.is_empty() && chunks.len() == 0 => return Err(e),
+                Err(e) => {
+                    let mut failed = Vec::new();
+                    let mut first = Some(e);
+                    for (i, _, _) in chunk.into_iter().chain(chunks.flatten()) {
+                        let err = first.take().unwrap_or_else(|| QueueError::Provider {
                             provider: PROVIDER,
                             operation: "send_batch",
                             class: queue_core::RetryClass::Transient,
-                            source: "not attempted after an earlier entry failed".into(),
-                        },
-                    ));
+                            source: "not sent: an earlier part of the batch failed".into(),
+                        });
+                        failed.push(queue_core::BatchEntryError::new(i, err));
+                    }
+                    return Err(QueueError::PartialBatch {
+                        provider: PROVIDER,
+                        queue: queue.as_str().to_owned(),
+                        operation: "send_batch",
+                        total,
+                        succeeded: sent,
+                        failed,
+                    });
                 }
-                return Err(QueueError::PartialBatch {
-                    provider: PROVIDER,
-                    queue: queue.as_str().to_owned(),
-                    operation: "send_batch",
-                    total,
-                    succeeded: sent.into_iter().enumerate().collect(),
-                    failed,
-                });
             }
-            sent.push(id);
         }
-        Ok(sent)
+        Ok(sent.into_iter().map(|(_, id)| id).collect())
     }
 
     async fn receive(

@@ -284,11 +284,7 @@ impl SessionReceiver for ServiceBusSessionReceiver {
     }
 
     async fn close(&self) -> Result<()> {
-        self.link.closed.store(true, Ordering::Release);
-        let receiver = self.link.receiver.lock().await.take();
-        if let Some(r) = receiver {
-            let _ = tokio::time::timeout(Duration::from_secs(5), r.close()).await;
-        }
+        self.link.close().await;
         self.shared.forget_link(self.link.id);
         Ok(())
     }
@@ -299,12 +295,7 @@ impl Drop for ServiceBusSessionReceiver {
         self.link.closed.store(true, Ordering::Release);
         let link = self.link.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let receiver = link.receiver.lock().await.take();
-                if let Some(r) = receiver {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), r.close()).await;
-                }
-            });
+            handle.spawn(async move { link.close().await });
         }
     }
 }

@@ -387,8 +387,21 @@ async fn wrong_key_is_rejected_without_leaking_it() {
 async fn check_access_finds_missing_queues() {
     let (_emu, p) = one_queue("present", lock(5)).await;
     p.check_access(&q("present")).await.unwrap();
-    let err = p.check_access(&q("absent")).await.unwrap_err();
-    assert!(matches!(err, QueueError::QueueNotFound { .. }), "{err}");
+    // Refused attaches must not disturb later links (each link has its own AMQP session).
+    for i in 0..5 {
+        let absent = q(&format!("absent-{i}"));
+        for err in [
+            p.send(&absent, Message::new("x")).await.unwrap_err(),
+            p.receive(&absent, opts(1, 100)).await.unwrap_err(),
+            p.check_access(&absent).await.unwrap_err(),
+        ] {
+            assert!(matches!(err, QueueError::QueueNotFound { .. }), "{err}");
+        }
+    }
+    p.check_access(&q("present")).await.unwrap();
+    p.send(&q("present"), Message::new("still fine"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
