@@ -80,7 +80,7 @@ async fn wrong_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_schedule_peek_expiry_ttl_dedup_receive_and_delete() {
     let q = QueueConfig::new()
-        .with_lock_duration(Duration::from_secs(2))
+        .with_lock_duration(Duration::from_secs(4))
         .with_max_delivery_count(2)
         .with_duplicate_detection(Duration::from_secs(600));
     let cfg = keyed(EmulatorConfig::new().with_queue("work", q));
@@ -94,7 +94,7 @@ async fn named_and_next_available_sessions_state_and_lock_renewal() {
         .with_lock_duration(Duration::from_secs(30));
     let short = QueueConfig::new()
         .with_requires_session(true)
-        .with_lock_duration(Duration::from_secs(2));
+        .with_lock_duration(Duration::from_secs(4));
     let cfg = keyed(
         EmulatorConfig::new()
             .with_queue("events", long)

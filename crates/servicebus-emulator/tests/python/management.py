@@ -1,7 +1,7 @@
 """Renew lock, schedule (and cancel), peek, lock expiry, max delivery count, TTL expiry,
 receive-and-delete and duplicate detection, as documented for Service Bus.
 
-Usage: management.py <connection string> <queue with lock 2 s, max delivery 2, dedup on>
+Usage: management.py <connection string> <queue with lock 4 s, max delivery 2, dedup on>
 """
 import datetime
 import sys
@@ -33,18 +33,18 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
         sender.send_messages(ServiceBusMessage("renew-me"))
         msg = receive_one(receiver)
         first_until = msg.locked_until_utc
-        time.sleep(1.2)
+        time.sleep(2.5)
         new_until = receiver.renew_message_lock(msg)
         assert new_until > first_until, (new_until, first_until)
         assert msg.locked_until_utc == new_until
-        time.sleep(1.2)  # past the first lock (2 s), inside the renewed one
+        time.sleep(2.5)  # past the first lock (4 s), inside the renewed one
         receiver.complete_message(msg)
 
         # Lock expiry: an unsettled message comes back with its delivery count raised,
         # and the old lock can no longer settle it.
         sender.send_messages(ServiceBusMessage("expire-me"))
         msg = receive_one(receiver)
-        time.sleep(2.5)
+        time.sleep(4.5)
         again = receive_one(receiver)
         assert str(again) == "expire-me"
         assert again.delivery_count == 1, again.delivery_count
@@ -59,10 +59,10 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
         assert receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
 
         # Schedule: invisible until due; peek sees it; cancel removes another one.
-        due = utcnow() + datetime.timedelta(seconds=3)
+        due = utcnow() + datetime.timedelta(seconds=8)
         seq = sender.schedule_messages(ServiceBusMessage("scheduled"), due)[0]
         cancel_seq = sender.schedule_messages(ServiceBusMessage("cancelled"),
-                                              utcnow() + datetime.timedelta(seconds=3))[0]
+                                              utcnow() + datetime.timedelta(seconds=8))[0]
         assert seq > 0 and cancel_seq > seq, (seq, cancel_seq)
         sender.cancel_scheduled_messages(cancel_seq)
         peeked = receiver.peek_messages(max_message_count=10)
@@ -70,7 +70,7 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
         assert peeked[0].sequence_number == seq
         assert peeked[0].scheduled_enqueue_time_utc is not None
         assert receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
-        got = receive_one(receiver, wait=6)
+        got = receive_one(receiver, wait=12)
         assert str(got) == "scheduled" and got.sequence_number == seq
         assert got.enqueued_time_utc >= due - datetime.timedelta(seconds=1)
         receiver.complete_message(got)

@@ -1,7 +1,7 @@
 """Session receivers: named and next-available sessions, FIFO inside a session, exclusive
 session locks, session state, session lock renewal and expiry, as documented.
 
-Usage: sessions.py <connection string> <session queue, lock 30 s> <session queue, lock 2 s>
+Usage: sessions.py <connection string> <session queue, lock 30 s> <session queue, lock 4 s>
 """
 import sys
 import threading
@@ -116,7 +116,7 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
     holder.__enter__()
     got = drain(holder, 1)
     holder.session.set_state(b"gamma-state")
-    time.sleep(2.5)  # lock duration is 2 s; the holder neither renews nor settles
+    time.sleep(4.5)  # lock duration is 4 s; the holder neither renews nor settles
     with client.get_queue_receiver(short_queue, session_id="gamma") as taker:
         again = drain(taker, 1)
         assert str(again[0]) == "g0"
