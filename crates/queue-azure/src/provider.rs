@@ -236,6 +236,34 @@ impl ServiceBusProvider {
         Ok(())
     }
 
+    /// Moves up to `max` messages from the dead-letter queue back to `queue` and returns
+    /// how many moved. Each is sent first and removed from the dead-letter queue after, so
+    /// a failure in between duplicates a message rather than losing it. The dead-letter
+    /// reason properties are dropped; everything else is kept (message id included, so
+    /// duplicate detection still applies).
+    pub async fn redrive_dead_letters(&self, queue: &QueueName, max: usize) -> Result<usize> {
+        let mut moved = 0;
+        while moved < max {
+            let want = (max - moved).min(self.shared.amqp.cfg.max_batch_size);
+            let batch = self
+                .receive_dead_letters(queue, ReceiveOptions::new(want, Duration::from_millis(500)))
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                let mut msg = m.message.clone();
+                msg.attributes.remove("DeadLetterReason");
+                msg.attributes.remove("DeadLetterErrorDescription");
+                msg.scheduled_enqueue_time = None;
+                self.send(queue, msg).await?;
+                self.complete(&m.receipt).await?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     fn check_size(
         &self,
         queue: &QueueName,

@@ -466,3 +466,40 @@ async fn every_property_survives_a_round_trip() {
     assert!(m.locked_until.unwrap() > SystemTime::now());
     p.complete(&m.receipt).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_redriven() {
+    let (_emu, p) = one_queue("rd", lock(5)).await;
+    let queue = q("rd");
+    for i in 0..3 {
+        p.send(
+            &queue,
+            Message::new(format!("{i}")).with_attribute("k", "v"),
+        )
+        .await
+        .unwrap();
+    }
+    let got = p.receive(&queue, opts(3, 2000)).await.unwrap();
+    assert_eq!(got.len(), 3);
+    for m in &got {
+        p.dead_letter(&m.receipt, DeadLetterReason::new("Bad", "test"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(p.redrive_dead_letters(&queue, 10).await.unwrap(), 3);
+    assert!(
+        p.receive_dead_letters(&queue, opts(3, 300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut back = p.receive(&queue, opts(3, 2000)).await.unwrap();
+    back.sort_by(|a, b| a.body().cmp(b.body()));
+    assert_eq!(back.len(), 3);
+    for (i, m) in back.iter().enumerate() {
+        assert_eq!(m.body().as_ref(), format!("{i}").as_bytes());
+        assert!(m.dead_letter.is_none());
+        assert_eq!(m.message.attributes.get("k").map(String::as_str), Some("v"));
+        p.complete(&m.receipt).await.unwrap();
+    }
+}
