@@ -250,7 +250,7 @@ fn main() {
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(10))
+        .measurement_time(Duration::from_secs(15))
         .configure_from_args();
 
     for (group_name, n, works) in [
@@ -309,7 +309,8 @@ fn main() {
         _ => "n/a (filtered out)".to_owned(),
     };
     println!("\nmean time per message, ratios in this run (lower first term = faster):");
-    for (name, _) in tally.0.lock().unwrap().iter() {
+    let names: Vec<&'static str> = tally.0.lock().unwrap().keys().copied().collect();
+    for name in names {
         if let Some(t) = tally.per_message(name) {
             println!("  {name:<28} {:>8.2} ms/message", t * 1e3);
         }

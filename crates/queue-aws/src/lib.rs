@@ -68,11 +68,29 @@
 //! until settled). [`SqsProvider::redrive`] moves dead letters back, keeping per-group
 //! order.
 //!
-//! **Receipts.** SQS accepts a stale receipt handle for `DeleteMessage` (the delete
-//! may then act on a redelivered copy) and for `ChangeMessageVisibility` after the
-//! lock expired. Completing after the lock expired is therefore not reported as
-//! [`QueueError::LockLost`](queue_core::QueueError::LockLost); receipts of messages
-//! that were deleted are rejected on renew and abandon.
+//! **Receipts and locks.** SQS accepts a stale receipt handle for `DeleteMessage`: after
+//! a redelivery, deleting with the first delivery's handle still deletes the message,
+//! which another consumer may be working on. So the provider checks receipts itself: the
+//! receipt carries its lock expiry (counted conservatively from a second before the
+//! receive answer), the provider value remembers renewals and settlements of the
+//! deliveries it handed out, and an expired or already settled receipt fails with
+//! [`QueueError::LockLost`](queue_core::QueueError::LockLost) without calling SQS. A
+//! renewal made through another provider value (another process) is not known here.
+//! Locks are renewed to the queue's visibility timeout; the queue's settings (URL,
+//! visibility timeout, maximum size, dead-letter queue) are cached per provider value
+//! and refreshed by [`QueueProvider::check_access`](queue_core::QueueProvider::check_access).
+//!
+//! **Receiving.** A receive long-polls in whole seconds (`WaitTimeSeconds`, at most 20
+//! per call, repeated for longer waits) and spends a sub-second rest of the wait in
+//! short polls, so a 300 ms wait is not stretched to a second. At most 10 messages per
+//! call. A message whose time to live ran out is deleted instead of delivered.
+//!
+//! **Batches.** [`QueueProvider::send_batch`](queue_core::QueueProvider::send_batch) and
+//! [`SqsProvider::complete_batch`] go out in chunks of at most 10 entries (and, for
+//! sends, at most the queue's maximum size in total); entries that fail, before sending
+//! (validation) or at SQS, are reported by input index in
+//! [`QueueError::PartialBatch`](queue_core::QueueError::PartialBatch) while the others
+//! are sent.
 //!
 //! **Transport.** `https://` endpoints always; plain `http://` only to loopback hosts
 //! (`localhost`, `127.0.0.0/8`, `[::1]`), also when the endpoint comes from

@@ -35,6 +35,8 @@ pub const MAX_BATCH: usize = 10;
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 /// Longest long-poll wait of one `ReceiveMessage` call.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// How much earlier than the receive answer a lock is assumed to have started.
+const LOCK_CLOCK_MARGIN: Duration = Duration::from_secs(1);
 /// Pause between short polls during the sub-second rest of a receive wait.
 const SHORT_POLL_PAUSE: Duration = Duration::from_millis(100);
 /// SQS keeps messages at most 14 days; dead-letter queues get this retention.
@@ -495,7 +497,7 @@ impl SqsProvider {
             // in short polls, so a short wait is not stretched to a full second.
             let remaining = deadline.saturating_duration_since(Instant::now());
             let wait_secs = remaining.as_secs().min(MAX_WAIT.as_secs());
-            let lock_start = SystemTime::now();
+            let asked_at = SystemTime::now();
             let out = self
                 .inner
                 .client
@@ -514,6 +516,11 @@ impl SqsProvider {
                 .map_err(|e| {
                     self.after_error(&info.name, map_sdk(e, self.ctx(op, info.name.as_str())))
                 })?;
+            // SQS starts the lock when it hands a message out: after the request was
+            // made (a long poll may have waited up to 20 s) and just before the answer.
+            // Counting from a second before the answer keeps the estimate on the safe
+            // side without shortening it by the time spent waiting.
+            let lock_start = (SystemTime::now() - LOCK_CLOCK_MARGIN).max(asked_at);
             let mut received = Vec::new();
             let mut expired = Vec::new();
             for m in out.messages.unwrap_or_default() {
@@ -1452,5 +1459,75 @@ impl SqsProvider {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StaticCredentials;
+
+    const CANARY: &str = "CANARY-sqs-provider-71e2";
+
+    #[tokio::test]
+    async fn provider_debug_and_build_errors_never_show_secrets() {
+        let creds = StaticCredentials::new(CANARY.into(), CANARY.into());
+        let provider = SqsProvider::builder()
+            .with_region("eu-west-1")
+            .with_endpoint("http://127.0.0.1:1")
+            .with_credentials(creds.clone())
+            .build()
+            .await
+            .expect("building makes no network call");
+        let text = format!("{provider:?}");
+        assert!(!text.contains(CANARY), "{text}");
+        assert!(
+            text.contains("eu-west-1") && text.contains("127.0.0.1:1"),
+            "{text}"
+        );
+        assert_eq!(provider.name(), "sqs");
+
+        let err = SqsProvider::builder()
+            .with_region("eu-west-1")
+            .with_endpoint("http://sqs.example.com")
+            .with_credentials(creds)
+            .build()
+            .await
+            .expect_err("plain http to a public host");
+        assert!(
+            matches!(err, QueueError::Config { ref field, .. } if field == "sqs.endpoint"),
+            "{err}"
+        );
+        assert!(!format!("{err} {err:?}").contains(CANARY));
+    }
+
+    #[test]
+    fn capabilities_describe_sqs() {
+        let caps = SqsProvider::sqs_capabilities();
+        assert_eq!(caps.sessions, SessionSupport::Grouped);
+        assert_eq!(caps.max_batch_size, 10);
+        assert_eq!(caps.max_message_size, 1024 * 1024);
+        assert_eq!(caps.max_schedule_delay, Some(Duration::from_secs(900)));
+        assert_eq!(caps.max_lock_duration, Duration::from_secs(12 * 3600));
+        assert!(caps.delayed_abandon && caps.lock_renewal && caps.native_dead_letter);
+        assert!(caps.duplicate_detection && caps.queue_management && !caps.session_state);
+    }
+
+    #[test]
+    fn dead_letter_queue_names() {
+        let q = |s: &str| QueueName::new(s).unwrap();
+        assert_eq!(dlq_name(&q("jobs")).unwrap().as_str(), "jobs-dlq");
+        assert_eq!(dlq_name(&q("jobs.fifo")).unwrap().as_str(), "jobs-dlq.fifo");
+        let long = "a".repeat(77);
+        let err = dlq_name(&q(&long)).unwrap_err();
+        assert!(matches!(err, QueueError::InvalidName { .. }), "{err}");
+    }
+
+    #[test]
+    fn whole_second_rounding() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
     }
 }

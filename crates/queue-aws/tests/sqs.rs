@@ -552,6 +552,33 @@ async fn long_polling_waits_and_wakes() {
     );
     p.complete(&got[0].receipt).await.expect("complete");
     p.delete_queue(&q).await.expect("delete_queue");
+
+    // The lock of a message that arrives late in a long poll counts from its arrival, not
+    // from the start of the poll: a 2 s lock after a 3 s wait still settles.
+    let q = create(
+        &p,
+        "poll-lock",
+        QueueSpec::default().with_lock_duration(Duration::from_secs(2)),
+    )
+    .await;
+    let sender = {
+        let (p, q) = (p.clone(), q.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            p.send(&q, Message::new("late")).await
+        })
+    };
+    let got = recv(&p, &q, 1, Duration::from_secs(10)).await;
+    sender.await.unwrap().expect("send");
+    assert_eq!(got.len(), 1, "the late message did not arrive");
+    assert!(
+        got[0].locked_until.unwrap() > SystemTime::now(),
+        "lock already over on arrival"
+    );
+    p.complete(&got[0].receipt)
+        .await
+        .expect("complete right after a long poll that waited longer than the lock");
+    p.delete_queue(&q).await.expect("delete_queue");
 }
 
 /// Uses SQS cannot honour fail with typed errors before anything is sent.
