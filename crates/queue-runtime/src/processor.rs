@@ -799,21 +799,36 @@ impl Shared {
         }
     }
 
-    /// Spawns a task renewing `target` until `watch.stop` fires, `max` elapses (then
-    /// `watch.stopped` fires) or renewal fails for good (then `watch.lost` fires).
+    /// Spawns a task renewing `target`; see [`Shared::renewer`].
     fn spawn_renewer(
         self: &Arc<Self>,
         target: RenewTarget,
         until: Option<SystemTime>,
         max: Option<Duration>,
     ) -> LockWatch {
+        let (watch, renew) = self.renewer(target, until, max);
+        if let Some(renew) = renew {
+            tokio::spawn(renew);
+        }
+        watch
+    }
+
+    /// A future renewing `target` until `watch.stop` fires, `max` elapses (then
+    /// `watch.stopped` fires) or renewal fails for good (then `watch.lost` fires). `None` if
+    /// the provider cannot renew locks.
+    fn renewer(
+        self: &Arc<Self>,
+        target: RenewTarget,
+        until: Option<SystemTime>,
+        max: Option<Duration>,
+    ) -> (LockWatch, Option<impl Future<Output = ()> + Send + 'static>) {
         let watch = LockWatch::default();
         if !self.caps.lock_renewal {
-            return watch;
+            return (watch, None);
         }
         let shared = self.clone();
         let w = watch.clone();
-        tokio::spawn(async move {
+        let renew = async move {
             let deadline = max.map(|m| Instant::now() + m);
             let mut until = until;
             let mut failures = 0u32;
@@ -859,8 +874,8 @@ impl Shared {
                     }
                 }
             }
-        });
-        watch
+        };
+        (watch, Some(renew))
     }
 
     /// Waits while the breaker is open. Returns `false` if shutdown fired meanwhile.
@@ -972,19 +987,27 @@ impl Shared {
     ) {
         bump(&self.stats.received);
         self.metrics.received.increment(1);
-        let watch = self.spawn_renewer(
+        let (watch, renew) = self.renewer(
             RenewTarget::Message(msg.receipt.clone()),
             msg.locked_until,
             Some(self.settings.max_lock_renewal),
         );
-        let key = msg.session_id().cloned();
+        let key = msg.session_id().cloned().filter(|_| grouped);
+        let renew = match (renew, &key) {
+            (Some(renew), Some(_)) => {
+                // Buffered behind its group: renewed by its own task while it waits.
+                tokio::spawn(renew);
+                None
+            }
+            (renew, _) => renew,
+        };
         let held = Held {
             msg,
             watch,
             _permit: permit,
         };
         match key {
-            Some(key) if grouped => {
+            Some(key) => {
                 let start = {
                     let mut map = groups.lock().unwrap_or_else(|e| e.into_inner());
                     match map.get_mut(&key) {
@@ -1010,16 +1033,30 @@ impl Shared {
                 let shared = self.clone();
                 let slots = message_slots.clone();
                 self.tracker.spawn(async move {
-                    let _slot = slots.acquire_owned().await;
-                    if shared.shutdown.is_cancelled() {
+                    let work = async {
+                        let _slot = slots.acquire_owned().await;
+                        if shared.shutdown.is_cancelled() {
+                            shared
+                                .abandon_unhandled(&Settler::Provider, &held.msg, true)
+                                .await;
+                            return;
+                        }
                         shared
-                            .abandon_unhandled(&Settler::Provider, &held.msg, true)
+                            .process(&held.msg, &held.watch, &Settler::Provider)
                             .await;
-                        return;
+                    };
+                    // Renew in this task, next to the work, until the work is done.
+                    let renew = async move {
+                        if let Some(renew) = renew {
+                            renew.await;
+                        }
+                        std::future::pending::<()>().await;
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = work => {}
+                        _ = renew => {}
                     }
-                    shared
-                        .process(&held.msg, &held.watch, &Settler::Provider)
-                        .await;
                 });
             }
         }
