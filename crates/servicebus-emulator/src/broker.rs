@@ -667,6 +667,18 @@ impl Broker {
         }
     }
 
+    /// Whether `owner` still holds the lock of `session` (it may have expired).
+    pub fn holds_session(&self, queue: &str, session: &str, owner: OwnerId) -> bool {
+        let now = self.clock.now();
+        let mut st = self.lock_state();
+        sweep(&mut st, now);
+        st.queues
+            .get(queue)
+            .and_then(|q| q.sessions.get(session))
+            .and_then(|i| i.lock)
+            .is_some_and(|(o, u)| o == owner && u > now)
+    }
+
     /// Releases every session lock held by `owner` (its link closed).
     pub fn release_owner(&self, owner: OwnerId) {
         let mut st = self.lock_state();

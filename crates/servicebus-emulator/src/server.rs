@@ -1193,6 +1193,36 @@ impl Conn {
 
     /// Sends whatever the links have credit for: queue deliveries and node responses.
     async fn pump(&mut self) -> Result<(), ConnError> {
+        // Session receivers whose session lock ran out are detached, as Service Bus does.
+        let mut lost = Vec::new();
+        for (ch, s) in &self.sessions {
+            for (h, l) in &s.links {
+                let LinkKind::QueueOut {
+                    entity,
+                    session: Some(sid),
+                    owner,
+                    ..
+                } = &l.kind
+                else {
+                    continue;
+                };
+                if !self.shared.broker.holds_session(&entity.queue, sid, *owner) {
+                    lost.push((*ch, *h));
+                }
+            }
+        }
+        for (ch, h) in lost {
+            if let Some(s) = self.sessions.get_mut(&ch) {
+                s.links.remove(&h);
+                s.unsettled.retain(|_, od| od.handle != h);
+            }
+            let det = Detach {
+                handle: Handle(h),
+                closed: true,
+                error: Some(broker_error(&EmulatorError::SessionLockLost)),
+            };
+            self.send(perf(ch, &det)?).await?;
+        }
         for p in std::mem::take(&mut self.pending) {
             self.retrying = Some((p.owner, p.deadline));
             self.on_attach(p.ch, p.attach).await?;

@@ -482,3 +482,60 @@ async fn undecodable_messages_are_rejected_with_a_reason() {
     );
     assert!(e.description.unwrap().contains("could not be decoded"));
 }
+
+#[tokio::test]
+async fn session_filter_is_answered_and_an_expired_session_lock_detaches_the_link() {
+    use fe2o3_amqp::types::messaging::{Properties, Source};
+
+    let cfg = EmulatorConfig::new().with_queue(
+        "s",
+        QueueConfig::new()
+            .with_requires_session(true)
+            .with_lock_duration(Duration::from_secs(1)),
+    );
+    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "snd", "s").await.unwrap();
+    for (sid, body) in [("first", "f0"), ("second", "s0")] {
+        let m = Message::builder()
+            .properties(Properties {
+                group_id: Some(sid.into()),
+                ..Default::default()
+            })
+            .value(body.to_owned())
+            .build();
+        sender.send(m).await.unwrap().accepted_or("no").unwrap();
+    }
+    // A null session filter asks for the next available session; the answer names it.
+    let source = Source::builder()
+        .address("s")
+        .add_to_filter_using_legacy_format("com.microsoft:session-filter", Value::Null)
+        .build();
+    let mut receiver = Receiver::builder()
+        .name("rcv")
+        .source(source)
+        .verify_incoming_source(false)
+        .attach(&mut session)
+        .await
+        .unwrap();
+    let filter = receiver
+        .source()
+        .as_ref()
+        .and_then(|s| s.filter.as_ref())
+        .and_then(|f| {
+            f.get(&Symbol::from("com.microsoft:session-filter"))
+                .cloned()
+        });
+    assert_eq!(filter, Some(Value::String("first".into())));
+    let d = receiver.recv::<String>().await.unwrap();
+    assert_eq!(d.body(), "f0");
+    // Nobody renews: after the 1 s lock the emulator detaches the receiver.
+    let next = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<String>()).await;
+    assert!(
+        matches!(next, Ok(Err(_))),
+        "the link stayed usable after its session lock expired"
+    );
+}
