@@ -57,7 +57,19 @@ pub(crate) struct Metrics {
     pub(crate) end_to_end: Histogram,
     pub(crate) in_flight: Gauge,
     pub(crate) active_sessions: Gauge,
+    /// Handler duration per fixed outcome, registered once (recorded on every message).
+    durations: Vec<(&'static str, Histogram)>,
 }
+
+/// The `outcome` label values of [`HANDLER_DURATION`].
+const OUTCOMES: [&str; 6] = [
+    "complete",
+    "retry",
+    "dead_letter",
+    "error",
+    "panic",
+    "cancelled",
+];
 
 impl Metrics {
     pub(crate) fn new(queue: &QueueName, provider: &'static str) -> Self {
@@ -73,6 +85,14 @@ impl Metrics {
             end_to_end: metrics::histogram!(END_TO_END_LATENCY, labels.clone()),
             in_flight: metrics::gauge!(IN_FLIGHT, labels.clone()),
             active_sessions: metrics::gauge!(ACTIVE_SESSIONS, labels.clone()),
+            durations: OUTCOMES
+                .iter()
+                .map(|outcome| {
+                    let mut l = labels.clone();
+                    l.push(Label::from_static_parts("outcome", outcome));
+                    (*outcome, metrics::histogram!(HANDLER_DURATION, l))
+                })
+                .collect(),
             labels,
         }
     }
@@ -104,7 +124,12 @@ impl Metrics {
     }
 
     pub(crate) fn handler_duration(&self, outcome: &'static str, took: Duration) {
-        metrics::histogram!(HANDLER_DURATION, self.with("outcome", outcome)).record(took);
+        match self.durations.iter().find(|(o, _)| *o == outcome) {
+            Some((_, histogram)) => histogram.record(took),
+            None => {
+                metrics::histogram!(HANDLER_DURATION, self.with("outcome", outcome)).record(took)
+            }
+        }
     }
 
     pub(crate) fn provider_error(&self, operation: &'static str, err: &QueueError) {
