@@ -249,3 +249,130 @@ proptest! {
         paused_runtime().block_on(run_on_grouped(plans));
     }
 }
+
+/// The same checks on a multi-threaded runtime in real time (short delays), so handlers,
+/// renewers and receive loops really run in parallel.
+async fn multi_threaded(grouped: bool) {
+    let plans: Vec<Vec<Plan>> = (0..6)
+        .map(|k| {
+            (0..6)
+                .map(|n| match (k + n) % 5 {
+                    0 => Plan::FailThenComplete {
+                        failures: 1,
+                        mode: (n % 3) as u8,
+                    },
+                    3 if k == 2 => Plan::DeadLetter,
+                    _ => Plan::FailThenComplete {
+                        failures: 0,
+                        mode: 0,
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    let fast = settings().with_retry(
+        RetrySettings::default()
+            .with_max_attempts(MAX_ATTEMPTS)
+            .with_initial_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(50)),
+    );
+    let fast = fast
+        .with_receive_wait(Duration::from_millis(50))
+        .with_session_idle_timeout(Duration::from_millis(30));
+    let calls: Calls = Arc::default();
+    let plans_arc = Arc::new(plans.clone());
+    let shutdown = CancellationToken::new();
+    if grouped {
+        let fake = GroupedFake::new(Duration::from_secs(30), 50);
+        let provider: SharedQueueProvider = Arc::new(fake.clone());
+        let queue = QueueName::new("mt.fifo").unwrap();
+        for (k, key_plans) in plans.iter().enumerate() {
+            let sid = SessionId::new(format!("key-{k}")).unwrap();
+            for n in 0..key_plans.len() {
+                provider
+                    .send(
+                        &queue,
+                        Message::new(format!("{k}:{n}")).with_session_id(sid.clone()),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let run = tokio::spawn(
+            Processor::new(provider, queue, handler(plans_arc, calls.clone()))
+                .with_settings(fast)
+                .run(shutdown.clone()),
+        );
+        assert!(wait_until(Duration::from_secs(20), || fake.message_count() == 0).await);
+        shutdown.cancel();
+        let report = run.await.unwrap().unwrap();
+        let dead: BTreeMap<String, String> = plans
+            .iter()
+            .enumerate()
+            .flat_map(|(k, ps)| {
+                ps.iter()
+                    .enumerate()
+                    .filter(|(_, p)| expected(**p).0 == Expect::DeadLettered)
+                    .map(move |(n, _)| (format!("{k}:{n}"), String::new()))
+            })
+            .collect();
+        assert_eq!(fake.dead_letters().len(), dead.len());
+        check(&plans, &calls.lock().unwrap(), &report, &dead);
+    } else {
+        let (mem, provider, queue) =
+            memory("mt", QueueSpec::default().with_max_delivery_count(50)).await;
+        for (k, key_plans) in plans.iter().enumerate() {
+            let sid = SessionId::new(format!("key-{k}")).unwrap();
+            for n in 0..key_plans.len() {
+                provider
+                    .send(
+                        &queue,
+                        Message::new(format!("{k}:{n}")).with_session_id(sid.clone()),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let run = tokio::spawn(
+            Processor::new(
+                provider.clone(),
+                queue.clone(),
+                handler(plans_arc, calls.clone()),
+            )
+            .with_settings(fast)
+            .run(shutdown.clone()),
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || mem
+                .message_count(&queue)
+                .unwrap()
+                == 0)
+            .await
+        );
+        shutdown.cancel();
+        let report = run.await.unwrap().unwrap();
+        let dead: BTreeMap<String, String> = provider
+            .receive_dead_letters(&queue, ReceiveOptions::new(1000, Duration::from_millis(10)))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                (
+                    String::from_utf8(m.body().to_vec()).unwrap(),
+                    m.dead_letter.unwrap().reason,
+                )
+            })
+            .collect();
+        check(&plans, &calls.lock().unwrap(), &report, &dead);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_threaded_sessions_keep_order_and_settle_once() {
+    multi_threaded(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_threaded_groups_keep_order_and_settle_once() {
+    multi_threaded(true).await;
+}
