@@ -797,3 +797,28 @@ async fn grouped_provider_keeps_order_when_a_message_is_retried() {
     }
     assert!(report.abandoned_for_order >= 3, "{report:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn from_config_builds_the_provider_and_surfaces_typed_errors() {
+    let handler = || handler_fn(|_m, _c| async { Ok(Outcome::Complete) });
+    let cfg = queue_runtime::QueueRuntimeConfig::from_toml_str(
+        "queue = \"from-config\"\n[provider]\nkind = \"memory\"\n[processor]\nmax_concurrent_sessions = 2\n",
+    )
+    .unwrap();
+    let processor = Processor::from_config(&cfg, handler()).await.unwrap();
+    assert_eq!(processor.settings().max_concurrent_sessions, 2);
+    // A fresh memory provider has no queue: start-up fails fast with the typed error.
+    let err = processor.run(CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(err, QueueError::QueueNotFound { .. }), "{err}");
+
+    let cfg = queue_runtime::QueueRuntimeConfig::from_toml_str(
+        "queue = \"q\"\n[provider]\nkind = \"service-bus\"\nnamespace = \"example.servicebus.windows.net\"\n",
+    )
+    .unwrap();
+    let err = Processor::from_config(&cfg, handler()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("provider `service-bus` is not enabled in this build"),
+        "{err}"
+    );
+}
