@@ -581,9 +581,10 @@ impl Shared {
             .await
         } else {
             // Hold the message (its lock, or the session lock, keeps being renewed) for the
-            // delay, then abandon: it comes back first in its session or group.
+            // delay, then abandon: it comes back first in its session or group. The hold is
+            // bounded by `max_lock_renewal`, like any other time a lock is kept.
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(delay.min(self.settings.max_lock_renewal)) => {}
                 _ = self.shutdown.cancelled() => {}
                 _ = watch.lost.cancelled() => {}
             }
