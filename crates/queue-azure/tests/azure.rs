@@ -503,3 +503,107 @@ async fn dead_letters_can_be_redriven() {
         p.complete(&m.receipt).await.unwrap();
     }
 }
+
+#[derive(Debug, Default)]
+struct FakeEntra {
+    calls: std::sync::atomic::AtomicU32,
+    fail: bool,
+}
+
+#[async_trait::async_trait]
+impl queue_azure::TokenCredential for FakeEntra {
+    async fn get_token(&self, scopes: &[&str]) -> queue_core::Result<queue_azure::AccessToken> {
+        assert_eq!(scopes, [queue_azure::SERVICE_BUS_SCOPE]);
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.fail {
+            return Err(QueueError::Auth {
+                provider: "fake",
+                operation: "get_token",
+                kind: AuthFailure::Authentication,
+                detail: "no identity".into(),
+            });
+        }
+        Ok(queue_azure::AccessToken::new(
+            queue_core::SecretString::from("eyJ-CANARY-jwt"),
+            SystemTime::now() + Duration::from_secs(3600),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_credentials_put_bearer_tokens_on_cbs() {
+    // The emulator accepts opaque bearer tokens only when it has no key.
+    let emu = Emulator::start(
+        servicebus_emulator::EmulatorConfig::new().with_queue("e", lock(5)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let cred = Arc::new(FakeEntra::default());
+    let p = ServiceBusProvider::builder()
+        .with_connection_string(&emu.connection_string(false))
+        .with_token_credential(cred.clone())
+        .build()
+        .unwrap();
+    let queue = q("e");
+    p.check_access(&queue).await.unwrap();
+    p.send(&queue, Message::new("hi")).await.unwrap();
+    let got = p.receive(&queue, opts(1, 2000)).await.unwrap();
+    p.complete(&got[0].receipt).await.unwrap();
+    assert!(cred.calls.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(!format!("{p:?}").contains("CANARY"));
+
+    let failing = ServiceBusProvider::builder()
+        .with_connection_string(&emu.connection_string(false))
+        .with_token_credential(Arc::new(FakeEntra {
+            fail: true,
+            ..Default::default()
+        }))
+        .build()
+        .unwrap();
+    let err = failing.check_access(&queue).await.unwrap_err();
+    assert!(matches!(err, QueueError::Auth { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_access_signature_connection_strings_work_until_expiry() {
+    use base64::Engine as _;
+    let emu = common::start(vec![("sas".to_owned(), lock(5))]).await;
+    let host = emu.local_addr();
+    let make = |expiry: u64| {
+        let sr = percent_encoding::utf8_percent_encode(
+            &format!("sb://{host}/sas"),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, common::KEY.as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(ring::hmac::sign(&key, format!("{sr}\n{expiry}").as_bytes()).as_ref());
+        let sig = percent_encoding::utf8_percent_encode(&sig, percent_encoding::NON_ALPHANUMERIC);
+        format!(
+            "Endpoint=sb://{host};SharedAccessSignature=SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn={};UseDevelopmentEmulator=true",
+            common::KEY_NAME
+        )
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = ServiceBusProvider::builder()
+        .with_connection_string(&make(now + 600))
+        .build()
+        .unwrap();
+    good.send(&q("sas"), Message::new("signed elsewhere"))
+        .await
+        .unwrap();
+    let expired = ServiceBusProvider::builder()
+        .with_connection_string(&make(now - 10))
+        .build()
+        .unwrap();
+    let err = expired
+        .send(&q("sas"), Message::new("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::Auth { .. }), "{err}");
+}
