@@ -4,7 +4,7 @@
 //!    `xtask/requirements-test.txt` (installed once, again only when that file changes).
 //! 2. `moto_server -H 127.0.0.1 -p <free port>` in the background, waited for until it
 //!    answers HTTP, for the SQS provider's tests (`QUEUE_TEST_SQS_ENDPOINT`).
-//! 3. `cargo test --workspace --all-features` with the endpoint, dummy AWS credentials and
+//! 3. `cargo test --workspace --all-features --no-fail-fast` with the endpoint, dummy AWS credentials and
 //!    `QUEUE_TEST_PYTHON` (the venv's Python with `azure-servicebus`, which the Service Bus
 //!    emulator's tests use to drive the emulator they start in-process).
 //! 4. moto is stopped afterwards, also when the tests fail. moto runs under a small Python
@@ -53,6 +53,11 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
         cargo.arg("--workspace");
     }
     cargo.arg("--all-features");
+    // Run every test binary even when one fails, so the output shows every failure and
+    // every count (the exit code still reports the failure).
+    if !passthrough.iter().any(|a| a == "--no-fail-fast") {
+        cargo.arg("--no-fail-fast");
+    }
     if ctx.locked {
         cargo.arg("--locked");
     }
