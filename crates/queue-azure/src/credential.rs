@@ -149,3 +149,94 @@ mod tests {
         assert!(!format!("{t:?}").contains("CANARY"));
     }
 }
+
+/// Adapts an `azure_core` `TokenCredential` (any `azure_identity` credential: managed
+/// identity, workload identity, Azure CLI, ...) to this crate's [`TokenCredential`].
+///
+/// ```ignore
+/// let credential = azure_identity::ManagedIdentityCredential::new(None)?;
+/// let provider = ServiceBusProvider::builder()
+///     .with_namespace("<ns>.servicebus.windows.net".to_owned())
+///     .with_token_credential(Arc::new(AzureCoreCredential::new(credential)))
+///     .build()?;
+/// ```
+#[cfg(feature = "entra")]
+#[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
+#[derive(Clone, Debug)]
+pub struct AzureCoreCredential(std::sync::Arc<dyn azure_core::credentials::TokenCredential>);
+
+#[cfg(feature = "entra")]
+impl AzureCoreCredential {
+    /// Wraps an `azure_core` credential.
+    pub fn new(credential: std::sync::Arc<dyn azure_core::credentials::TokenCredential>) -> Self {
+        Self(credential)
+    }
+}
+
+#[cfg(feature = "entra")]
+#[async_trait]
+impl TokenCredential for AzureCoreCredential {
+    async fn get_token(&self, scopes: &[&str]) -> Result<AccessToken> {
+        // The azure_core error may quote HTTP responses; it stays out of ours.
+        let t = self
+            .0
+            .get_token(scopes, None)
+            .await
+            .map_err(|_| queue_core::QueueError::Auth {
+                provider: crate::error::PROVIDER,
+                operation: "get_token",
+                kind: queue_core::AuthFailure::Authentication,
+                detail: "the Microsoft Entra ID credential returned no token".to_owned(),
+            })?;
+        let secs = u64::try_from(t.expires_on.unix_timestamp()).unwrap_or(0);
+        Ok(AccessToken::new(
+            SecretString::from(t.token.secret().to_owned()),
+            UNIX_EPOCH + Duration::from_secs(secs),
+        ))
+    }
+}
+
+#[cfg(all(test, feature = "entra"))]
+mod entra_tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fake(bool);
+
+    #[async_trait]
+    impl azure_core::credentials::TokenCredential for Fake {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            assert_eq!(scopes, [SERVICE_BUS_SCOPE]);
+            if self.0 {
+                return Err(azure_core::Error::new(
+                    azure_core::error::ErrorKind::Credential,
+                    "CANARY-inner-error",
+                ));
+            }
+            Ok(azure_core::credentials::AccessToken::new(
+                azure_core::credentials::Secret::new("CANARY-jwt"),
+                azure_core::time::OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap(),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn adapts_tokens_and_hides_errors() {
+        let ok = AzureCoreCredential::new(std::sync::Arc::new(Fake(false)));
+        let t = ok.get_token(&[SERVICE_BUS_SCOPE]).await.unwrap();
+        assert_eq!(t.token.expose_secret(), "CANARY-jwt");
+        assert_eq!(
+            t.expires_on,
+            UNIX_EPOCH + Duration::from_secs(2_000_000_000)
+        );
+        assert!(!format!("{t:?}").contains("CANARY"));
+        let bad = AzureCoreCredential::new(std::sync::Arc::new(Fake(true)));
+        let e = bad.get_token(&[SERVICE_BUS_SCOPE]).await.unwrap_err();
+        assert!(matches!(e, queue_core::QueueError::Auth { .. }));
+        assert!(!format!("{e} {e:?}").contains("CANARY"));
+    }
+}

@@ -10,5 +10,7 @@ mod provider;
 mod session;
 
 pub use config::{ConnectionString, Credential, ServiceBusConfig, ServiceBusConfigBuilder};
+#[cfg(feature = "entra")]
+pub use credential::AzureCoreCredential;
 pub use credential::{AccessToken, SERVICE_BUS_SCOPE, TokenCredential};
 pub use provider::{ServiceBusProvider, ServiceBusProviderBuilder};
