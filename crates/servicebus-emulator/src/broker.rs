@@ -231,22 +231,25 @@ pub struct SessionLock {
     pub locked_until: SystemTime,
 }
 
+impl QueueState {
+    fn new(cfg: QueueConfig) -> Self {
+        Self {
+            cfg,
+            next_seq: 1,
+            main: Store::default(),
+            dlq: Store::default(),
+            dedup: HashMap::new(),
+            sessions: BTreeMap::new(),
+        }
+    }
+}
+
 impl Broker {
     /// Creates a namespace with the given queues.
     pub fn new(queues: impl IntoIterator<Item = (String, QueueConfig)>, clock: Clock) -> Self {
         let mut state = State::default();
         for (name, cfg) in queues {
-            state.queues.insert(
-                name,
-                QueueState {
-                    cfg,
-                    next_seq: 1,
-                    main: Store::default(),
-                    dlq: Store::default(),
-                    dedup: HashMap::new(),
-                    sessions: BTreeMap::new(),
-                },
-            );
+            state.queues.insert(name, QueueState::new(cfg));
         }
         let (tx, _) = watch::channel(0);
         Self {
@@ -279,6 +282,32 @@ impl Broker {
     /// The configuration of a queue.
     pub fn queue_config(&self, queue: &str) -> Option<QueueConfig> {
         self.lock_state().queues.get(queue).map(|q| q.cfg.clone())
+    }
+
+    /// Creates a queue while the namespace serves. Creating a queue that already exists
+    /// succeeds and leaves it (its settings and messages) unchanged.
+    pub fn create_queue(&self, name: &str, cfg: QueueConfig) -> Result<(), EmulatorError> {
+        crate::config::check_queue(name, &cfg)?;
+        self.lock_state()
+            .queues
+            .entry(name.to_owned())
+            .or_insert_with(|| QueueState::new(cfg));
+        Ok(())
+    }
+
+    /// Deletes a queue with its dead-letter queue, messages, sessions and locks. Links to
+    /// it are detached with `amqp:not-found` (receivers waiting on it are woken for that).
+    pub fn delete_queue(&self, name: &str) -> Result<(), EmulatorError> {
+        let mut st = self.lock_state();
+        if st.queues.remove(name).is_none() {
+            return Err(EmulatorError::EntityNotFound {
+                entity: name.to_owned(),
+            });
+        }
+        st.locks.retain(|_, r| r.entity.queue != name);
+        drop(st);
+        self.notify();
+        Ok(())
     }
 
     /// Whether a queue exists.
@@ -698,11 +727,12 @@ impl Broker {
         self.notify();
     }
 
-    /// Reads a session's state (the session must be locked).
+    /// Reads a session's state. The session must be locked, by `owner` when given.
     pub fn session_state(
         &self,
         queue: &str,
         session: &str,
+        owner: Option<OwnerId>,
     ) -> Result<Option<Vec<u8>>, EmulatorError> {
         let now = self.clock.now();
         let mut st = self.lock_state();
@@ -711,16 +741,17 @@ impl Broker {
             .queues
             .get(queue)
             .and_then(|q| q.sessions.get(session))
-            .filter(|i| i.lock.is_some_and(|(_, u)| u > now))
+            .filter(|i| held_by(i, owner, now))
             .ok_or(EmulatorError::SessionLockLost)?;
         Ok(info.state.clone())
     }
 
-    /// Writes a session's state (the session must be locked).
+    /// Writes a session's state. The session must be locked, by `owner` when given.
     pub fn set_session_state(
         &self,
         queue: &str,
         session: &str,
+        owner: Option<OwnerId>,
         state: Option<Vec<u8>>,
     ) -> Result<(), EmulatorError> {
         let now = self.clock.now();
@@ -730,7 +761,7 @@ impl Broker {
             .queues
             .get_mut(queue)
             .and_then(|q| q.sessions.get_mut(session))
-            .filter(|i| i.lock.is_some_and(|(_, u)| u > now))
+            .filter(|i| held_by(i, owner, now))
             .ok_or(EmulatorError::SessionLockLost)?;
         info.state = state;
         Ok(())
@@ -780,6 +811,12 @@ impl Broker {
         let now = self.clock.now();
         best.filter(|b| *b > now)
     }
+}
+
+/// Whether the session's lock is live and held by `owner` (anyone when `None`).
+fn held_by(i: &SessionInfo, owner: Option<OwnerId>, now: Instant) -> bool {
+    i.lock
+        .is_some_and(|(o, u)| u > now && owner.is_none_or(|x| x == o))
 }
 
 fn not_found(e: &EntityRef) -> EmulatorError {
@@ -1013,6 +1050,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn queues_are_created_and_deleted_at_run_time() {
+        let b = Broker::new(Vec::new(), Clock::new());
+        assert!(b.send("late", vec![msg("x", None, None)]).is_err());
+        b.create_queue("late", QueueConfig::new()).unwrap();
+        b.send("late", vec![msg("x", None, None)]).unwrap();
+        let d = b.receive(&main("late"), None, 1, true).unwrap().unwrap();
+        assert!(matches!(
+            b.create_queue("$bad", QueueConfig::new()),
+            Err(EmulatorError::Config { .. })
+        ));
+        b.delete_queue("late").unwrap();
+        assert!(!b.has_queue("late"));
+        assert_eq!(
+            b.settle(d.lock_token, Settlement::Complete),
+            Err(EmulatorError::LockLost),
+            "a lock outlived its queue"
+        );
+        // A queue created again under the same name starts empty.
+        b.create_queue("late", QueueConfig::new()).unwrap();
+        assert_eq!(b.count(&main("late")), 0);
+        assert!(matches!(
+            b.delete_queue("missing"),
+            Err(EmulatorError::EntityNotFound { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn lock_expiry_returns_the_message_with_a_higher_count() {
         let b = broker(QueueConfig::new().with_lock_duration(Duration::from_secs(10)));
         b.send("q", vec![msg("a", None, None)]).unwrap();
@@ -1181,13 +1245,26 @@ mod tests {
             "another owner read a locked session"
         );
         // State survives, renewal extends, expiry frees the session for others.
-        b.set_session_state("q", "s1", Some(b"step-2".to_vec()))
+        b.set_session_state("q", "s1", Some(1), Some(b"step-2".to_vec()))
             .unwrap();
+        // Only the holder may use the session's state and renew its lock.
+        assert_eq!(
+            b.session_state("q", "s1", Some(2)),
+            Err(EmulatorError::SessionLockLost)
+        );
+        assert_eq!(
+            b.set_session_state("q", "s1", Some(2), None),
+            Err(EmulatorError::SessionLockLost)
+        );
+        assert_eq!(
+            b.renew_session("q", "s1", Some(2)),
+            Err(EmulatorError::SessionLockLost)
+        );
         tokio::time::advance(Duration::from_secs(8)).await;
         b.renew_session("q", "s1", Some(1)).unwrap();
         tokio::time::advance(Duration::from_secs(8)).await;
         assert_eq!(
-            b.session_state("q", "s1").unwrap(),
+            b.session_state("q", "s1", None).unwrap(),
             Some(b"step-2".to_vec())
         );
         b.settle(a.lock_token, Settlement::Complete).unwrap();
@@ -1203,7 +1280,7 @@ mod tests {
         assert_eq!(body(&m), "s1-b");
         assert_eq!(m.delivery_count, 1);
         assert_eq!(
-            b.session_state("q", "s1").unwrap(),
+            b.session_state("q", "s1", None).unwrap(),
             Some(b"step-2".to_vec())
         );
         b.release_owner(4);

@@ -162,18 +162,7 @@ impl EmulatorConfig {
     }
     fn validate(self) -> Result<Self, EmulatorError> {
         for (name, q) in &self.queues {
-            if name.is_empty() || name.contains('/') || name.starts_with('$') {
-                return Err(EmulatorError::Config {
-                    reason: format!("invalid queue name `{name}`"),
-                });
-            }
-            if q.max_delivery_count == 0 || q.lock_duration_secs == 0 {
-                return Err(EmulatorError::Config {
-                    reason: format!(
-                        "queue `{name}`: max_delivery_count and lock_duration_secs must be positive"
-                    ),
-                });
-            }
+            check_queue(name, q)?;
         }
         Ok(self)
     }
@@ -182,6 +171,23 @@ impl EmulatorConfig {
             .as_deref()
             .unwrap_or("RootManageSharedAccessKey")
     }
+}
+
+/// Checks a queue name and its settings.
+pub(crate) fn check_queue(name: &str, q: &QueueConfig) -> Result<(), EmulatorError> {
+    if name.is_empty() || name.contains('/') || name.starts_with('$') {
+        return Err(EmulatorError::Config {
+            reason: format!("invalid queue name `{name}`"),
+        });
+    }
+    if q.max_delivery_count == 0 || q.lock_duration_secs == 0 {
+        return Err(EmulatorError::Config {
+            reason: format!(
+                "queue `{name}`: max_delivery_count and lock_duration_secs must be positive"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

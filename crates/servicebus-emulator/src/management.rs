@@ -10,7 +10,7 @@ use serde_amqp::{
 use uuid::Uuid;
 
 use crate::{
-    broker::{AmqpMessage, Broker, EntityRef, Settlement},
+    broker::{AmqpMessage, Broker, EntityRef, OwnerId, Settlement},
     error::EmulatorError,
     server::{delivery_message, encode_message, incoming},
 };
@@ -85,12 +85,18 @@ fn int(v: Option<&Value>) -> Option<i64> {
 }
 
 /// Runs one management operation. `Ok(Value::Null)` from a peek means "no messages" (204).
+///
+/// `owner_of(session)` names the caller's receiver that session operations speak for
+/// (`None`: the caller has none, so it does not hold the session).
 pub(crate) fn handle(
     broker: &Broker,
     entity: &EntityRef,
     op: &str,
     req: &AmqpMessage,
+    owner_of: &dyn Fn(&str) -> Option<OwnerId>,
 ) -> Result<Value, EmulatorError> {
+    // Session operations are only for the receiver holding the session.
+    let session_owner = |sid: &str| owner_of(sid).ok_or(EmulatorError::SessionLockLost);
     match op {
         "com.microsoft:renew-lock" => {
             let m = body_map(req)?;
@@ -158,13 +164,13 @@ pub(crate) fn handle(
         "com.microsoft:renew-session-lock" => {
             let m = body_map(req)?;
             let sid = string(get(m, "session-id")).ok_or_else(|| bad("session-id missing"))?;
-            let until = broker.renew_session(&entity.queue, &sid, None)?;
+            let until = broker.renew_session(&entity.queue, &sid, Some(session_owner(&sid)?))?;
             Ok(map(vec![("expiration", ts(until))]))
         }
         "com.microsoft:get-session-state" => {
             let m = body_map(req)?;
             let sid = string(get(m, "session-id")).ok_or_else(|| bad("session-id missing"))?;
-            let st = broker.session_state(&entity.queue, &sid)?;
+            let st = broker.session_state(&entity.queue, &sid, Some(session_owner(&sid)?))?;
             Ok(map(vec![(
                 "session-state",
                 st.map(|b| Value::Binary(b.into())).unwrap_or(Value::Null),
@@ -178,7 +184,7 @@ pub(crate) fn handle(
                 Some(Value::String(s)) => Some(s.as_bytes().to_vec()),
                 _ => None,
             };
-            broker.set_session_state(&entity.queue, &sid, st)?;
+            broker.set_session_state(&entity.queue, &sid, Some(session_owner(&sid)?), st)?;
             Ok(map(vec![]))
         }
         "com.microsoft:update-disposition" => {

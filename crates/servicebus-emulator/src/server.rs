@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use crate::{
     broker::{AmqpMessage, Broker, Delivered, EntityRef, IncomingMessage, Settlement, SubQueue},
-    config::EmulatorConfig,
+    config::{EmulatorConfig, QueueConfig},
     error::EmulatorError,
     sas::{TokenError, check_sas_token},
 };
@@ -71,6 +71,7 @@ pub struct Emulator {
     key: Option<(String, String)>,
     accept: JoinHandle<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    cut: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -110,6 +111,7 @@ impl Emulator {
             .map(|k| (config.key_name_or_default().to_owned(), k));
         let broker = Broker::new(config.queues.clone(), crate::clock::Clock::new());
         let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
         let shared = Arc::new(Shared {
             broker: broker.clone(),
             key: key.clone(),
@@ -125,8 +127,9 @@ impl Emulator {
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let stop = stop.clone();
+                let cut = cut_rx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, shared, stop).await {
+                    if let Err(e) = serve(stream, shared, stop, cut).await {
                         tracing::debug!(error = %e, "connection ended");
                     }
                 });
@@ -138,7 +141,28 @@ impl Emulator {
             key,
             accept,
             shutdown,
+            cut,
         })
+    }
+
+    /// Creates a queue while the emulator serves (real Service Bus creates queues through
+    /// Azure Resource Manager). Creating an existing queue succeeds and changes nothing.
+    pub fn create_queue(&self, name: &str, cfg: QueueConfig) -> Result<(), EmulatorError> {
+        self.broker.create_queue(name, cfg)
+    }
+
+    /// Deletes a queue (with its dead-letter queue and messages) while the emulator
+    /// serves. Links to it are detached with `amqp:not-found`, waking waiting receivers;
+    /// later attaches get `amqp:not-found`.
+    pub fn delete_queue(&self, name: &str) -> Result<(), EmulatorError> {
+        self.broker.delete_queue(name)
+    }
+
+    /// Closes every live client connection abruptly: the TCP connection is dropped with no
+    /// AMQP `close`, as when a network path fails. Locks (message and session) are kept
+    /// until they expire, as on Service Bus. The emulator keeps accepting connections.
+    pub fn drop_connections(&self) {
+        self.cut.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The bound address.
@@ -219,12 +243,16 @@ async fn serve(
     stream: TcpStream,
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    mut cut: tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), ConnError> {
+    cut.mark_unchanged();
     let (mut r, mut w) = stream.into_split();
     // A peer that stalls before the AMQP header exchange completes is dropped.
-    let authorized = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut r, &mut w, &shared))
-        .await
-        .map_err(|_| ConnError::Protocol("handshake timed out".into()))??;
+    let authorized = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut r, &mut w, &shared)) => r
+            .map_err(|_| ConnError::Protocol("handshake timed out".into()))??,
+        _ = cut.changed() => return Ok(()),
+    };
 
     let (tx, mut rx) = mpsc::channel::<Result<(u16, Vec<u8>), ConnError>>(64);
     let reader = tokio::spawn(async move {
@@ -249,6 +277,8 @@ async fn serve(
     };
     let mut changed = shared.broker.subscribe();
     let mut heartbeat: Option<tokio::time::Interval> = None;
+    // Whether the connection was cut by `drop_connections` (locks then stay until expiry).
+    let mut abrupt = false;
     let result = loop {
         if heartbeat.is_none() {
             heartbeat = conn.heartbeat.map(|d| {
@@ -276,6 +306,10 @@ async fn serve(
             }
             _ = changed.changed() => {}
             _ = stop.changed() => break Ok(()),
+            _ = cut.changed() => {
+                abrupt = true;
+                break Ok(());
+            }
             _ = tokio::time::sleep_until(deadline) => { shared.broker.tick(); }
             _ = async {
                 match heartbeat.as_mut() {
@@ -292,8 +326,10 @@ async fn serve(
         }
     };
     reader.abort();
-    for o in &conn.owners {
-        shared.broker.release_owner(*o);
+    if !abrupt {
+        for o in &conn.owners {
+            shared.broker.release_owner(*o);
+        }
     }
     result
 }
@@ -392,6 +428,8 @@ enum Node {
 }
 
 struct Link {
+    /// The link name (management requests name their receiver by it).
+    name: String,
     /// The node address (for NodeOut: the source address it listens to).
     address: String,
     /// The reply address of a NodeOut link (its target address).
@@ -515,12 +553,24 @@ fn status_of(e: &EmulatorError) -> i32 {
     }
 }
 
-fn error_condition_of(status: i32) -> &'static str {
+/// The `errorCondition` of a failed `$management` response.
+fn management_condition_of(e: &EmulatorError) -> &'static str {
+    match e {
+        EmulatorError::EntityNotFound { .. } => "amqp:not-found",
+        EmulatorError::LockLost => "com.microsoft:message-lock-lost",
+        EmulatorError::SessionLockLost => "com.microsoft:session-lock-lost",
+        EmulatorError::SessionCannotBeLocked { .. } => "com.microsoft:session-cannot-be-locked",
+        EmulatorError::NoSessionAvailable => "com.microsoft:timeout",
+        EmulatorError::QuotaExceeded { .. } => "amqp:resource-limit-exceeded",
+        _ => "com.microsoft:argument-error",
+    }
+}
+
+/// The `errorCondition` of a failed `$cbs` response.
+fn cbs_condition_of(status: i32) -> &'static str {
     match status {
-        404 => "com.microsoft:message-not-found",
-        410 => "com.microsoft:message-lock-lost",
-        409 => "com.microsoft:session-cannot-be-locked",
-        401 => "com.microsoft:unauthorized-access",
+        401 => "amqp:unauthorized-access",
+        400 => "com.microsoft:argument-error",
         _ => "amqp:internal-error",
     }
 }
@@ -841,6 +891,7 @@ impl Conn {
         self.send(perf(ch, &reply)?).await?;
         let initial = attach.initial_delivery_count.unwrap_or(0);
         let link = Link {
+            name: attach.name.clone(),
             address: path,
             reply_to,
             kind,
@@ -1072,14 +1123,17 @@ impl Conn {
         req: AmqpMessage,
     ) -> Result<(), ConnError> {
         let op = app_prop_str(&req, "operation").unwrap_or_default();
-        let (status, desc, body): (i32, String, Value) = match node {
+        let (status, desc, body, condition): (i32, String, Value, &str) = match node {
             Node::Cbs => {
-                let r = self.cbs(&req);
-                self.authorized |= r.0 == 200;
-                r
+                let (status, desc, body) = self.cbs(&req);
+                self.authorized |= status == 200;
+                (status, desc, body, cbs_condition_of(status))
             }
             Node::Management(entity) => {
-                match crate::management::handle(&self.shared.broker, entity, &op, &req) {
+                let associated = app_prop_str(&req, "associated-link-name");
+                let owner_of =
+                    |sid: &str| self.session_owner(&entity.queue, sid, associated.as_deref());
+                match crate::management::handle(&self.shared.broker, entity, &op, &req, &owner_of) {
                     Ok(v) => (
                         if matches!(v, Value::Null) && op == "com.microsoft:peek-message" {
                             204
@@ -1088,8 +1142,14 @@ impl Conn {
                         },
                         "OK".into(),
                         v,
+                        "",
                     ),
-                    Err(e) => (status_of(&e), e.to_string(), Value::Null),
+                    Err(e) => (
+                        status_of(&e),
+                        e.to_string(),
+                        Value::Null,
+                        management_condition_of(&e),
+                    ),
                 }
             }
         };
@@ -1108,11 +1168,11 @@ impl Conn {
         if status >= 300 {
             ap.insert(
                 "errorCondition".to_owned(),
-                SimpleValue::Symbol(Symbol::from(error_condition_of(status))),
+                SimpleValue::Symbol(Symbol::from(condition)),
             );
             ap.insert(
                 "error-condition".to_owned(),
-                SimpleValue::Symbol(Symbol::from(error_condition_of(status))),
+                SimpleValue::Symbol(Symbol::from(condition)),
             );
         }
         let resp: Message<AmqpValue<Value>> = Message {
@@ -1146,6 +1206,26 @@ impl Conn {
             pending.push_back(bytes);
         }
         Ok(())
+    }
+
+    /// The receiver on this connection a session operation speaks for: the link named by
+    /// `associated-link-name` when the request carries one, else whichever of this
+    /// connection's receivers holds the session. `None` when there is no such receiver.
+    fn session_owner(&self, queue: &str, sid: &str, associated: Option<&str>) -> Option<u64> {
+        let receivers = self.sessions.values().flat_map(|s| s.links.values());
+        match associated {
+            Some(name) => receivers
+                .filter(|l| l.name == name)
+                .find_map(|l| match &l.kind {
+                    LinkKind::QueueOut { owner, .. } => Some(*owner),
+                    _ => None,
+                }),
+            None => self
+                .owners
+                .iter()
+                .copied()
+                .find(|o| self.shared.broker.holds_session(queue, sid, *o)),
+        }
     }
 
     fn cbs(&self, req: &AmqpMessage) -> (i32, String, Value) {
@@ -1193,10 +1273,24 @@ impl Conn {
 
     /// Sends whatever the links have credit for: queue deliveries and node responses.
     async fn pump(&mut self) -> Result<(), ConnError> {
-        // Session receivers whose session lock ran out are detached, as Service Bus does.
+        // Links to deleted queues, and session receivers whose session lock ran out, are
+        // detached, as Service Bus does.
         let mut lost = Vec::new();
         for (ch, s) in &self.sessions {
             for (h, l) in &s.links {
+                let queue = match &l.kind {
+                    LinkKind::QueueIn { queue } => queue,
+                    LinkKind::QueueOut { entity, .. } => &entity.queue,
+                    LinkKind::NodeIn {
+                        node: Node::Management(entity),
+                    } => &entity.queue,
+                    _ => continue,
+                };
+                if !self.shared.broker.has_queue(queue) {
+                    let entity = queue.clone();
+                    lost.push((*ch, *h, EmulatorError::EntityNotFound { entity }));
+                    continue;
+                }
                 let LinkKind::QueueOut {
                     entity,
                     session: Some(sid),
@@ -1207,11 +1301,11 @@ impl Conn {
                     continue;
                 };
                 if !self.shared.broker.holds_session(&entity.queue, sid, *owner) {
-                    lost.push((*ch, *h));
+                    lost.push((*ch, *h, EmulatorError::SessionLockLost));
                 }
             }
         }
-        for (ch, h) in lost {
+        for (ch, h, why) in lost {
             if let Some(s) = self.sessions.get_mut(&ch) {
                 s.links.remove(&h);
                 s.unsettled.retain(|_, od| od.handle != h);
@@ -1219,7 +1313,7 @@ impl Conn {
             let det = Detach {
                 handle: Handle(h),
                 closed: true,
-                error: Some(broker_error(&EmulatorError::SessionLockLost)),
+                error: Some(broker_error(&why)),
             };
             self.send(perf(ch, &det)?).await?;
         }

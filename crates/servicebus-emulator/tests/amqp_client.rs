@@ -535,7 +535,356 @@ async fn session_filter_is_answered_and_an_expired_session_lock_detaches_the_lin
     // Nobody renews: after the 1 s lock the emulator detaches the receiver.
     let next = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<String>()).await;
     assert!(
-        matches!(next, Ok(Err(_))),
-        "the link stayed usable after its session lock expired"
+        matches!(&next, Ok(Err(e)) if format!("{e:?}").contains("com.microsoft:session-lock-lost")),
+        "the link was not detached with session-lock-lost: {next:?}"
     );
+}
+
+/// Sends one `$management` request on `session` (fresh links each time) and returns the
+/// response's status code and error condition.
+async fn management(
+    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    queue: &str,
+    op: &str,
+    body: Vec<(&str, Value)>,
+    associated: Option<&str>,
+) -> (i32, Option<String>) {
+    use fe2o3_amqp::types::{
+        messaging::{ApplicationProperties, Properties},
+        primitives::OrderedMap,
+    };
+    let node = format!("{queue}/$management");
+    let tag = uuid::Uuid::new_v4().to_string();
+    let mut sender = Sender::attach(session, format!("mgmt-snd-{tag}"), &node[..])
+        .await
+        .unwrap();
+    let reply_to = format!("reply-{tag}");
+    let mut receiver = Receiver::builder()
+        .name(format!("mgmt-rcv-{tag}"))
+        .source(&node[..])
+        .target(&reply_to[..])
+        .attach(session)
+        .await
+        .unwrap();
+    let mut map = OrderedMap::new();
+    for (k, v) in body {
+        map.insert(Value::String(k.to_owned()), v);
+    }
+    let mut props = ApplicationProperties::builder().insert("operation", op);
+    if let Some(a) = associated {
+        props = props.insert("associated-link-name", a);
+    }
+    let req = Message::builder()
+        .properties(Properties {
+            message_id: Some(tag.clone().into()),
+            reply_to: Some(reply_to.clone()),
+            ..Default::default()
+        })
+        .application_properties(props.build())
+        .value(Value::Map(map))
+        .build();
+    sender
+        .send(req)
+        .await
+        .unwrap()
+        .accepted_or("refused")
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Value>())
+        .await
+        .expect("management answers")
+        .unwrap();
+    receiver.accept(&resp).await.unwrap();
+    let ap = resp.message().application_properties.clone().unwrap();
+    let status = match ap.get("statusCode") {
+        Some(fe2o3_amqp::types::primitives::SimpleValue::Int(s)) => *s,
+        other => panic!("no status code: {other:?}"),
+    };
+    let condition = match ap.get("errorCondition") {
+        Some(fe2o3_amqp::types::primitives::SimpleValue::Symbol(s)) => Some(s.0.clone()),
+        _ => None,
+    };
+    sender.close().await.unwrap();
+    receiver.close().await.unwrap();
+    (status, condition)
+}
+
+fn grouped(sid: &str, body: &str) -> Message<fe2o3_amqp::types::messaging::AmqpValue<String>> {
+    Message::builder()
+        .properties(fe2o3_amqp::types::messaging::Properties {
+            group_id: Some(sid.into()),
+            ..Default::default()
+        })
+        .value(body.to_owned())
+        .build()
+}
+
+async fn session_receiver(
+    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    name: &str,
+    queue: &str,
+    sid: &str,
+) -> Receiver {
+    let source = fe2o3_amqp::types::messaging::Source::builder()
+        .address(queue)
+        .add_to_filter_using_legacy_format(
+            "com.microsoft:session-filter",
+            Value::String(sid.into()),
+        )
+        .build();
+    Receiver::builder()
+        .name(name)
+        .source(source)
+        .verify_incoming_source(false)
+        .attach(session)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_operations_belong_to_the_receiver_holding_the_session() {
+    let cfg = EmulatorConfig::new().with_queue(
+        "s",
+        QueueConfig::new()
+            .with_requires_session(true)
+            .with_lock_duration(Duration::from_secs(2)),
+    );
+    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut owner_conn = Connection::open("owner", &url(&emu, None)[..])
+        .await
+        .unwrap();
+    let mut owner = Session::begin(&mut owner_conn).await.unwrap();
+    let mut sender = Sender::attach(&mut owner, "snd", "s").await.unwrap();
+    sender
+        .send(grouped("s1", "a"))
+        .await
+        .unwrap()
+        .accepted_or("no")
+        .unwrap();
+    let _held = session_receiver(&mut owner, "holder", "s", "s1").await;
+    let sid = || vec![("session-id", Value::String("s1".into()))];
+    let lost = Some("com.microsoft:session-lock-lost".to_owned());
+
+    // The holder, named by its link or not, may renew and use the state.
+    for assoc in [Some("holder"), None] {
+        for op in [
+            "com.microsoft:renew-session-lock",
+            "com.microsoft:get-session-state",
+        ] {
+            let got = management(&mut owner, "s", op, sid(), assoc).await;
+            assert_eq!(got, (200, None), "{op} by the holder ({assoc:?})");
+        }
+    }
+    let mut set = sid();
+    set.push(("session-state", Value::Binary(b"x".to_vec().into())));
+    let got = management(
+        &mut owner,
+        "s",
+        "com.microsoft:set-session-state",
+        set.clone(),
+        Some("holder"),
+    )
+    .await;
+    assert_eq!(got, (200, None));
+
+    // Another connection, or a link name that is not the holder, does not own the session.
+    let mut other_conn = Connection::open("other", &url(&emu, None)[..])
+        .await
+        .unwrap();
+    let mut other = Session::begin(&mut other_conn).await.unwrap();
+    for (on_other, assoc) in [
+        (true, None),
+        (true, Some("holder")),
+        (false, Some("not-a-link")),
+        (false, Some("snd")),
+    ] {
+        for (op, body) in [
+            ("com.microsoft:renew-session-lock", sid()),
+            ("com.microsoft:get-session-state", sid()),
+            ("com.microsoft:set-session-state", set.clone()),
+        ] {
+            let who = if on_other { &mut other } else { &mut owner };
+            let got = management(who, "s", op, body, assoc).await;
+            assert_eq!(got, (410, lost.clone()), "{op} by a non-owner ({assoc:?})");
+        }
+    }
+
+    // Once the lock expires the holder itself gets session-lock-lost, not message-lock-lost.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for op in [
+        "com.microsoft:renew-session-lock",
+        "com.microsoft:get-session-state",
+    ] {
+        let got = management(&mut owner, "s", op, sid(), Some("holder")).await;
+        assert_eq!(got, (410, lost.clone()), "{op} after expiry");
+    }
+    // A lost message lock still says message-lock-lost; a bad request is an argument error.
+    let token = Value::Uuid(uuid::Uuid::new_v4().into_bytes().into());
+    let got = management(
+        &mut owner,
+        "s",
+        "com.microsoft:renew-lock",
+        vec![("lock-tokens", Value::Array(vec![token].into()))],
+        None,
+    )
+    .await;
+    assert_eq!(got, (410, Some("com.microsoft:message-lock-lost".into())));
+    let got = management(
+        &mut owner,
+        "s",
+        "com.microsoft:renew-session-lock",
+        vec![],
+        None,
+    )
+    .await;
+    assert_eq!(got, (400, Some("com.microsoft:argument-error".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_can_be_created_and_deleted_while_serving() {
+    let emu = Emulator::start(EmulatorConfig::new(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let err = Sender::attach(&mut session, "early", "dyn")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("NotFound"), "{err:?}");
+    assert!(emu.create_queue("bad/name", QueueConfig::new()).is_err());
+
+    emu.create_queue("dyn", QueueConfig::new()).unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "snd", "dyn").await.unwrap();
+    sender
+        .send(Message::builder().value("kept".to_owned()).build())
+        .await
+        .unwrap()
+        .accepted_or("no")
+        .unwrap();
+    // Creating it again changes nothing: the message is still there.
+    emu.create_queue("dyn", QueueConfig::new().with_max_delivery_count(1))
+        .unwrap();
+    let main = EntityRef {
+        queue: "dyn".into(),
+        sub: SubQueue::Main,
+    };
+    assert_eq!(emu.broker().count(&main), 1);
+    assert_eq!(
+        emu.broker().queue_config("dyn").unwrap(),
+        QueueConfig::new()
+    );
+    let mut receiver = Receiver::attach(&mut session, "rcv", "dyn").await.unwrap();
+    let d = receiver.recv::<String>().await.unwrap();
+    receiver.accept(&d).await.unwrap();
+
+    // A receiver waiting on the queue is woken by its deletion with amqp:not-found.
+    let waiting = tokio::spawn(async move { receiver.recv::<String>().await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    emu.delete_queue("dyn").unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting receiver was woken")
+        .unwrap();
+    assert!(format!("{woke:?}").contains("NotFound"), "{woke:?}");
+    assert!(!emu.broker().has_queue("dyn"));
+    assert!(emu.delete_queue("dyn").is_err());
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let err = Receiver::attach(&mut session, "late", "dyn")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("NotFound"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_keep_their_locks_until_expiry() {
+    let cfg = EmulatorConfig::new()
+        .with_queue(
+            "q",
+            QueueConfig::new().with_lock_duration(Duration::from_secs(2)),
+        )
+        .with_queue(
+            "s",
+            QueueConfig::new()
+                .with_requires_session(true)
+                .with_lock_duration(Duration::from_secs(2)),
+        );
+    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "snd", "q").await.unwrap();
+    sender
+        .send(Message::builder().value("m".to_owned()).build())
+        .await
+        .unwrap()
+        .accepted_or("no")
+        .unwrap();
+    let mut ssender = Sender::attach(&mut session, "ssnd", "s").await.unwrap();
+    ssender
+        .send(grouped("s1", "sm"))
+        .await
+        .unwrap()
+        .accepted_or("no")
+        .unwrap();
+    let mut receiver = Receiver::attach(&mut session, "rcv", "q").await.unwrap();
+    let d = receiver.recv::<String>().await.unwrap();
+    assert_eq!(d.body(), "m");
+    let mut sreceiver = session_receiver(&mut session, "srcv", "s", "s1").await;
+    let sd = sreceiver.recv::<String>().await.unwrap();
+    assert_eq!(sd.body(), "sm");
+
+    emu.drop_connections();
+    let next = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<String>()).await;
+    assert!(
+        matches!(next, Ok(Err(_))),
+        "the connection survived the cut"
+    );
+
+    // A new connection works, but the locks of the dropped one hold until they expire.
+    let mut conn = Connection::open("c2", &url(&emu, None)[..]).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut receiver = Receiver::attach(&mut session, "rcv2", "q").await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(700), receiver.recv::<String>()).await;
+    assert!(
+        early.is_err(),
+        "a locked message was handed out again before expiry"
+    );
+    let s = fe2o3_amqp::types::messaging::Source::builder()
+        .address("s")
+        .add_to_filter_using_legacy_format(
+            "com.microsoft:session-filter",
+            Value::String("s1".into()),
+        )
+        .build();
+    let err = Receiver::builder()
+        .name("srcv2")
+        .source(s)
+        .verify_incoming_source(false)
+        .attach(&mut session)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("session-cannot-be-locked"),
+        "{err:?}"
+    );
+
+    // After expiry both come back, nothing lost, with their delivery count raised.
+    let d = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<String>())
+        .await
+        .expect("the message came back after its lock expired")
+        .unwrap();
+    assert_eq!(d.body(), "m");
+    assert_eq!(
+        d.message().header.as_ref().map(|h| h.delivery_count),
+        Some(1)
+    );
+    receiver.accept(&d).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sreceiver = session_receiver(&mut session, "srcv3", "s", "s1").await;
+    let sd = sreceiver.recv::<String>().await.unwrap();
+    assert_eq!(sd.body(), "sm");
+    sreceiver.accept(&sd).await.unwrap();
 }
