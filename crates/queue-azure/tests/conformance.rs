@@ -1,5 +1,6 @@
 //! The conformance suite against the in-process Service Bus emulator, over AMQP with SAS
-//! authorization, for session and non-session queues (each case makes its own queue).
+//! authorization, for session and non-session queues. One emulator serves the whole binary;
+//! each case creates (and deletes) its own queue on it at run time.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use queue_conformance::{Harness, conformance_tests};
 
 async fn harness() -> Option<Harness> {
-    let provider = Arc::new(common::PerCaseEmulator::default());
+    let provider = Arc::new(common::EmulatorQueues::new());
     Some(
         Harness::new(provider)
             .with_prefix("sb")

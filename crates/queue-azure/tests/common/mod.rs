@@ -1,16 +1,18 @@
 //! Shared test helpers: the in-process Service Bus emulator and providers pointed at it.
 #![allow(dead_code, unreachable_pub)]
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::OnceLock,
+    time::{Duration, SystemTime},
+};
 
 use async_trait::async_trait;
 use queue_azure::ServiceBusProvider;
 use queue_core::{
-    Capabilities, DeadLetterReason, Message, MessageId, QueueName, QueueProvider, QueueSpec,
-    Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
+    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
+    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
 };
 use servicebus_emulator::{Emulator, EmulatorConfig, QueueConfig};
-use tokio::sync::OnceCell;
 
 pub const KEY_NAME: &str = "RootManageSharedAccessKey";
 pub const KEY: &str = "emulator-test-key";
@@ -56,70 +58,95 @@ pub fn provider(emu: &Emulator) -> ServiceBusProvider {
         .expect("provider config")
 }
 
-/// A provider whose `create_queue` starts an emulator holding that queue.
-///
-/// Service Bus creates queues through Azure Resource Manager, which the provider does not
-/// speak, and the emulator fixes its queues at start-up; so each conformance case gets its
-/// own emulator, started when the case creates its queue (or, for cases that never create
-/// one, on first use with no queues). Everything else is delegated unchanged.
-#[derive(Debug, Default)]
-pub struct PerCaseEmulator {
-    inner: OnceCell<(Emulator, ServiceBusProvider)>,
+/// One emulator for the whole test binary. It runs on a runtime of its own, kept for the
+/// life of the process: every `#[tokio::test]` has its own runtime, and one that ends would
+/// take an emulator started on it down with it.
+pub fn shared_emulator() -> &'static Emulator {
+    static SHARED: OnceLock<(tokio::runtime::Runtime, Emulator)> = OnceLock::new();
+    &SHARED
+        .get_or_init(|| {
+            // `block_on` may not run inside a test's runtime, so start it from a plain thread.
+            std::thread::spawn(|| {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("emulator runtime");
+                let emu = rt.block_on(start(Vec::new()));
+                (rt, emu)
+            })
+            .join()
+            .expect("emulator thread")
+        })
+        .1
 }
 
-impl PerCaseEmulator {
-    async fn init(&self, queues: Vec<(String, QueueConfig)>) -> &(Emulator, ServiceBusProvider) {
-        self.inner
-            .get_or_init(|| async {
-                let emu = start(queues).await;
-                let p = provider(&emu);
-                (emu, p)
-            })
-            .await
+/// The provider under test, with queue management added the way a deployment does it
+/// out of band: Service Bus creates queues through Azure Resource Manager, which the
+/// provider does not speak (it reports `queue_management: false`), so `create_queue` and
+/// `delete_queue` go to the shared emulator directly, with the spec mapped onto
+/// [`QueueConfig`]. Everything else is delegated unchanged to a [`ServiceBusProvider`].
+#[derive(Debug)]
+pub struct EmulatorQueues {
+    emu: &'static Emulator,
+    inner: ServiceBusProvider,
+}
+
+impl EmulatorQueues {
+    /// A provider for the shared emulator.
+    pub fn new() -> Self {
+        let emu = shared_emulator();
+        Self {
+            emu,
+            inner: provider(emu),
+        }
     }
 
-    async fn p(&self) -> &ServiceBusProvider {
-        &self.init(Vec::new()).await.1
+    fn p(&self) -> &ServiceBusProvider {
+        &self.inner
+    }
+}
+
+impl Default for EmulatorQueues {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 #[async_trait]
-impl QueueProvider for PerCaseEmulator {
+impl QueueProvider for EmulatorQueues {
     fn name(&self) -> &'static str {
-        "service-bus"
+        self.inner.name()
     }
     fn capabilities(&self) -> Capabilities {
-        let mut c = ServiceBusProvider::builder()
-            .with_connection_string(
-                "Endpoint=sb://127.0.0.1:1;SharedAccessKeyName=a;SharedAccessKey=b;UseDevelopmentEmulator=true",
-            )
-            .with_duplicate_detection(true)
-            .build()
-            .expect("config")
-            .capabilities();
+        let mut c = self.inner.capabilities();
+        assert!(
+            !c.queue_management,
+            "the provider itself does not manage queues"
+        );
         c.queue_management = true;
         c
     }
     async fn send(&self, q: &QueueName, m: Message) -> Result<MessageId> {
-        self.p().await.send(q, m).await
+        self.p().send(q, m).await
     }
     async fn send_batch(&self, q: &QueueName, m: Vec<Message>) -> Result<Vec<MessageId>> {
-        self.p().await.send_batch(q, m).await
+        self.p().send_batch(q, m).await
     }
     async fn receive(&self, q: &QueueName, o: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
-        self.p().await.receive(q, o).await
+        self.p().receive(q, o).await
     }
     async fn complete(&self, r: &Receipt) -> Result<()> {
-        self.p().await.complete(r).await
+        self.p().complete(r).await
     }
     async fn abandon(&self, r: &Receipt, d: Option<Duration>) -> Result<()> {
-        self.p().await.abandon(r, d).await
+        self.p().abandon(r, d).await
     }
     async fn dead_letter(&self, r: &Receipt, why: DeadLetterReason) -> Result<()> {
-        self.p().await.dead_letter(r, why).await
+        self.p().dead_letter(r, why).await
     }
     async fn renew_lock(&self, r: &Receipt) -> Result<SystemTime> {
-        self.p().await.renew_lock(r).await
+        self.p().renew_lock(r).await
     }
     async fn accept_session(
         &self,
@@ -127,29 +154,30 @@ impl QueueProvider for PerCaseEmulator {
         s: SessionSelector,
         wait: Duration,
     ) -> Result<Option<Box<dyn SessionReceiver>>> {
-        self.p().await.accept_session(q, s, wait).await
+        self.p().accept_session(q, s, wait).await
     }
     async fn receive_dead_letters(
         &self,
         q: &QueueName,
         o: ReceiveOptions,
     ) -> Result<Vec<ReceivedMessage>> {
-        self.p().await.receive_dead_letters(q, o).await
+        self.p().receive_dead_letters(q, o).await
     }
     async fn check_access(&self, q: &QueueName) -> Result<()> {
-        self.p().await.check_access(q).await
+        self.p().check_access(q).await
     }
     async fn create_queue(&self, q: &QueueName, spec: &QueueSpec) -> Result<()> {
-        let (emu, _) = self
-            .init(vec![(q.as_str().to_owned(), queue_config(spec))])
-            .await;
-        assert!(
-            emu.broker().has_queue(q.as_str()),
-            "PerCaseEmulator holds one queue per case; `{q}` came second"
-        );
-        Ok(())
+        self.emu
+            .create_queue(q.as_str(), queue_config(spec))
+            .map_err(|e| QueueError::config("queue", e.to_string()))
     }
-    async fn delete_queue(&self, _q: &QueueName) -> Result<()> {
-        Ok(())
+    async fn delete_queue(&self, q: &QueueName) -> Result<()> {
+        self.emu
+            .delete_queue(q.as_str())
+            .map_err(|_| QueueError::QueueNotFound {
+                provider: "service-bus",
+                queue: q.as_str().to_owned(),
+                operation: "delete_queue",
+            })
     }
 }
