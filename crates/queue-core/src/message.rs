@@ -41,6 +41,8 @@ pub struct Message {
     pub session_id: Option<SessionId>,
     /// Correlation id, for tracing a flow across messages.
     pub correlation_id: Option<String>,
+    /// A short label, often naming the event type (Service Bus `Subject`, formerly `Label`).
+    pub subject: Option<String>,
     /// Message id, also used for duplicate detection. A random id is assigned if unset.
     pub message_id: Option<MessageId>,
     /// How long the message may wait in the queue before it expires.
@@ -58,6 +60,7 @@ impl Message {
             attributes: Attributes::new(),
             session_id: None,
             correlation_id: None,
+            subject: None,
             message_id: None,
             time_to_live: None,
             scheduled_enqueue_time: None,
@@ -88,6 +91,12 @@ impl Message {
         self
     }
 
+    /// Sets the subject (a short label such as the event type).
+    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
     /// Sets the message id (and so the de-duplication id).
     pub fn with_message_id(mut self, message_id: MessageId) -> Self {
         self.message_id = Some(message_id);
@@ -111,7 +120,7 @@ impl Message {
         self.with_scheduled_enqueue_time(SystemTime::now() + delay)
     }
 
-    /// A provider-neutral size estimate: body plus content type, ids and attributes.
+    /// A provider-neutral size estimate: body plus content type, subject, ids and attributes.
     ///
     /// Providers compare their own encoded size against their limit; this estimate is what
     /// the in-memory provider and pre-send checks use.
@@ -119,6 +128,7 @@ impl Message {
         self.body.len()
             + self.content_type.as_deref().map_or(0, str::len)
             + self.correlation_id.as_deref().map_or(0, str::len)
+            + self.subject.as_deref().map_or(0, str::len)
             + self.session_id.as_ref().map_or(0, |s| s.as_str().len())
             + self.message_id.as_ref().map_or(0, |s| s.as_str().len())
             + self
@@ -140,6 +150,7 @@ impl fmt::Debug for Message {
             )
             .field("session_id", &self.session_id)
             .field("correlation_id", &self.correlation_id)
+            .field("subject", &self.subject)
             .field("message_id", &self.message_id)
             .field("time_to_live", &self.time_to_live)
             .field("scheduled_enqueue_time", &self.scheduled_enqueue_time)
@@ -344,5 +355,15 @@ mod tests {
     fn encoded_size_counts_body_and_metadata() {
         let m = Message::new(vec![0u8; 10]).with_attribute("ab", "cd");
         assert_eq!(m.encoded_size(), 14);
+        let m = m.with_subject("push");
+        assert_eq!(m.encoded_size(), 18);
+    }
+
+    #[test]
+    fn subject_is_shown_in_debug() {
+        let msg = Message::new("b").with_subject("pull_request.opened");
+        assert_eq!(msg.subject.as_deref(), Some("pull_request.opened"));
+        let text = format!("{msg:?}");
+        assert!(text.contains("pull_request.opened"), "{text}");
     }
 }
