@@ -277,8 +277,10 @@ async fn serve(
     };
     let mut changed = shared.broker.subscribe();
     let mut heartbeat: Option<tokio::time::Interval> = None;
-    // Whether the connection was cut by `drop_connections` (locks then stay until expiry).
-    let mut abrupt = false;
+    // Whether the connection ended with an AMQP close (or the emulator stopping). A
+    // connection lost any other way (the peer vanished, or `drop_connections` cut it)
+    // keeps its session locks until they expire, as Service Bus does.
+    let mut clean = false;
     let result = loop {
         if heartbeat.is_none() {
             heartbeat = conn.heartbeat.map(|d| {
@@ -300,16 +302,19 @@ async fn serve(
                 let (ch, body) = match msg { Ok(v) => v, Err(e) => break Err(e) };
                 match conn.on_frame(ch, body).await {
                     Ok(true) => {}
-                    Ok(false) => break Ok(()),
+                    Ok(false) => {
+                        clean = true;
+                        break Ok(());
+                    }
                     Err(e) => break Err(e),
                 }
             }
             _ = changed.changed() => {}
-            _ = stop.changed() => break Ok(()),
-            _ = cut.changed() => {
-                abrupt = true;
+            _ = stop.changed() => {
+                clean = true;
                 break Ok(());
             }
+            _ = cut.changed() => break Ok(()),
             _ = tokio::time::sleep_until(deadline) => { shared.broker.tick(); }
             _ = async {
                 match heartbeat.as_mut() {
@@ -326,7 +331,7 @@ async fn serve(
         }
     };
     reader.abort();
-    if !abrupt {
+    if clean {
         for o in &conn.owners {
             shared.broker.release_owner(*o);
         }

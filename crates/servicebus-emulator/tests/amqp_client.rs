@@ -333,8 +333,44 @@ mod raw {
         }
     }
 
-    /// Connects, opens, begins and attaches a sender link (handle 0) to `address`.
-    pub(crate) async fn sender(addr: std::net::SocketAddr, address: &str) -> TcpStream {
+    /// Connects, opens, begins and attaches a receiver link (handle 0) for session `sid`
+    /// of `queue`; returns the socket and the attach answer.
+    pub(crate) async fn session_receiver(
+        addr: std::net::SocketAddr,
+        queue: &str,
+        sid: &str,
+    ) -> (TcpStream, Performative) {
+        let mut s = begun(addr).await;
+        let source = Source::builder()
+            .address(queue)
+            .add_to_filter_using_legacy_format(
+                "com.microsoft:session-filter",
+                fe2o3_amqp::types::primitives::Value::String(sid.into()),
+            )
+            .build();
+        let attach = Attach {
+            name: "raw-receiver".into(),
+            handle: Handle(0),
+            role: Role::Receiver,
+            snd_settle_mode: SenderSettleMode::Unsettled,
+            rcv_settle_mode: ReceiverSettleMode::Second,
+            source: Some(Box::new(source)),
+            target: Some(Box::new(Target::default().into())),
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: None,
+            max_message_size: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        s.write_all(&frame(&attach, &[])).await.unwrap();
+        let answer = read(&mut s).await;
+        (s, answer)
+    }
+
+    /// Connects, opens and begins a session on channel 0.
+    async fn begun(addr: std::net::SocketAddr) -> TcpStream {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
         let mut hdr = [0u8; 8];
@@ -365,6 +401,12 @@ mod raw {
         };
         s.write_all(&frame(&begin, &[])).await.unwrap();
         assert!(matches!(read(&mut s).await, Performative::Begin(_)));
+        s
+    }
+
+    /// Connects, opens, begins and attaches a sender link (handle 0) to `address`.
+    pub(crate) async fn sender(addr: std::net::SocketAddr, address: &str) -> TcpStream {
+        let mut s = begun(addr).await;
         let attach = Attach {
             name: "raw-sender".into(),
             handle: Handle(0),
@@ -887,4 +929,48 @@ async fn dropped_connections_keep_their_locks_until_expiry() {
     let sd = sreceiver.recv::<String>().await.unwrap();
     assert_eq!(sd.body(), "sm");
     sreceiver.accept(&sd).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_keeps_its_session_lock_until_expiry() {
+    let cfg = EmulatorConfig::new().with_queue(
+        "s",
+        QueueConfig::new()
+            .with_requires_session(true)
+            .with_lock_duration(Duration::from_secs(2)),
+    );
+    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (peer, answer) = raw::session_receiver(emu.local_addr(), "s", "s1").await;
+    assert!(
+        matches!(&answer, fe2o3_amqp::types::performatives::Performative::Attach(a) if a.source.is_some()),
+        "{answer:?}"
+    );
+    // The peer goes away without detaching, ending or closing anything.
+    drop(peer);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let s = fe2o3_amqp::types::messaging::Source::builder()
+        .address("s")
+        .add_to_filter_using_legacy_format(
+            "com.microsoft:session-filter",
+            Value::String("s1".into()),
+        )
+        .build();
+    let err = Receiver::builder()
+        .name("early")
+        .source(s)
+        .verify_incoming_source(false)
+        .attach(&mut session)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("session-cannot-be-locked"),
+        "{err:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let _r = session_receiver(&mut session, "late", "s", "s1").await;
 }
