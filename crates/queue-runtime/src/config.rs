@@ -220,6 +220,28 @@ pub struct ProcessorSettings {
     pub retry: RetrySettings,
     /// Circuit breaker around provider calls.
     pub circuit_breaker: CircuitBreakerSettings,
+    /// Whether the queue holds session messages, session-less ones, or (`auto`) either.
+    pub session_mode: SessionMode,
+}
+
+/// Which kinds of messages a processor consumes on a provider with session locks
+/// ([`queue_core::SessionSupport::Locked`]). Other providers ignore it.
+///
+/// In configuration: `session_mode = "auto" | "required" | "none"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum SessionMode {
+    /// Session workers and a session-less receive loop side by side, for queues that hold
+    /// both (the memory provider). The session-less loop stops by itself when the provider
+    /// says the queue only has sessions; on Azure Service Bus, where a queue is either
+    /// session-enabled or not, prefer `required` or `none`.
+    #[default]
+    Auto,
+    /// Session-enabled queue: only session workers (Service Bus `requiresSession` queues).
+    Required,
+    /// Queue without sessions: only the session-less receive loop.
+    None,
 }
 
 impl Default for ProcessorSettings {
@@ -235,6 +257,7 @@ impl Default for ProcessorSettings {
             shutdown_timeout: Duration::from_secs(30),
             retry: RetrySettings::default(),
             circuit_breaker: CircuitBreakerSettings::default(),
+            session_mode: SessionMode::Auto,
         }
     }
 }
@@ -274,6 +297,8 @@ setters!(ProcessorSettings {
     with_retry: retry: RetrySettings,
     /// Sets the circuit breaker settings.
     with_circuit_breaker: circuit_breaker: CircuitBreakerSettings,
+    /// Sets `session_mode`.
+    with_session_mode: session_mode: SessionMode,
 });
 
 impl ProcessorSettings {
@@ -339,6 +364,7 @@ impl fmt::Debug for ProcessorSettings {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("retry", &self.retry)
             .field("circuit_breaker", &self.circuit_breaker)
+            .field("session_mode", &self.session_mode)
             .finish()
     }
 }
@@ -533,6 +559,11 @@ pub async fn build_provider(settings: &ProviderSettings) -> Result<SharedQueuePr
             let provider = queue_aws::SqsProvider::from_settings(s).await?;
             Ok(std::sync::Arc::new(provider))
         }
+        #[cfg(feature = "azure")]
+        ProviderSettings::ServiceBus(s) => {
+            let provider = queue_azure::ServiceBusProvider::from_settings(s)?;
+            Ok(std::sync::Arc::new(provider))
+        }
         other => Err(not_enabled(other)),
     }
 }
@@ -545,14 +576,9 @@ fn not_enabled(settings: &ProviderSettings) -> QueueError {
         "service-bus" => "azure",
         _ => "full",
     };
-    let hint = if feature == "azure" {
-        "the Azure Service Bus provider is not available in this release".to_owned()
-    } else {
-        format!("enable feature `{feature}`")
-    };
     QueueError::config(
         "provider.kind",
-        format!("provider `{name}` is not enabled in this build ({hint})"),
+        format!("provider `{name}` is not enabled in this build (enable feature `{feature}`)"),
     )
 }
 
@@ -752,16 +778,55 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "azure")]
     #[tokio::test]
-    async fn provider_not_compiled_in_is_a_config_error() {
+    async fn service_bus_is_built_when_the_azure_feature_is_on() {
+        let settings: ProviderSettings = serde_json::from_str(&format!(
+            r#"{{"kind":"service-bus","connection_string":"Endpoint=sb://127.0.0.1:9;SharedAccessKeyName=k;SharedAccessKey={CANARY};UseDevelopmentEmulator=true"}}"#
+        ))
+        .unwrap();
+        // No connection is made until the first call.
+        let provider = build_provider(&settings).await.unwrap();
+        assert_eq!(provider.name(), "service-bus");
+        assert_eq!(
+            provider.capabilities().sessions,
+            queue_core::SessionSupport::Locked
+        );
+        assert!(!format!("{provider:?}").contains(CANARY));
+
+        // Settings the provider rejects keep their typed error and field.
         let settings: ProviderSettings = serde_json::from_str(r#"{"kind":"service-bus"}"#).unwrap();
         let err = build_provider(&settings).await.unwrap_err();
-        let text = err.to_string();
-        assert!(matches!(&err, QueueError::Config { field, .. } if field == "provider.kind"));
         assert!(
-            text.contains("`service-bus` is not enabled in this build"),
-            "{text}"
+            matches!(&err, QueueError::Config { field, .. } if field == "service_bus.connection_string"),
+            "{err}"
         );
+        // The emulator switch is refused for a non-loopback host.
+        let settings: ProviderSettings = serde_json::from_str(&format!(
+            r#"{{"kind":"service-bus","connection_string":"Endpoint=sb://ns.servicebus.windows.net;SharedAccessKeyName=k;SharedAccessKey={CANARY};UseDevelopmentEmulator=true"}}"#
+        ))
+        .unwrap();
+        let err = build_provider(&settings).await.unwrap_err();
+        assert!(matches!(err, QueueError::Config { .. }), "{err}");
+        assert!(!err.to_string().contains(CANARY), "{err}");
+    }
+
+    #[tokio::test]
+    async fn provider_not_compiled_in_is_a_config_error() {
+        #[cfg(not(feature = "azure"))]
+        {
+            let settings: ProviderSettings =
+                serde_json::from_str(r#"{"kind":"service-bus"}"#).unwrap();
+            let err = build_provider(&settings).await.unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(&err, QueueError::Config { field, .. } if field == "provider.kind"));
+            assert!(
+                text.contains(
+                    "provider `service-bus` is not enabled in this build (enable feature `azure`)"
+                ),
+                "{text}"
+            );
+        }
         #[cfg(not(feature = "aws"))]
         {
             let settings: ProviderSettings = serde_json::from_str(r#"{"kind":"sqs"}"#).unwrap();

@@ -14,9 +14,18 @@
 //! # Features
 //! * `memory` (default): the in-memory provider, as `queue_runtime::memory`.
 //! * `aws`: the AWS SQS provider (standard and FIFO queues), as `queue_runtime::aws`.
+//! * `azure`: the Azure Service Bus provider (queues with and without sessions, over AMQP 1.0),
+//!   as `queue_runtime::azure`. Configuration selects it with `kind = "service-bus"` and a
+//!   connection string (a real namespace, or the local emulator with
+//!   `UseDevelopmentEmulator=true`).
+//! * `azure-entra`: `azure` plus `queue_runtime::azure::AzureCoreCredential`, which adapts an
+//!   `azure_core` / `azure_identity` credential for Microsoft Entra ID. Such a provider is built
+//!   in code (`ServiceBusProvider::builder().with_namespace(..).with_token_credential(..)`) and
+//!   passed to [`Processor::new`]; a configuration file carries only connection strings. Not in
+//!   `full`, since it pulls in `azure_core`.
 //! * `security`: message signing, replay protection and GitHub webhook verification, as
 //!   `queue_runtime::security` (its gates plug into [`Processor::with_gate`]).
-//! * `full`: every provider and extension available in this release.
+//! * `full`: `memory`, `aws`, `azure` and `security`.
 //!
 //! A provider kind whose feature is off still parses in configuration; building it returns
 //! [`QueueError::Config`] naming the feature to enable.
@@ -73,7 +82,8 @@ pub use queue_core::*;
 
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use config::{
-    CircuitBreakerSettings, ProcessorSettings, QueueRuntimeConfig, RetrySettings, build_provider,
+    CircuitBreakerSettings, ProcessorSettings, QueueRuntimeConfig, RetrySettings, SessionMode,
+    build_provider,
 };
 pub use handler::{
     FnHandler, Handler, HandlerError, JsonHandler, MessageContext, Outcome, decode_json,
@@ -92,6 +102,10 @@ pub use queue_memory as memory;
 #[cfg(feature = "aws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
 pub use queue_aws as aws;
+
+#[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
+pub use queue_azure as azure;
 
 /// The workspace README's Rust examples, compiled and run as doctests.
 #[cfg(all(doctest, feature = "memory"))]

@@ -14,8 +14,8 @@ use std::{
 use futures::FutureExt;
 use queue_core::{
     Capabilities, DeadLetterReason, MessageGate, QueueError, QueueName, Receipt, ReceiveOptions,
-    ReceivedMessage, Result, SessionId, SessionReceiver, SessionSelector, SessionSupport,
-    SharedQueueProvider,
+    ReceivedMessage, Result, RetryClass, SessionId, SessionReceiver, SessionSelector,
+    SessionSupport, SharedQueueProvider,
 };
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::{
     breaker::CircuitBreaker,
-    config::{ProcessorSettings, QueueRuntimeConfig, build_provider},
+    config::{ProcessorSettings, QueueRuntimeConfig, SessionMode, build_provider},
     handler::{Handler, MessageContext, Outcome, reasons},
     retry::RetryPolicy,
     telemetry::Metrics,
@@ -173,12 +173,16 @@ impl Processor {
             sessions = ?shared.caps.sessions,
             "processor started"
         );
-        if shared.caps.sessions == SessionSupport::Locked {
+        let locked = shared.caps.sessions == SessionSupport::Locked;
+        let mode = shared.settings.session_mode;
+        if locked && mode != SessionMode::None {
             for _ in 0..shared.settings.max_concurrent_sessions {
                 shared.tracker.spawn(shared.clone().session_worker());
             }
         }
-        shared.tracker.spawn(shared.clone().receive_loop());
+        if !locked || mode != SessionMode::Required {
+            shared.tracker.spawn(shared.clone().receive_loop());
+        }
 
         shutdown.cancelled().await;
         tracing::info!(queue = %shared.queue, "shutdown requested; draining");
@@ -401,6 +405,20 @@ impl Shared {
     }
 
     /// Records a provider call failure in metrics and the breaker.
+    /// Whether, in [`SessionMode::Auto`], `err` says this kind of consumption does not fit
+    /// the queue (Service Bus refuses session receivers on queues without sessions and plain
+    /// receivers on session-enabled ones, as permanent provider errors).
+    fn auto_refused(&self, err: &QueueError) -> bool {
+        self.settings.session_mode == SessionMode::Auto
+            && matches!(
+                err,
+                QueueError::Provider {
+                    class: RetryClass::Permanent,
+                    ..
+                }
+            )
+    }
+
     fn record_error(&self, operation: &'static str, err: &QueueError) {
         self.metrics.provider_error(operation, err);
         if self.breaker.record_failure(err) {
@@ -949,6 +967,24 @@ impl Shared {
                 Ok(batch) => {
                     errors = 0;
                     self.breaker.record_success();
+                    if self.caps.sessions == SessionSupport::Locked
+                        && batch.iter().any(|m| m.session_id().is_some())
+                    {
+                        // A session-locked provider handed session messages to a plain
+                        // receive: the queue only has sessions, and these belong to the
+                        // session workers. Give them back in order and stop this loop.
+                        tracing::warn!(
+                            queue = %self.queue,
+                            "session-less receive returned session messages; only sessions \
+                             are consumed (set processor.session_mode = \"required\")"
+                        );
+                        for msg in &batch {
+                            bump(&self.stats.received);
+                            self.metrics.received.increment(1);
+                            self.abandon_unhandled(&Settler::Provider, msg, false).await;
+                        }
+                        break;
+                    }
                     for msg in batch {
                         let permit = permits.pop();
                         self.dispatch(
@@ -965,6 +1001,14 @@ impl Shared {
                     self.record_error("receive", &err);
                     if matches!(err, QueueError::Unsupported { .. }) {
                         tracing::debug!(error = %err, "session-less receive unsupported; only sessions are consumed");
+                        break;
+                    }
+                    if self.caps.sessions == SessionSupport::Locked && self.auto_refused(&err) {
+                        tracing::warn!(
+                            error = %err,
+                            "session-less receive refused; only sessions are consumed \
+                             (set processor.session_mode = \"required\")"
+                        );
                         break;
                     }
                     tracing::warn!(error = %err, "receive failed; backing off");
@@ -1159,6 +1203,14 @@ impl Shared {
                     self.record_error("accept_session", &err);
                     if matches!(err, QueueError::Unsupported { .. }) {
                         tracing::error!(error = %err, "provider cannot accept sessions");
+                        break;
+                    }
+                    if self.auto_refused(&err) {
+                        tracing::warn!(
+                            error = %err,
+                            "accepting a session refused; only session-less messages are \
+                             consumed (set processor.session_mode = \"none\")"
+                        );
                         break;
                     }
                     if !matches!(err, QueueError::SessionLocked { .. }) {
