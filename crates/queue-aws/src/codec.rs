@@ -6,7 +6,7 @@
 //! * Application attributes: one SQS message attribute each, data type `String`. An
 //!   attribute with an empty value (which SQS rejects) is carried by name in the metadata.
 //! * Metadata: one reserved attribute, [`META_ATTRIBUTE`], holding compact JSON with the
-//!   message id, content type, correlation id, expiry, body encoding and, in a
+//!   message id, content type, correlation id, subject, expiry, body encoding and, in a
 //!   dead-letter queue, the dead-letter reason and description. So a message may carry
 //!   at most [`MAX_APP_ATTRIBUTES`] (9) application attributes with non-empty values.
 //! * Session id: `MessageGroupId` (FIFO only). Message id: also the
@@ -52,6 +52,9 @@ pub(crate) struct Meta {
     pub(crate) ct: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) corr: Option<String>,
+    /// Subject (a short label such as the event type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sub: Option<String>,
     /// Expiry, milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) exp: Option<u64>,
@@ -221,6 +224,7 @@ pub(crate) fn encode(
         id: Some(message_id.as_str().to_owned()),
         ct: msg.content_type.clone(),
         corr: msg.correlation_id.clone(),
+        sub: msg.subject.clone(),
         exp: msg.time_to_live.map(|ttl| unix_millis(now + ttl)),
         ..Meta::default()
     };
@@ -262,7 +266,7 @@ pub(crate) fn encode(
         .map_err(|e| invalid(format!("cannot encode message metadata: {e}")))?;
     if !sqs_text_ok(&meta_text) {
         return Err(invalid(
-            "the content type or correlation id has characters SQS does not accept",
+            "the content type, correlation id or subject has characters SQS does not accept",
         ));
     }
     attributes.insert(META_ATTRIBUTE.to_owned(), string_attr(meta_text)?);
@@ -417,6 +421,7 @@ pub(crate) fn decode(
     let mut message = Message::new(body_bytes);
     message.content_type = meta.ct.clone();
     message.correlation_id = meta.corr.clone();
+    message.subject = meta.sub.clone();
     message.attributes = app;
     message.session_id = group_id.and_then(|g| SessionId::new(g).ok());
     message.message_id = Some(message_id.clone());
@@ -501,7 +506,56 @@ mod tests {
             Some("application/json")
         );
         assert_eq!(dec.message.correlation_id.as_deref(), Some("corr-1"));
+        assert_eq!(dec.message.subject, None);
         assert_eq!(dec.message_id.as_str(), "gh-delivery-1");
+    }
+
+    #[test]
+    fn subject_rides_in_the_metadata_attribute() {
+        let msg = Message::new("x")
+            .with_subject("pull_request.opened")
+            .with_attribute("event", "pull_request");
+        let (enc, dec) = round_trip(msg, STD, "jobs");
+        assert_eq!(
+            enc.attributes.len(),
+            2,
+            "no attribute of its own: event + metadata"
+        );
+        let meta = read_meta(Some(&enc.attributes));
+        assert_eq!(meta.sub.as_deref(), Some("pull_request.opened"));
+        assert_eq!(dec.message.subject.as_deref(), Some("pull_request.opened"));
+        assert_eq!(dec.message.attributes.len(), 1);
+
+        // U+FFFE is no XML character and JSON does not escape it (control characters it does).
+        let err = encode(
+            Message::new("x").with_subject("bad\u{FFFE}subject"),
+            &q("jobs"),
+            STD,
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, QueueError::InvalidMessage { .. }), "{err}");
+    }
+
+    #[test]
+    fn subject_counts_within_the_size_limit() {
+        let plain = encode(
+            Message::new(vec![b'a'; 800]),
+            &q("jobs"),
+            STD,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let limits = Limits {
+            max_size: plain.size + 50,
+            ..STD
+        };
+        let fits = Message::new(vec![b'a'; 800]).with_subject("s".repeat(40));
+        let enc = encode(fits, &q("jobs"), limits, SystemTime::now()).unwrap();
+        assert!(enc.size > plain.size + 40, "{} vs {}", enc.size, plain.size);
+        let too_long = Message::new(vec![b'a'; 800]).with_subject("s".repeat(60));
+        let err = encode(too_long, &q("jobs"), limits, SystemTime::now()).unwrap_err();
+        assert!(matches!(err, QueueError::MessageTooLarge { .. }), "{err:?}");
     }
 
     #[test]
