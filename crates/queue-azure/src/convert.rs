@@ -57,6 +57,8 @@ pub(crate) fn to_amqp(msg: &Message, id: &MessageId) -> Outgoing {
             .as_ref()
             .map(|c| AmqpMessageId::String(c.clone())),
         content_type: msg.content_type.as_ref().map(|c| Symbol::from(c.as_str())),
+        // The SDKs' `subject` (.NET `Subject`, formerly `Label`) is the AMQP subject.
+        subject: msg.subject.clone(),
         group_id: msg.session_id.as_ref().map(|s| s.as_str().to_owned()),
         ..Properties::default()
     };
@@ -217,6 +219,7 @@ pub(crate) fn from_amqp(m: &Incoming) -> Decoded {
         .and_then(|p| p.content_type.as_ref())
         .map(|c| c.0.clone());
     message.correlation_id = props.and_then(|p| p.correlation_id.as_ref()).map(id_text);
+    message.subject = props.and_then(|p| p.subject.clone());
     message.session_id = session_id;
     message.message_id = Some(message_id.clone());
     message.attributes = attributes;
@@ -290,6 +293,7 @@ mod tests {
         let msg = Message::new("body")
             .with_content_type("application/json")
             .with_correlation_id("corr")
+            .with_subject("pull_request.opened")
             .with_session_id(sid.clone())
             .with_attribute("event", "push")
             .with_time_to_live(Duration::from_secs(90))
@@ -297,6 +301,7 @@ mod tests {
         let out = to_amqp(&msg, &id);
         let props = out.properties.as_ref().unwrap();
         assert_eq!(props.group_id.as_deref(), Some("octo/repo#1"));
+        assert_eq!(props.subject.as_deref(), Some("pull_request.opened"));
         assert_eq!(out.header.as_ref().unwrap().ttl, Some(90_000));
         // Decode what was encoded, as a receiver sees it.
         let bytes = encode(&out);
@@ -311,6 +316,11 @@ mod tests {
         assert_eq!(d.message_id, id);
         assert_eq!(d.message.session_id, Some(sid));
         assert_eq!(d.message.correlation_id.as_deref(), Some("corr"));
+        assert_eq!(d.message.subject.as_deref(), Some("pull_request.opened"));
+        assert!(
+            !d.message.attributes.contains_key("subject"),
+            "a property, not an application property"
+        );
         assert_eq!(d.message.content_type.as_deref(), Some("application/json"));
         assert_eq!(
             d.message.attributes.get("event").map(String::as_str),
@@ -323,6 +333,16 @@ mod tests {
             annotation(&back, SCHEDULED_ENQUEUE_TIME),
             Some(&Value::Timestamp(timestamp(at)))
         );
+    }
+
+    #[test]
+    fn no_subject_leaves_the_amqp_subject_unset() {
+        let out = to_amqp(&Message::new("b"), &MessageId::new("m-2").unwrap());
+        assert_eq!(out.properties.as_ref().unwrap().subject, None);
+        let bytes = encode(&out);
+        let back: fe2o3_amqp_types::messaging::message::__private::Deserializable<Incoming> =
+            serde_amqp::from_slice(&bytes).unwrap();
+        assert_eq!(from_amqp(&back.0).message.subject, None);
     }
 
     #[test]
