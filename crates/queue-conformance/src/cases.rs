@@ -168,8 +168,8 @@ pub async fn unique_ids(h: &Harness) {
     q.delete().await;
 }
 
-/// Body, attributes, content type, correlation id and a caller-chosen message id come
-/// back exactly as sent.
+/// Body, attributes, content type, correlation id, subject and a caller-chosen message id
+/// come back exactly as sent.
 pub async fn round_trip(h: &Harness) {
     let q = h.queue("round-trip", h.spec()).await;
     let id = ok(MessageId::new("delivery-3f1c9a"), "message id");
@@ -177,6 +177,7 @@ pub async fn round_trip(h: &Harness) {
     let sent = Message::new(body)
         .with_content_type("application/json")
         .with_correlation_id("corr-42")
+        .with_subject("pull_request.opened")
         .with_attribute("event", "pull_request")
         .with_attribute("x-hub-delivery", "1b2c3d")
         .with_attribute("empty-ok", "v")
@@ -193,6 +194,11 @@ pub async fn round_trip(h: &Harness) {
     );
     assert_eq!(m.message.content_type.as_deref(), Some("application/json"));
     assert_eq!(m.message.correlation_id.as_deref(), Some("corr-42"));
+    assert_eq!(
+        m.message.subject.as_deref(),
+        Some("pull_request.opened"),
+        "subject changed in transit"
+    );
     assert_eq!(m.message.attributes, sent.attributes, "attributes changed");
     assert_eq!(m.message_id, id);
     assert_eq!(m.message.session_id, None);
