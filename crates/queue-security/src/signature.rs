@@ -235,6 +235,8 @@ pub struct SignedFields<'a> {
     pub correlation_id: Option<&'a str>,
     /// Content type.
     pub content_type: Option<&'a str>,
+    /// Subject (often the event type, so it can redirect work).
+    pub subject: Option<&'a str>,
     /// Covered attributes as (name, value), sorted by name.
     pub attributes: &'a [(&'a str, &'a str)],
     /// The body.
@@ -288,6 +290,7 @@ impl SignedFields<'_> {
         opt(out, self.session_id.map(str::as_bytes));
         opt(out, self.correlation_id.map(str::as_bytes));
         opt(out, self.content_type.map(str::as_bytes));
+        opt(out, self.subject.map(str::as_bytes));
         let count = u32::try_from(self.attributes.len()).unwrap_or(u32::MAX);
         out(&count.to_be_bytes());
         for (name, value) in self.attributes {
@@ -443,6 +446,7 @@ impl MessageSigner {
                 session_id: message.session_id.as_ref().map(|s| s.as_str()),
                 correlation_id: message.correlation_id.as_deref(),
                 content_type: message.content_type.as_deref(),
+                subject: message.subject.as_deref(),
                 attributes: &covered,
                 body: &message.body,
             };
@@ -570,6 +574,7 @@ impl SignatureVerifier {
             session_id: message.session_id.as_ref().map(|s| s.as_str()),
             correlation_id: message.correlation_id.as_deref(),
             content_type: message.content_type.as_deref(),
+            subject: message.subject.as_deref(),
             attributes: &covered,
             body: &message.body,
         };

@@ -30,6 +30,7 @@ fn sample() -> Message {
         .with_content_type("application/json")
         .with_session_id(SessionId::new("octo/repo#42").unwrap())
         .with_correlation_id("corr-1")
+        .with_subject("pull_request.opened")
         .with_message_id(MessageId::new("msg-1").unwrap())
         .with_attribute("event", "pull_request")
         .with_attribute("action", "opened")
@@ -81,6 +82,8 @@ fn v1_format_matches_the_documented_encoding() {
     lp(&mut expected, b"corr-1");
     expected.push(1);
     lp(&mut expected, b"application/json");
+    expected.push(1);
+    lp(&mut expected, b"pull_request.opened");
     expected.extend_from_slice(&2u32.to_be_bytes());
     lp(&mut expected, b"action");
     lp(&mut expected, b"opened");
@@ -158,6 +161,15 @@ fn flipping_any_covered_field_is_rejected() {
             Box::new(|m| m.message.content_type = None),
         ),
         (
+            "subject",
+            Box::new(|m| m.message.subject = Some("pull_request.closed".into())),
+        ),
+        ("subject removed", Box::new(|m| m.message.subject = None)),
+        (
+            "subject emptied",
+            Box::new(|m| m.message.subject = Some(String::new())),
+        ),
+        (
             "attribute value",
             Box::new(|m| {
                 m.message
@@ -203,6 +215,22 @@ fn flipping_any_covered_field_is_rejected() {
             rm.message.body = b.into();
             assert_rejected(&rm, &format!("body byte {i} bit {bit}"));
         }
+    }
+}
+
+#[test]
+fn adding_a_subject_to_a_message_signed_without_one_is_rejected() {
+    let mut msg = sample();
+    msg.subject = None;
+    MessageSigner::new(ring())
+        .sign_at(&QueueName::new(QUEUE).unwrap(), &mut msg, t0())
+        .unwrap();
+    let rm = deliver(msg, 1, t0());
+    SignatureVerifier::new(ring()).verify(&rm).unwrap();
+    for subject in ["", "push"] {
+        let mut tampered = rm.clone();
+        tampered.message.subject = Some(subject.into());
+        assert_rejected(&tampered, &format!("subject {subject:?} added"));
     }
 }
 
