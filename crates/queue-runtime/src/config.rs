@@ -674,6 +674,27 @@ mod tests {
     }
 
     #[test]
+    fn session_mode_parses_from_files_and_rejects_unknown_modes() {
+        for (text, mode) in [
+            ("auto", SessionMode::Auto),
+            ("required", SessionMode::Required),
+            ("none", SessionMode::None),
+        ] {
+            let cfg = QueueRuntimeConfig::from_toml_str(&format!(
+                "queue = \"q\"\n[processor]\nsession_mode = \"{text}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(cfg.processor.session_mode, mode);
+        }
+        assert_eq!(ProcessorSettings::default().session_mode, SessionMode::Auto);
+        let err = QueueRuntimeConfig::from_toml_str(
+            "queue = \"q\"\n[processor]\nsession_mode = \"sometimes\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("session_mode"), "{err}");
+    }
+
+    #[test]
     fn unknown_and_mistyped_fields_are_named_without_values() {
         let err =
             QueueRuntimeConfig::from_toml_str("queue = \"q\"\n[processor]\nmax_sesions = 3\n")

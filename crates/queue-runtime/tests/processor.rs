@@ -831,3 +831,56 @@ async fn from_config_builds_the_provider_and_surfaces_typed_errors() {
         "{err}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn session_mode_picks_which_messages_are_consumed() {
+    use queue_runtime::SessionMode;
+    for mode in [SessionMode::Required, SessionMode::None, SessionMode::Auto] {
+        let (mem, provider, queue) = memory("mixed", QueueSpec::default()).await;
+        provider
+            .send(
+                &queue,
+                Message::new("in-session").with_session_id(SessionId::new("s").unwrap()),
+            )
+            .await
+            .unwrap();
+        provider
+            .send(&queue, Message::new("session-less"))
+            .await
+            .unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s = seen.clone();
+        let handler = handler_fn(move |msg: ReceivedMessage, _ctx| {
+            let s = s.clone();
+            async move {
+                s.lock()
+                    .unwrap()
+                    .push(String::from_utf8(msg.body().to_vec()).unwrap());
+                Ok(Outcome::Complete)
+            }
+        });
+        let shutdown = CancellationToken::new();
+        let run = spawn(
+            Processor::new(provider.clone(), queue.clone(), handler)
+                .with_settings(fast_settings().with_session_mode(mode))
+                .run(shutdown.clone()),
+        );
+        // Long enough for both kinds to be consumed when they are consumed at all.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        shutdown.cancel();
+        let report = run.await.unwrap().unwrap();
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        let expected: Vec<&str> = match mode {
+            SessionMode::Required => vec!["in-session"],
+            SessionMode::None => vec!["session-less"],
+            _ => vec!["in-session", "session-less"],
+        };
+        assert_eq!(seen, expected, "{mode:?}: {report:?}");
+        assert_eq!(
+            mem.message_count(&queue).unwrap(),
+            2 - expected.len(),
+            "{mode:?}"
+        );
+    }
+}
