@@ -3,7 +3,7 @@
 //! webhooks become ordered, de-duplicated queue messages. Every test captures `tracing`
 //! output (TRACE) and metrics, and checks that key material and the webhook secret never
 //! show up in logs, `Debug`, errors or dead-letter descriptions.
-#![cfg(feature = "security")]
+#![cfg(all(feature = "security", feature = "memory"))]
 
 mod common;
 
