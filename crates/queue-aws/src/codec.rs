@@ -709,7 +709,10 @@ mod tests {
 
     #[test]
     fn dead_letter_reason_round_trips_and_clears() {
-        let (mut enc, _) = round_trip(Message::new("x").with_attribute("k", "v"), STD, "jobs");
+        let msg = Message::new("x")
+            .with_attribute("k", "v")
+            .with_subject("push");
+        let (mut enc, _) = round_trip(msg, STD, "jobs");
         add_dead_letter_reason(
             &enc.body,
             &mut enc.attributes,
@@ -727,9 +730,19 @@ mod tests {
             dec.message.attributes.get("k").map(String::as_str),
             Some("v")
         );
+        assert_eq!(
+            dec.message.subject.as_deref(),
+            Some("push"),
+            "kept in the DLQ"
+        );
         clear_dead_letter_reason(&mut enc.attributes).unwrap();
         let dec = decode(&enc.body, Some(&enc.attributes), None, None, "id");
         assert!(dec.dead_letter.is_none());
+        assert_eq!(
+            dec.message.subject.as_deref(),
+            Some("push"),
+            "kept on redrive"
+        );
     }
 
     #[test]
