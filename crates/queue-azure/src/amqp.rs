@@ -179,7 +179,6 @@ impl SenderLink {
 /// A peek-lock receiver link (settle mode second, manual credit).
 pub(crate) struct ReceiverLink {
     pub(crate) receiver: tokio::sync::Mutex<Option<Receiver>>,
-    pub(crate) disposer: fe2o3_amqp::link::ReceiverDisposer,
     /// Unique id of this link (receipts remember it).
     pub(crate) id: u64,
     pub(crate) closed: AtomicBool,
@@ -820,7 +819,6 @@ impl Amqp {
         Ok(Arc::new(ReceiverLink {
             name: receiver.name().to_owned(),
             session: tokio::sync::Mutex::new(Some(s)),
-            disposer: receiver.disposer(),
             receiver: tokio::sync::Mutex::new(Some(receiver)),
             id: self.next_link.fetch_add(1, Ordering::Relaxed),
             closed: AtomicBool::new(false),

@@ -9,12 +9,9 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fe2o3_amqp::{
-    link::delivery::DeliveryInfo,
-    types::{
-        messaging::Body,
-        primitives::{Array, Binary, Value},
-    },
+use fe2o3_amqp::types::{
+    messaging::Body,
+    primitives::{Array, Binary, Value},
 };
 use queue_core::{
     Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
@@ -37,7 +34,6 @@ const GATHER: Duration = Duration::from_millis(20);
 /// What the provider remembers about one locked delivery.
 pub(crate) struct LockEntry {
     link: Weak<ReceiverLink>,
-    info: DeliveryInfo,
     /// The entity the message was received from (`q` or `q/$deadletterqueue`).
     entity: String,
     locked_until: Option<SystemTime>,
@@ -463,7 +459,6 @@ impl Shared {
         d: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
         got: &mut Vec<ReceivedMessage>,
     ) {
-        let info = DeliveryInfo::from(&d);
         let m = d.message();
         let Some(token) = lock_token(d.delivery_tag().as_ref(), m) else {
             tracing::warn!(entity, "delivery without a lock token ignored");
@@ -481,7 +476,6 @@ impl Shared {
             token,
             LockEntry {
                 link: Arc::downgrade(link),
-                info,
                 entity: entity.to_owned(),
                 locked_until: decoded.locked_until,
                 session: session.map(|s| s.as_str().to_owned()),
@@ -529,15 +523,11 @@ impl Shared {
                 receipt.session().map(|s| s.as_str().to_owned()),
             ),
         };
-        // Completion goes over the receive link when it is still up (the fast path all
-        // SDKs use); everything else, and anything whose link is gone, over $management.
-        if let (Disposition::Complete, Some(e)) = (how, &entry)
-            && let Some(link) = e.link.upgrade()
-            && !link.closed.load(Ordering::Acquire)
-            && link.disposer.accept(e.info.clone()).await.is_ok()
-        {
-            return Ok(());
-        }
+        // Every settlement, completion included, goes over `$management`
+        // `update-disposition`, so `Ok` is the broker's verdict. A disposition on the receive
+        // link would be faster, but fe2o3-amqp 0.18 returns as soon as the frame is queued
+        // and offers no way to await the broker's settling reply: a completion lost with the
+        // connection would still be reported done.
         let mut body = vec![
             (
                 "disposition-status",

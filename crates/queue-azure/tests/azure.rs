@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
+    collections::BTreeSet,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -15,7 +15,10 @@ use queue_core::{
     AuthFailure, DeadLetterReason, Message, QueueError, QueueName, QueueProvider, ReceiveOptions,
     SessionId, SessionSelector,
 };
-use servicebus_emulator::{Emulator, QueueConfig};
+use servicebus_emulator::{
+    Emulator, QueueConfig,
+    broker::{EntityRef, SubQueue},
+};
 use tokio::{
     io::copy_bidirectional,
     net::{TcpListener, TcpStream},
@@ -268,6 +271,72 @@ impl Drop for Relay {
     }
 }
 
+/// Receives and completes the `n` messages waiting in `queue`, calling `cut` twice while
+/// holding unsettled messages. Fails if a message whose completion returned `Ok` is ever
+/// delivered again, if a settlement fails with anything but a transient or lock-lost error,
+/// or if anything is left on the broker at the end. A completion that failed may still
+/// have been applied (the broker's answer was lost with the connection); such a message is
+/// simply never delivered again.
+async fn complete_all_across_cuts(
+    emu: &Emulator,
+    p: &ServiceBusProvider,
+    queue: &QueueName,
+    n: usize,
+    cut: impl Fn(),
+) {
+    let main = EntityRef {
+        queue: queue.as_str().into(),
+        sub: SubQueue::Main,
+    };
+    let mut completed = BTreeSet::new();
+    let mut unconfirmed = BTreeSet::new();
+    let mut cuts = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline
+        && (completed.union(&unconfirmed).count() < n || emu.broker().count(&main) > 0)
+    {
+        match p.receive(queue, opts(5, 500)).await {
+            Ok(batch) => {
+                for (k, m) in batch.iter().enumerate() {
+                    let body = String::from_utf8_lossy(m.body()).into_owned();
+                    assert!(
+                        !completed.contains(&body),
+                        "{body} was reported completed and then delivered again \
+                         (delivery count {})",
+                        m.delivery_count
+                    );
+                    // Cut twice while holding unsettled messages.
+                    if k == 1 && cuts < 2 && completed.len() >= 10 * (cuts + 1) {
+                        cut();
+                        cuts += 1;
+                    }
+                    match p.complete(&m.receipt).await {
+                        Ok(()) => {
+                            unconfirmed.remove(&body);
+                            completed.insert(body);
+                        }
+                        Err(e) => {
+                            assert!(
+                                e.is_transient() || matches!(e, QueueError::LockLost { .. }),
+                                "{e}"
+                            );
+                            unconfirmed.insert(body);
+                        }
+                    }
+                }
+            }
+            Err(e) => assert!(e.is_transient(), "receive failed permanently: {e}"),
+        }
+    }
+    assert_eq!(cuts, 2, "the connection was cut mid-stream");
+    assert_eq!(
+        completed.union(&unconfirmed).count(),
+        n,
+        "messages were lost across reconnects"
+    );
+    assert_eq!(emu.broker().count(&main), 0, "messages were left behind");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_connection_drops_mid_stream_and_loses_nothing() {
     const N: usize = 60;
@@ -287,35 +356,7 @@ async fn reconnects_after_the_connection_drops_mid_stream_and_loses_nothing() {
     for i in 0..N {
         p.send(&queue, Message::new(format!("m{i}"))).await.unwrap();
     }
-    let mut seen = BTreeMap::new();
-    let mut cuts = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < N && tokio::time::Instant::now() < deadline {
-        match p.receive(&queue, opts(5, 500)).await {
-            Ok(batch) => {
-                for (k, m) in batch.iter().enumerate() {
-                    // Cut the connection twice while holding unsettled messages.
-                    if k == 1 && cuts < 2 && seen.len() >= 10 * (cuts + 1) {
-                        relay.cut();
-                        cuts += 1;
-                    }
-                    match p.complete(&m.receipt).await {
-                        Ok(()) => {
-                            seen.insert(String::from_utf8_lossy(m.body()).into_owned(), ());
-                        }
-                        // Settling across the cut may fail; the message comes back.
-                        Err(e) => assert!(
-                            e.is_transient() || matches!(e, QueueError::LockLost { .. }),
-                            "{e}"
-                        ),
-                    }
-                }
-            }
-            Err(e) => assert!(e.is_transient(), "receive failed permanently: {e}"),
-        }
-    }
-    assert_eq!(cuts, 2, "the connection was cut mid-stream");
-    assert_eq!(seen.len(), N, "messages were lost across reconnects");
+    complete_all_across_cuts(&emu, &p, &queue, N, || relay.cut()).await;
     assert!(p.connections_opened() >= 3, "reconnected after each cut");
     // Sending works on the new connection too.
     p.send(&queue, Message::new("after")).await.unwrap();
@@ -339,46 +380,7 @@ async fn reconnects_after_the_emulator_drops_every_connection_and_loses_nothing(
     for i in 0..N {
         p.send(&queue, Message::new(format!("m{i}"))).await.unwrap();
     }
-    let mut seen = BTreeMap::new();
-    let mut cuts = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < N && tokio::time::Instant::now() < deadline {
-        match p.receive(&queue, opts(5, 500)).await {
-            Ok(batch) => {
-                for (k, m) in batch.iter().enumerate() {
-                    // The emulator drops the connection twice while messages are unsettled.
-                    if k == 1 && cuts < 2 && seen.len() >= 10 * (cuts + 1) {
-                        emu.drop_connections();
-                        cuts += 1;
-                    }
-                    match p.complete(&m.receipt).await {
-                        Ok(()) => seen
-                            .entry(String::from_utf8_lossy(m.body()).into_owned())
-                            .or_insert_with(Vec::new)
-                            .push(m.delivery_count),
-                        // Settling across the cut fails; the lock holds until it expires
-                        // and the message comes back.
-                        Err(e) => assert!(
-                            e.is_transient() || matches!(e, QueueError::LockLost { .. }),
-                            "{e}"
-                        ),
-                    }
-                }
-            }
-            Err(e) => assert!(e.is_transient(), "receive failed permanently: {e}"),
-        }
-    }
-    assert_eq!(cuts, 2, "the connection was dropped mid-stream");
-    assert_eq!(seen.len(), N, "messages were lost across reconnects");
-    // At least once: a message completes again only as a redelivery. (A completion sent
-    // on a link just as its connection drops can be reported done and still be lost; the
-    // message then comes back once its lock expires, with a higher delivery count.)
-    for (body, counts) in &seen {
-        assert!(
-            counts.windows(2).all(|w| w[1] > w[0]),
-            "{body} was completed twice in one delivery: {counts:?}"
-        );
-    }
+    complete_all_across_cuts(&emu, &p, &queue, N, || emu.drop_connections()).await;
     assert!(p.connections_opened() >= 3, "reconnected after each drop");
     p.send(&queue, Message::new("after")).await.unwrap();
 
@@ -406,20 +408,17 @@ async fn reconnects_after_the_emulator_drops_every_connection_and_loses_nothing(
     let first = r.receive(opts(2, 1000)).await.unwrap();
     assert_eq!(first.len(), 2);
     r.complete(&first[0].receipt).await.unwrap();
-    // `complete` returns once the disposition is sent, not when the broker has applied it:
-    // wait for that, then drop the connections while `s1` is still locked and unsettled.
-    let main = servicebus_emulator::broker::EntityRef {
+    // `complete` returns once the broker has applied it: drop the connections while `s1`
+    // is still locked and unsettled.
+    let main = EntityRef {
         queue: "cuts".into(),
-        sub: servicebus_emulator::broker::SubQueue::Main,
+        sub: SubQueue::Main,
     };
-    let applied = tokio::time::Instant::now() + Duration::from_secs(5);
-    while emu.broker().count(&main) != 3 {
-        assert!(
-            tokio::time::Instant::now() < applied,
-            "the completion never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_eq!(
+        emu.broker().count(&main),
+        3,
+        "the completion was not applied"
+    );
     emu.drop_connections();
     let err = p
         .accept_session(
@@ -451,6 +450,178 @@ async fn reconnects_after_the_emulator_drops_every_connection_and_loses_nothing(
     }
     assert_eq!(rest, ["s1", "s2", "s3"]);
     again.close().await.unwrap();
+}
+
+/// Runs `complete` and, after `yields` scheduler turns, drops every connection.
+async fn complete_racing_a_drop(
+    emu: &Emulator,
+    complete: impl std::future::Future<Output = Result<(), QueueError>>,
+    yields: usize,
+) -> Result<(), QueueError> {
+    let (res, ()) = tokio::join!(complete, async {
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+        emu.drop_connections();
+    });
+    res
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_racing_a_dropped_connection_is_never_reported_falsely() {
+    const N: usize = 12;
+    const SESSIONS: usize = 4;
+    let emu = common::start(vec![
+        ("race".to_owned(), lock(1)),
+        ("races".to_owned(), lock(1).with_requires_session(true)),
+    ])
+    .await;
+    let p = ServiceBusProvider::builder()
+        .with_connection_string(&common::connection_string(&emu))
+        .with_reconnect_backoff(Duration::from_millis(20))
+        .with_operation_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let body = |m: &queue_core::ReceivedMessage| String::from_utf8_lossy(m.body()).into_owned();
+    let mut ok = BTreeSet::new();
+    let mut failed = BTreeSet::new();
+
+    // Plain queue: every completion races a drop; an `Ok` must never come back.
+    let queue = q("race");
+    for i in 0..N {
+        p.send(&queue, Message::new(format!("m{i}"))).await.unwrap();
+    }
+    let main = EntityRef {
+        queue: "race".into(),
+        sub: SubQueue::Main,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut round = 0;
+    while emu.broker().count(&main) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never drained"
+        );
+        let batch = match p.receive(&queue, opts(1, 1500)).await {
+            Ok(b) => b,
+            Err(e) => {
+                assert!(e.is_transient(), "receive failed permanently: {e}");
+                continue;
+            }
+        };
+        for m in batch {
+            let b = body(&m);
+            assert!(
+                !ok.contains(&b),
+                "{b} was reported completed and then delivered again"
+            );
+            // Race the first rounds against a drop, then settle the rest undisturbed.
+            let res = if round < N {
+                complete_racing_a_drop(&emu, p.complete(&m.receipt), round % 6).await
+            } else {
+                p.complete(&m.receipt).await
+            };
+            round += 1;
+            match res {
+                Ok(()) => {
+                    failed.remove(&b);
+                    ok.insert(b);
+                }
+                Err(e) => {
+                    assert!(
+                        e.is_transient() || matches!(e, QueueError::LockLost { .. }),
+                        "{e}"
+                    );
+                    failed.insert(b);
+                }
+            }
+        }
+    }
+    // Every message was completed; the ones that only failed were applied by the broker
+    // before the connection went (they are gone and were never delivered again).
+    assert_eq!(ok.len() + failed.len(), N);
+
+    // Session queue: the same race through a session receiver.
+    let squeue = q("races");
+    for i in 0..SESSIONS {
+        p.send(
+            &squeue,
+            Message::new(format!("s{i}")).with_session_id(sid(&format!("octo/repo#{i}"))),
+        )
+        .await
+        .unwrap();
+    }
+    let mut sok = BTreeSet::new();
+    for i in 0..SESSIONS {
+        let s = sid(&format!("octo/repo#{i}"));
+        let r = loop {
+            match p
+                .accept_session(
+                    &squeue,
+                    SessionSelector::Named(s.clone()),
+                    Duration::from_secs(2),
+                )
+                .await
+            {
+                Ok(Some(r)) => break r,
+                Ok(None) => panic!("session {i} not available"),
+                Err(e) => assert!(e.is_transient(), "accept failed permanently: {e}"),
+            }
+        };
+        let got = r.receive(opts(1, 2000)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        match complete_racing_a_drop(&emu, r.complete(&got[0].receipt), i).await {
+            Ok(()) => {
+                sok.insert(body(&got[0]));
+            }
+            Err(e) => assert!(
+                e.is_transient()
+                    || matches!(
+                        e,
+                        QueueError::LockLost { .. } | QueueError::SessionLockLost { .. }
+                    ),
+                "{e}"
+            ),
+        }
+    }
+    // Once the session locks held by the dropped connections expire, whatever was not
+    // completed comes back; nothing reported completed may.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let smain = EntityRef {
+        queue: "races".into(),
+        sub: SubQueue::Main,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while emu.broker().count(&smain) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions never drained"
+        );
+        let r = match p
+            .accept_session(&squeue, SessionSelector::Next, Duration::from_secs(1))
+            .await
+        {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                assert!(
+                    e.is_transient() || matches!(e, QueueError::SessionLocked { .. }),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for m in r.receive(opts(1, 1000)).await.unwrap() {
+            let b = body(&m);
+            assert!(
+                !sok.contains(&b),
+                "{b} was reported completed and then delivered again"
+            );
+            r.complete(&m.receipt).await.unwrap();
+        }
+        r.close().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
