@@ -817,8 +817,33 @@ impl Conn {
                     .as_ref()
                     .and_then(|s| s.filter.as_ref())
                     .and_then(|f| f.get(&Symbol::from(SESSION_FILTER)).cloned());
+                // Service Bus refuses a receiver whose kind does not match the entity, with
+                // `amqp:not-allowed` on the detach (the SDKs raise an invalid-operation
+                // error): only the main queue of an entity that requires sessions is
+                // sessionful, and a receiver there must name a session filter.
+                let sessionful = cfg.requires_session && entity.sub == SubQueue::Main;
+                if sessionful && filter.is_none() {
+                    let err = error(
+                        "amqp:not-allowed",
+                        format!(
+                            "The entity `{path}` requires sessions: a receiver without a \
+                             session filter (a non-sessionful receiver) cannot attach to it."
+                        ),
+                    );
+                    return self.refuse_attach(ch, attach, err).await;
+                }
+                if !sessionful && filter.is_some() {
+                    let err = error(
+                        "amqp:not-allowed",
+                        format!(
+                            "The entity `{path}` does not require sessions: a sessionful \
+                             receiver (one with a session filter) cannot attach to it."
+                        ),
+                    );
+                    return self.refuse_attach(ch, attach, err).await;
+                }
                 let mut session = None;
-                if cfg.requires_session && entity.sub == SubQueue::Main {
+                if sessionful {
                     let wanted = match &filter {
                         None | Some(Value::Null) => None,
                         Some(v) => filter_string(v),

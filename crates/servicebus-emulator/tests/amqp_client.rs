@@ -582,6 +582,86 @@ async fn session_filter_is_answered_and_an_expired_session_lock_detaches_the_lin
     );
 }
 
+/// Service Bus refuses, with `amqp:not-allowed`, a receiver whose kind does not match the
+/// entity: a plain receiver on a queue that requires sessions, and a session receiver on a
+/// queue (or dead-letter queue) without sessions. A refused plain receiver locks nothing.
+#[tokio::test]
+async fn receivers_must_match_whether_the_entity_requires_sessions() {
+    use fe2o3_amqp::types::messaging::{Properties, Source};
+
+    let cfg = EmulatorConfig::new()
+        .with_queue("s", QueueConfig::new().with_requires_session(true))
+        .with_queue("q", QueueConfig::new());
+    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "snd", "s").await.unwrap();
+    let m = Message::builder()
+        .properties(Properties {
+            group_id: Some("g".into()),
+            ..Default::default()
+        })
+        .value("v".to_owned())
+        .build();
+    sender.send(m).await.unwrap().accepted_or("no").unwrap();
+    session.end().await.unwrap();
+
+    // Each refused attach on a session of its own (the client frees a refused link's handle
+    // asynchronously).
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let plain = Receiver::attach(&mut session, "plain", "s").await;
+    let Err(e) = plain else {
+        panic!("a plain receiver on a session queue was attached");
+    };
+    let e = format!("{e:?}");
+    assert!(e.contains("AmqpError(NotAllowed)"), "{e}");
+    assert!(e.contains("requires sessions"), "{e}");
+    let _ = session.end().await;
+
+    for address in ["q", "s/$deadletterqueue"] {
+        let mut session = Session::begin(&mut conn).await.unwrap();
+        let source = Source::builder()
+            .address(address)
+            .add_to_filter_using_legacy_format("com.microsoft:session-filter", Value::Null)
+            .build();
+        let refused = Receiver::builder()
+            .name("sessionful")
+            .source(source)
+            .verify_incoming_source(false)
+            .attach(&mut session)
+            .await;
+        let Err(e) = refused else {
+            panic!("a session receiver on `{address}` was attached");
+        };
+        let e = format!("{e:?}");
+        assert!(e.contains("AmqpError(NotAllowed)"), "{address}: {e}");
+        assert!(e.contains("does not require sessions"), "{address}: {e}");
+        let _ = session.end().await;
+    }
+
+    // The refused plain receiver took no session lock: a session receiver gets `g` at once.
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let source = Source::builder()
+        .address("s")
+        .add_to_filter_using_legacy_format("com.microsoft:session-filter", Value::Null)
+        .build();
+    let mut receiver = Receiver::builder()
+        .name("rcv")
+        .source(source)
+        .verify_incoming_source(false)
+        .attach(&mut session)
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<String>())
+        .await
+        .expect("session g was locked by the refused plain receiver")
+        .unwrap();
+    assert_eq!(d.body(), "v");
+    receiver.accept(&d).await.unwrap();
+}
+
 /// Sends one `$management` request on `session` (fresh links each time) and returns the
 /// response's status code and error condition.
 async fn management(

@@ -111,3 +111,13 @@ async fn asyncio_client_sessions_settlement_and_dead_letter() {
     let cfg = keyed(EmulatorConfig::new().with_queue("orders", q));
     run("async_sessions.py", cfg, None, &["orders"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_that_do_not_match_the_entity_are_refused() {
+    let cfg = keyed(
+        EmulatorConfig::new()
+            .with_queue("events", QueueConfig::new().with_requires_session(true))
+            .with_queue("plain", QueueConfig::new()),
+    );
+    run("receiver_kinds.py", cfg, None, &["events", "plain"]).await;
+}
