@@ -70,6 +70,13 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
                 after,
             };
         }
+        // A broker that attaches a receiver but drops its session filter cannot give a
+        // session either; fe2o3 fails such an attach locally. Retrying will not help.
+        Failure::ConnectionLost(why)
+            if why.contains("DesiredFilterNotSupported") && why.contains(SESSION_FILTER) =>
+        {
+            return QueueError::unsupported(PROVIDER, NO_SESSIONS);
+        }
         Failure::ConnectionLost(why) => {
             return QueueError::Connection {
                 provider: PROVIDER,
@@ -111,6 +118,9 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
         .as_deref()
         .filter(|c| !c.is_empty())
         .unwrap_or_else(by_status);
+    if let Some(refusal) = session_kind_refusal(cond, &description, ctx) {
+        return refusal;
+    }
     match cond {
         "amqp:not-found"
         | "com.microsoft:entity-not-found"
@@ -207,6 +217,32 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
             _ => transient(ctx, cond, &description),
         },
     }
+}
+
+const SESSION_FILTER: &str = "com.microsoft:session-filter";
+
+/// `accept_session` on an entity that does not require sessions.
+const NO_SESSIONS: &str = "accept_session on a queue without sessions";
+
+/// A session-less receive on an entity that requires sessions.
+const SESSIONS_REQUIRED: &str = "receive without a session on a queue that requires sessions";
+
+/// Service Bus refuses a receiver that does not match the entity with `amqp:not-allowed`
+/// on the attach's detach, and a description naming sessions ("... requires sessions to
+/// create a non-sessionful message receiver", "A sessionful message receiver cannot be
+/// created on an entity that does not require sessions"). That is a property of the queue,
+/// not an outage, so it becomes [`QueueError::Unsupported`], which callers (the runtime's
+/// `session_mode = "auto"`) take as "stop asking", never as something to retry.
+fn session_kind_refusal(cond: &str, description: &str, ctx: Ctx<'_>) -> Option<QueueError> {
+    if cond != "amqp:not-allowed" || !description.to_ascii_lowercase().contains("session") {
+        return None;
+    }
+    let operation = match ctx.operation {
+        "accept_session" => NO_SESSIONS,
+        "receive" => SESSIONS_REQUIRED,
+        _ => return None,
+    };
+    Some(QueueError::unsupported(PROVIDER, operation))
 }
 
 fn lock_lost(ctx: Ctx<'_>) -> QueueError {
@@ -378,6 +414,54 @@ mod tests {
                 RetryClass::Transient,
             ),
             (
+                Failure::Condition {
+                    condition: "amqp:not-allowed".into(),
+                    description: "A sessionful message receiver cannot be created on an \
+                                  entity that does not require sessions."
+                        .into(),
+                },
+                Ctx::new("accept_session", "q"),
+                "unsupported",
+                RetryClass::Permanent,
+            ),
+            (
+                Failure::Condition {
+                    condition: "amqp:not-allowed".into(),
+                    description: "It is not possible for an entity that requires sessions \
+                                  to create a non-sessionful message receiver."
+                        .into(),
+                },
+                Ctx::new("receive", "q"),
+                "unsupported",
+                RetryClass::Permanent,
+            ),
+            (
+                Failure::ConnectionLost(
+                    "attach failed: DesiredFilterNotSupported { not_supported: \
+                     [Symbol(\"com.microsoft:session-filter\")] }"
+                        .into(),
+                ),
+                Ctx::new("accept_session", "q"),
+                "unsupported",
+                RetryClass::Permanent,
+            ),
+            // Other refusals stay plain permanent provider errors.
+            (
+                cond("amqp:not-allowed"),
+                Ctx::new("receive", "q"),
+                "provider",
+                RetryClass::Permanent,
+            ),
+            (
+                Failure::Condition {
+                    condition: "amqp:not-allowed".into(),
+                    description: "session state too large".into(),
+                },
+                Ctx::new("set_session_state", "q"),
+                "provider",
+                RetryClass::Permanent,
+            ),
+            (
                 cond("com.microsoft:something-new"),
                 plain,
                 "provider",
@@ -390,6 +474,32 @@ mod tests {
             assert_eq!(e.kind_label(), label, "{text} -> {e}");
             assert_eq!(e.retry_class(), class, "{text} -> {e}");
         }
+    }
+
+    #[test]
+    fn session_kind_refusals_say_what_the_queue_lacks() {
+        let e = map_failure(
+            Failure::Condition {
+                condition: "amqp:not-allowed".into(),
+                description: "entity does not require sessions".into(),
+            },
+            Ctx::new("accept_session", "q"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "accept_session on a queue without sessions is not supported by service-bus"
+        );
+        let e = map_failure(
+            Failure::Condition {
+                condition: "amqp:not-allowed".into(),
+                description: "entity requires sessions".into(),
+            },
+            Ctx::new("receive", "q"),
+        );
+        assert!(
+            e.to_string().contains("queue that requires sessions"),
+            "{e}"
+        );
     }
 
     #[test]
