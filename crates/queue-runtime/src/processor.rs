@@ -1202,7 +1202,12 @@ impl Shared {
                 Err(err) => {
                     self.record_error("accept_session", &err);
                     if matches!(err, QueueError::Unsupported { .. }) {
-                        tracing::error!(error = %err, "provider cannot accept sessions");
+                        if self.settings.session_mode == SessionMode::Auto {
+                            // Expected on a queue without sessions: only this worker stops.
+                            tracing::info!(error = %err, "queue has no sessions; session worker stops");
+                        } else {
+                            tracing::error!(error = %err, "provider cannot accept sessions");
+                        }
                         break;
                     }
                     if self.auto_refused(&err) {
