@@ -78,6 +78,7 @@ async fn python_sends_rust_receives_every_property() {
     assert_eq!(m.body().as_ref(), b"\x00\x9f\x92\x96 from python");
     assert_eq!(m.message_id.as_str(), "py-1");
     assert_eq!(m.message.correlation_id.as_deref(), Some("corr-py"));
+    assert_eq!(m.message.subject.as_deref(), Some("py-subject"));
     assert_eq!(
         m.message.content_type.as_deref(),
         Some("application/x-test")
@@ -101,6 +102,7 @@ async fn rust_sends_python_receives_every_property() {
         .with_message_id(MessageId::new("rs-1").unwrap())
         .with_correlation_id("corr-rs")
         .with_content_type("application/x-rust")
+        .with_subject("pull_request.opened")
         .with_attribute("event", "pull_request")
         .with_attribute("delivery", "42")
         .with_time_to_live(Duration::from_secs(300));
@@ -111,6 +113,7 @@ async fn rust_sends_python_receives_every_property() {
     assert_eq!(v["message_id"], "rs-1");
     assert_eq!(v["correlation_id"], "corr-rs");
     assert_eq!(v["content_type"], "application/x-rust");
+    assert_eq!(v["subject"], "pull_request.opened");
     assert_eq!(v["session_id"], serde_json::Value::Null);
     assert_eq!(
         v["application_properties"],

@@ -53,6 +53,7 @@ def main():
                     message_id="py-1",
                     correlation_id="corr-py",
                     content_type="application/x-test",
+                    subject="py-subject",
                     application_properties={"event": "push", "n": "7"},
                     time_to_live=datetime.timedelta(minutes=10),
                 ))
