@@ -80,16 +80,13 @@ async fn sessions_roll_over_quickly_and_run_concurrently() {
     )
     .await;
     for pr in 0..20 {
-        let sid = SessionId::new(format!("repo#{pr}")).unwrap();
-        for n in 0..3 {
-            provider
-                .send(
-                    &queue,
-                    Message::new(format!("{pr}:{n}")).with_session_id(sid.clone()),
-                )
-                .await
-                .unwrap();
-        }
+        send_to_session(
+            &provider,
+            &queue,
+            &format!("repo#{pr}"),
+            (0..3).map(|n| format!("{pr}:{n}")),
+        )
+        .await;
     }
     let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
     let running = Arc::new(AtomicUsize::new(0));
@@ -113,12 +110,10 @@ async fn sessions_roll_over_quickly_and_run_concurrently() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let run = spawn(
+    let running = start(
         Processor::new(provider.clone(), queue.clone(), handler)
-            .with_settings(fast_settings().with_max_concurrent_sessions(4))
-            .run(shutdown.clone()),
+            .with_settings(fast_settings().with_max_concurrent_sessions(4)),
     );
     assert!(
         wait_until(Duration::from_secs(120), || mem
@@ -128,8 +123,7 @@ async fn sessions_roll_over_quickly_and_run_concurrently() {
         .await
     );
     let took = started.elapsed();
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = running.stop().await;
     assert_eq!(report.completed, 60);
     assert_eq!(report.sessions, 20);
     assert_eq!(
@@ -167,21 +161,14 @@ async fn session_less_messages_run_in_parallel_up_to_the_limit() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
+    let report = run_until_drained(
         Processor::new(provider, queue.clone(), handler)
-            .with_settings(fast_settings().with_max_concurrent_messages(4))
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+            .with_settings(fast_settings().with_max_concurrent_messages(4)),
+        &mem,
+        &queue,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(report.completed, 12);
     assert_eq!(peak.load(Ordering::SeqCst), 4);
 }
@@ -211,21 +198,13 @@ async fn lock_renewal_keeps_a_slow_handler_message_from_redelivery() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
-        Processor::new(provider, queue.clone(), handler)
-            .with_settings(fast_settings())
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(300), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = run_until_drained(
+        Processor::new(provider, queue.clone(), handler).with_settings(fast_settings()),
+        &mem,
+        &queue,
+        Duration::from_secs(300),
+    )
+    .await;
     assert_eq!(report.completed, 2);
     assert_eq!(report.lock_lost, 0);
     assert_eq!(
@@ -266,21 +245,13 @@ async fn a_lost_lock_cancels_the_handler_and_the_message_comes_back() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
-        Processor::new(Arc::new(faulty), queue.clone(), handler)
-            .with_settings(fast_settings())
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(300), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = run_until_drained(
+        Processor::new(Arc::new(faulty), queue.clone(), handler).with_settings(fast_settings()),
+        &mem,
+        &queue,
+        Duration::from_secs(300),
+    )
+    .await;
     assert_eq!(
         cancelled.load(Ordering::SeqCst),
         2,
@@ -308,26 +279,20 @@ async fn max_lock_renewal_cancels_a_handler_that_runs_too_long() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
+    let running = start(
         Processor::new(provider, queue.clone(), handler)
-            .with_settings(fast_settings().with_max_lock_renewal(Duration::from_secs(20)))
-            .run(shutdown.clone()),
+            .with_settings(fast_settings().with_max_lock_renewal(Duration::from_secs(20))),
     );
     assert!(
         wait_until(Duration::from_secs(60), || saw_cancel
             .load(Ordering::SeqCst))
         .await
     );
-    assert!(
-        wait_until(Duration::from_secs(60), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = running
+        .stop_when(Duration::from_secs(60), || {
+            mem.message_count(&queue).unwrap() == 0
+        })
+        .await;
     assert_eq!(report.completed, 1, "settled while the lock still held");
 }
 
@@ -370,21 +335,13 @@ async fn poison_messages_go_to_the_dead_letter_queue_with_reasons() {
             _ => Ok(Outcome::Complete),
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
-        Processor::new(provider.clone(), queue.clone(), handler)
-            .with_settings(fast_settings())
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(120), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = run_until_drained(
+        Processor::new(provider.clone(), queue.clone(), handler).with_settings(fast_settings()),
+        &mem,
+        &queue,
+        Duration::from_secs(120),
+    )
+    .await;
     assert_eq!(report.completed, 1);
     assert_eq!(report.dead_lettered, 4);
     assert_eq!(
@@ -430,21 +387,12 @@ async fn delivery_count_past_the_limit_is_dead_lettered_without_calling_the_hand
         c.fetch_add(1, Ordering::SeqCst);
         async { Ok(Outcome::Complete) }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
-        Processor::new(provider.clone(), queue.clone(), handler)
-            .with_settings(fast_settings())
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || mem
-            .dead_letter_count(&queue)
-            .unwrap()
-            == 1)
-        .await
-    );
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    run_until(
+        Processor::new(provider.clone(), queue.clone(), handler).with_settings(fast_settings()),
+        Duration::from_secs(60),
+        || mem.dead_letter_count(&queue).unwrap() == 1,
+    )
+    .await;
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     let dlq = dead_letters(&provider, &queue).await;
     assert_eq!(
@@ -487,22 +435,15 @@ async fn gate_rejections_are_dead_lettered_and_never_retried() {
         c.fetch_add(1, Ordering::SeqCst);
         async { Ok(Outcome::Complete) }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
+    let report = run_until_drained(
         Processor::new(provider.clone(), queue.clone(), handler)
             .with_settings(fast_settings())
-            .with_gate(Arc::new(DenyUnsigned))
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+            .with_gate(Arc::new(DenyUnsigned)),
+        &mem,
+        &queue,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
@@ -537,21 +478,13 @@ async fn a_panicking_handler_is_contained_and_retried() {
         }
         Ok(Outcome::Complete)
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
-        Processor::new(provider, queue.clone(), handler)
-            .with_settings(fast_settings())
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = run_until_drained(
+        Processor::new(provider, queue.clone(), handler).with_settings(fast_settings()),
+        &mem,
+        &queue,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(report.handler_panics, 2);
     assert_eq!(report.retried, 2);
     assert_eq!(report.completed, 2);
@@ -571,12 +504,8 @@ async fn circuit_breaker_opens_during_an_outage_and_recovers() {
                 .with_open_duration(Duration::from_secs(10)),
         );
     let handler = handler_fn(|_m, _c| async { Ok(Outcome::Complete) });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
-        Processor::new(Arc::new(faulty), queue.clone(), handler)
-            .with_settings(settings)
-            .run(shutdown.clone()),
-    );
+    let running =
+        start(Processor::new(Arc::new(faulty), queue.clone(), handler).with_settings(settings));
     // A 60 s outage: three failures open the circuit; afterwards one trial call per 10 s
     // open period (3 loops: 2 session workers + the receive loop may each probe).
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -595,15 +524,11 @@ async fn circuit_breaker_opens_during_an_outage_and_recovers() {
         .await
         .unwrap();
     inner.send(&queue, Message::new("plain")).await.unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = running
+        .stop_when(Duration::from_secs(60), || {
+            mem.message_count(&queue).unwrap() == 0
+        })
+        .await;
     assert_eq!(report.completed, 2);
 }
 
@@ -615,16 +540,13 @@ async fn shutdown_drains_in_flight_handlers_and_abandons_the_rest() {
     )
     .await;
     for s in 0..2 {
-        let sid = SessionId::new(format!("s{s}")).unwrap();
-        for n in 0..3 {
-            provider
-                .send(
-                    &queue,
-                    Message::new(format!("{s}:{n}")).with_session_id(sid.clone()),
-                )
-                .await
-                .unwrap();
-        }
+        send_to_session(
+            &provider,
+            &queue,
+            &format!("s{s}"),
+            (0..3).map(|n| format!("{s}:{n}")),
+        )
+        .await;
     }
     let started = Arc::new(AtomicU32::new(0));
     let finished = Arc::new(AtomicU32::new(0));
@@ -638,19 +560,13 @@ async fn shutdown_drains_in_flight_handlers_and_abandons_the_rest() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
+    let report = run_until(
         Processor::new(provider.clone(), queue.clone(), handler)
-            .with_settings(fast_settings().with_shutdown_timeout(Duration::from_secs(30)))
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || started.load(Ordering::SeqCst)
-            == 2)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+            .with_settings(fast_settings().with_shutdown_timeout(Duration::from_secs(30))),
+        Duration::from_secs(10),
+        || started.load(Ordering::SeqCst) == 2,
+    )
+    .await;
     assert!(report.drained_in_time);
     assert_eq!(started.load(Ordering::SeqCst), 2);
     assert_eq!(
@@ -701,11 +617,9 @@ async fn shutdown_deadline_cancels_stuck_handlers_and_abandons_their_messages() 
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
+    let running = start(
         Processor::new(provider.clone(), queue.clone(), handler)
-            .with_settings(fast_settings().with_shutdown_timeout(Duration::from_secs(5)))
-            .run(shutdown.clone()),
+            .with_settings(fast_settings().with_shutdown_timeout(Duration::from_secs(5))),
     );
     assert!(
         wait_until(Duration::from_secs(10), || mem
@@ -716,8 +630,7 @@ async fn shutdown_deadline_cancels_stuck_handlers_and_abandons_their_messages() 
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = Instant::now();
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = running.stop().await;
     assert!(
         before.elapsed() <= Duration::from_secs(7),
         "{:?}",
@@ -746,16 +659,13 @@ async fn grouped_provider_keeps_order_when_a_message_is_retried() {
     let provider: SharedQueueProvider = Arc::new(fake.clone());
     let queue = QueueName::new("events.fifo").unwrap();
     for g in 0..3 {
-        let sid = SessionId::new(format!("g{g}")).unwrap();
-        for n in 0..5 {
-            provider
-                .send(
-                    &queue,
-                    Message::new(format!("{g}:{n}")).with_session_id(sid.clone()),
-                )
-                .await
-                .unwrap();
-        }
+        send_to_session(
+            &provider,
+            &queue,
+            &format!("g{g}"),
+            (0..5).map(|n| format!("{g}:{n}")),
+        )
+        .await;
     }
     let calls: Arc<Mutex<Vec<(u32, u32, u32)>>> = Arc::default();
     let c = calls.clone();
@@ -774,15 +684,12 @@ async fn grouped_provider_keeps_order_when_a_message_is_retried() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
-        Processor::new(provider, queue, handler)
-            .with_settings(fast_settings())
-            .run(shutdown.clone()),
-    );
-    assert!(wait_until(Duration::from_secs(60), || fake.message_count() == 0).await);
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = run_until(
+        Processor::new(provider, queue, handler).with_settings(fast_settings()),
+        Duration::from_secs(60),
+        || fake.message_count() == 0,
+    )
+    .await;
     assert_eq!(report.completed, 15);
     assert_eq!(report.retried, 3);
     let calls = calls.lock().unwrap();
@@ -859,16 +766,13 @@ async fn session_mode_picks_which_messages_are_consumed() {
                 Ok(Outcome::Complete)
             }
         });
-        let shutdown = CancellationToken::new();
-        let run = spawn(
+        let running = start(
             Processor::new(provider.clone(), queue.clone(), handler)
-                .with_settings(fast_settings().with_session_mode(mode))
-                .run(shutdown.clone()),
+                .with_settings(fast_settings().with_session_mode(mode)),
         );
         // Long enough for both kinds to be consumed when they are consumed at all.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        shutdown.cancel();
-        let report = run.await.unwrap().unwrap();
+        let report = running.stop().await;
         let mut seen = seen.lock().unwrap().clone();
         seen.sort();
         let expected: Vec<&str> = match mode {

@@ -13,10 +13,11 @@ use std::{
 
 use async_trait::async_trait;
 use queue_memory::InMemoryProvider;
+use queue_runtime::CancellationToken;
 use queue_runtime::{
-    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
-    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
-    SessionSupport, SharedQueueProvider,
+    Capabilities, DeadLetterReason, Message, MessageId, Processor, QueueError, QueueName,
+    QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionId,
+    SessionReceiver, SessionSelector, SessionSupport, SharedQueueProvider, ShutdownReport,
 };
 use tokio::time::Instant;
 
@@ -59,6 +60,71 @@ where
     F::Output: Send + 'static,
 {
     tokio::spawn(fut)
+}
+
+/// A processor running in a task, with the token that shuts it down.
+pub struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<ShutdownReport>>,
+}
+
+/// Spawns `processor.run(..)` with a fresh shutdown token.
+pub fn start(processor: Processor) -> Running {
+    let shutdown = CancellationToken::new();
+    let task = spawn(processor.run(shutdown.clone()));
+    Running { shutdown, task }
+}
+
+impl Running {
+    /// Cancels the processor and returns its shutdown report.
+    pub async fn stop(self) -> ShutdownReport {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap()
+    }
+
+    /// Waits (asserted, polling for at most `limit`) until `done` holds, then [`Self::stop`]s.
+    pub async fn stop_when(self, limit: Duration, done: impl FnMut() -> bool) -> ShutdownReport {
+        assert!(
+            wait_until(limit, done).await,
+            "the condition did not hold within {limit:?}"
+        );
+        self.stop().await
+    }
+}
+
+/// Runs `processor` until `done` holds (asserted, within `limit`) and returns its report.
+pub async fn run_until(
+    processor: Processor,
+    limit: Duration,
+    done: impl FnMut() -> bool,
+) -> ShutdownReport {
+    start(processor).stop_when(limit, done).await
+}
+
+/// [`run_until`] the memory queue `queue` holds no messages.
+pub async fn run_until_drained(
+    processor: Processor,
+    mem: &InMemoryProvider,
+    queue: &QueueName,
+    limit: Duration,
+) -> ShutdownReport {
+    run_until(processor, limit, || mem.message_count(queue).unwrap() == 0).await
+}
+
+/// Sends `bodies`, in order, to `queue` in session `session`.
+pub async fn send_to_session(
+    provider: &SharedQueueProvider,
+    queue: &QueueName,
+    session: &str,
+    bodies: impl IntoIterator<Item = String>,
+) {
+    let sid = SessionId::new(session).unwrap();
+    for body in bodies {
+        provider
+            .send(queue, Message::new(body).with_session_id(sid.clone()))
+            .await
+            .unwrap();
+    }
 }
 
 /// Failure switches for [`Faulty`].
