@@ -188,6 +188,10 @@ pub(crate) struct ReceiverLink {
     pub(crate) name: String,
     /// The link's own AMQP session, ended when the link closes.
     pub(crate) session: tokio::sync::Mutex<Option<SessionHandle<()>>>,
+    /// Deliveries received on this link. fe2o3-amqp keeps each peek-locked one in the
+    /// link's unsettled map until it is settled on the link, which never happens here
+    /// (settlement goes through `$management`), so this is also the size of that map.
+    pub(crate) delivered: AtomicU64,
 }
 
 impl ReceiverLink {
@@ -403,6 +407,7 @@ pub(crate) struct Amqp {
     failures: Mutex<(u32, Option<Instant>)>,
     puts: AtomicU64,
     connects: AtomicU64,
+    receive_attaches: AtomicU64,
 }
 
 impl std::fmt::Debug for Amqp {
@@ -424,12 +429,18 @@ impl Amqp {
             failures: Mutex::new((0, None)),
             puts: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            receive_attaches: AtomicU64::new(0),
         })
     }
 
     /// Tokens put on `$cbs` so far.
     pub(crate) fn token_puts(&self) -> u64 {
         self.puts.load(Ordering::Relaxed)
+    }
+
+    /// Plain (non-session) receive links attached so far.
+    pub(crate) fn receive_attaches(&self) -> u64 {
+        self.receive_attaches.load(Ordering::Relaxed)
     }
 
     /// Connections opened so far.
@@ -750,6 +761,18 @@ impl Amqp {
         }
     }
 
+    /// Retires the shared receiver `link` of `entity`: the next receive attaches a new one.
+    /// The old link is detached in the background; its messages stay locked (detaching
+    /// does not unlock them) and are settled by lock token through `$management`.
+    pub(crate) fn retire_receiver(&self, live: &Live, entity: &str, link: &Arc<ReceiverLink>) {
+        self.drop_receiver(live, entity, link.id);
+        link.closed.store(true, Ordering::Release);
+        let link = link.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { link.close().await });
+        }
+    }
+
     /// Attaches a peek-lock receiver on `entity`; with `session` set, a session receiver
     /// (`Some(None)`: the next available session).
     pub(crate) async fn attach_receiver(
@@ -823,6 +846,7 @@ impl Amqp {
             id: self.next_link.fetch_add(1, Ordering::Relaxed),
             closed: AtomicBool::new(false),
             session_id,
+            delivered: AtomicU64::new(0),
         }))
     }
 
@@ -842,6 +866,7 @@ impl Amqp {
             return Ok((live.clone(), r.clone()));
         }
         let link = self.attach_receiver(&live, entity, None, None).await?;
+        self.receive_attaches.fetch_add(1, Ordering::Relaxed);
         live.receivers
             .lock()
             .unwrap_or_else(|p| p.into_inner())

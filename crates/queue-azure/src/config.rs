@@ -231,6 +231,8 @@ pub struct ServiceBusConfig {
     pub(crate) duplicate_detection: bool,
     pub(crate) reconnect_backoff: Duration,
     pub(crate) max_reconnect_backoff: Duration,
+    /// Deliveries after which a plain receive link is detached and attached again.
+    pub(crate) receive_link_recycle: u64,
 }
 
 impl fmt::Debug for ServiceBusConfig {
@@ -273,6 +275,7 @@ pub struct ServiceBusConfigBuilder {
     max_batch_size: Option<usize>,
     duplicate_detection: bool,
     reconnect_backoff: Option<Duration>,
+    receive_link_recycle: Option<u64>,
     error: Option<String>,
 }
 
@@ -353,6 +356,18 @@ impl ServiceBusConfigBuilder {
         self
     }
 
+    /// Detaches a plain (non-session) receive link and attaches a new one once it has
+    /// delivered `n` messages (default 5000, at least 1). `fe2o3-amqp` remembers every
+    /// peek-locked delivery of a link until it is settled on that link, and settlement here
+    /// goes through `$management`, so only a new link frees that memory. The link is
+    /// recycled when none of its messages is still locked and unsettled, or regardless once
+    /// it has delivered `2 * n` (detaching does not unlock them; they are settled by lock
+    /// token). Session links are never recycled.
+    pub fn with_receive_link_recycle(mut self, n: u64) -> Self {
+        self.receive_link_recycle = Some(n);
+        self
+    }
+
     /// Validates and builds the configuration.
     pub fn build(self) -> Result<ServiceBusConfig> {
         if let Some(e) = self.error {
@@ -415,6 +430,7 @@ impl ServiceBusConfigBuilder {
             duplicate_detection: self.duplicate_detection,
             reconnect_backoff: self.reconnect_backoff.unwrap_or(Duration::from_millis(100)),
             max_reconnect_backoff: Duration::from_secs(30),
+            receive_link_recycle: self.receive_link_recycle.unwrap_or(5000).max(1),
         })
     }
 }

@@ -112,6 +112,8 @@ impl ServiceBusProviderBuilder {
         with_duplicate_detection(on: bool);
         /// See [`ServiceBusConfigBuilder::with_reconnect_backoff`].
         with_reconnect_backoff(d: Duration);
+        /// See [`ServiceBusConfigBuilder::with_receive_link_recycle`].
+        with_receive_link_recycle(n: u64);
     }
 
     /// Validates the configuration. No connection is made until the first call.
@@ -157,6 +159,14 @@ impl ServiceBusProvider {
     /// How many connections were opened so far (1 plus reconnects).
     pub fn connections_opened(&self) -> u64 {
         self.shared.amqp.connects()
+    }
+
+    /// Diagnostics: how many plain (non-session) receive links were attached so far, on
+    /// all queues and dead-letter queues together. Grows by one each time a link is
+    /// recycled (see [`ServiceBusConfigBuilder::with_receive_link_recycle`]) and after
+    /// reconnects.
+    pub fn receive_link_generations(&self) -> u64 {
+        self.shared.amqp.receive_attaches()
     }
 
     /// Closes the connection. Later calls open a new one.
@@ -337,6 +347,12 @@ impl ServiceBusProvider {
                 Err(f) if attempt == 1 && is_connection_loss(&f) => continue,
                 Err(f) => return Err(map_failure(f, ctx)),
             };
+            if self.shared.recycle_due(&link) {
+                // Frees fe2o3-amqp's record of the link's deliveries (see `ReceiverLink`).
+                amqp.retire_receiver(&live, &entity, &link);
+                attempt -= 1;
+                continue;
+            }
             match self.shared.pull(&link, &entity, queue, None, options).await {
                 Ok(v) => return Ok(v),
                 Err(f) => {
@@ -459,6 +475,7 @@ impl Shared {
         d: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
         got: &mut Vec<ReceivedMessage>,
     ) {
+        link.delivered.fetch_add(1, Ordering::Relaxed);
         let m = d.message();
         let Some(token) = lock_token(d.delivery_tag().as_ref(), m) else {
             tracing::warn!(entity, "delivery without a lock token ignored");
@@ -579,6 +596,30 @@ impl Shared {
             .manage(entity, op, body, associated_link)
             .await
             .map_err(|f| map_failure(f, ctx))
+    }
+
+    /// Whether the shared receive `link` should be detached and attached again: it has
+    /// delivered the configured number of messages and none of them is still locked and
+    /// unsettled, or it has delivered twice that number.
+    fn recycle_due(&self, link: &Arc<ReceiverLink>) -> bool {
+        let n = self.amqp.cfg.receive_link_recycle;
+        let delivered = link.delivered.load(Ordering::Relaxed);
+        if delivered < n {
+            return false;
+        }
+        if delivered >= n.saturating_mul(2) {
+            return true;
+        }
+        let now = SystemTime::now();
+        !self
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|e| {
+                std::ptr::eq(e.link.as_ptr(), Arc::as_ptr(link))
+                    && e.locked_until.is_none_or(|u| u > now)
+            })
     }
 
     /// Forgets the locks of a closed session link.

@@ -22,6 +22,11 @@ use crate::{
 };
 
 /// A locked Service Bus session.
+///
+/// Its link is never recycled (it holds the session lock), so fe2o3-amqp's record of the
+/// link's peek-locked deliveries (see `ReceiverLink::delivered`) grows for the receiver's
+/// lifetime: a session receiver is meant to be short-lived (the runtime closes it when the
+/// session goes idle), and closing or dropping it frees that record.
 pub(crate) struct ServiceBusSessionReceiver {
     shared: Arc<Shared>,
     live: Arc<Live>,
