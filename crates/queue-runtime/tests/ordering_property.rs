@@ -14,9 +14,8 @@ use std::{
 use common::*;
 use proptest::prelude::*;
 use queue_runtime::{
-    CancellationToken, HandlerError, Message, Outcome, Processor, ProcessorSettings, QueueName,
-    QueueProvider, QueueSpec, ReceiveOptions, ReceivedMessage, RetrySettings, SessionId,
-    SharedQueueProvider, handler_fn,
+    HandlerError, Outcome, Processor, ProcessorSettings, QueueName, QueueProvider, QueueSpec,
+    ReceiveOptions, ReceivedMessage, RetrySettings, SharedQueueProvider, handler_fn,
 };
 
 /// How a message behaves: fail this many deliveries (by error, panic or retry outcome),
@@ -138,44 +137,26 @@ fn check(
     assert_eq!(dead.len() as u64, want_dead);
 }
 
-async fn run_on_memory(plans: Vec<Vec<Plan>>) {
-    let (mem, provider, queue) =
-        memory("prop", QueueSpec::default().with_max_delivery_count(50)).await;
+/// Sends each key's messages, in order, to session `key-{k}` with bodies `{k}:{n}`.
+async fn send_plans(provider: &SharedQueueProvider, queue: &QueueName, plans: &[Vec<Plan>]) {
     for (k, key_plans) in plans.iter().enumerate() {
-        let sid = SessionId::new(format!("key-{k}")).unwrap();
-        for n in 0..key_plans.len() {
-            provider
-                .send(
-                    &queue,
-                    Message::new(format!("{k}:{n}")).with_session_id(sid.clone()),
-                )
-                .await
-                .unwrap();
-        }
-    }
-    let plans = Arc::new(plans);
-    let calls: Calls = Arc::default();
-    let shutdown = CancellationToken::new();
-    let run = spawn(
-        Processor::new(
-            provider.clone(),
-            queue.clone(),
-            handler(plans.clone(), calls.clone()),
+        send_to_session(
+            provider,
+            queue,
+            &format!("key-{k}"),
+            (0..key_plans.len()).map(|n| format!("{k}:{n}")),
         )
-        .with_settings(settings())
-        .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(600), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
-    let dead: BTreeMap<String, String> = provider
-        .receive_dead_letters(&queue, ReceiveOptions::new(1000, Duration::from_millis(10)))
+        .await;
+    }
+}
+
+/// The memory queue's dead letters: body -> reason.
+async fn memory_dead_letters(
+    provider: &SharedQueueProvider,
+    queue: &QueueName,
+) -> BTreeMap<String, String> {
+    provider
+        .receive_dead_letters(queue, ReceiveOptions::new(1000, Duration::from_millis(10)))
         .await
         .unwrap()
         .into_iter()
@@ -185,7 +166,43 @@ async fn run_on_memory(plans: Vec<Vec<Plan>>) {
                 m.dead_letter.unwrap().reason,
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The bodies the plans dead-letter, each with an empty reason (the grouped fake keeps ids,
+/// not bodies, so the per-message check relies on the handler calls).
+fn expected_dead(plans: &[Vec<Plan>]) -> BTreeMap<String, String> {
+    plans
+        .iter()
+        .enumerate()
+        .flat_map(|(k, ps)| {
+            ps.iter()
+                .enumerate()
+                .filter(|(_, p)| expected(**p).0 == Expect::DeadLettered)
+                .map(move |(n, _)| (format!("{k}:{n}"), String::new()))
+        })
+        .collect()
+}
+
+async fn run_on_memory(plans: Vec<Vec<Plan>>) {
+    let (mem, provider, queue) =
+        memory("prop", QueueSpec::default().with_max_delivery_count(50)).await;
+    send_plans(&provider, &queue, &plans).await;
+    let plans = Arc::new(plans);
+    let calls: Calls = Arc::default();
+    let report = run_until_drained(
+        Processor::new(
+            provider.clone(),
+            queue.clone(),
+            handler(plans.clone(), calls.clone()),
+        )
+        .with_settings(settings()),
+        &mem,
+        &queue,
+        Duration::from_secs(600),
+    )
+    .await;
+    let dead = memory_dead_letters(&provider, &queue).await;
     check(&plans, &calls.lock().unwrap(), &report, &dead);
 }
 
@@ -193,29 +210,16 @@ async fn run_on_grouped(plans: Vec<Vec<Plan>>) {
     let fake = GroupedFake::new(Duration::from_secs(30), 50);
     let provider: SharedQueueProvider = Arc::new(fake.clone());
     let queue = QueueName::new("prop.fifo").unwrap();
-    for (k, key_plans) in plans.iter().enumerate() {
-        let sid = SessionId::new(format!("key-{k}")).unwrap();
-        for n in 0..key_plans.len() {
-            provider
-                .send(
-                    &queue,
-                    Message::new(format!("{k}:{n}")).with_session_id(sid.clone()),
-                )
-                .await
-                .unwrap();
-        }
-    }
+    send_plans(&provider, &queue, &plans).await;
     let plans = Arc::new(plans);
     let calls: Calls = Arc::default();
-    let shutdown = CancellationToken::new();
-    let run = spawn(
+    let report = run_until(
         Processor::new(provider, queue, handler(plans.clone(), calls.clone()))
-            .with_settings(settings())
-            .run(shutdown.clone()),
-    );
-    assert!(wait_until(Duration::from_secs(600), || fake.message_count() == 0).await);
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+            .with_settings(settings()),
+        Duration::from_secs(600),
+        || fake.message_count() == 0,
+    )
+    .await;
     let dead_ids: HashMap<_, _> = fake
         .dead_letters()
         .into_iter()
@@ -224,14 +228,7 @@ async fn run_on_grouped(plans: Vec<Vec<Plan>>) {
     // Map ids back to bodies through the calls' order is not possible; the fake keeps ids, so
     // count them and use the handler calls for the per-message check.
     let calls = calls.lock().unwrap();
-    let mut dead = BTreeMap::new();
-    for (k, key_plans) in plans.iter().enumerate() {
-        for (n, p) in key_plans.iter().enumerate() {
-            if expected(*p).0 == Expect::DeadLettered {
-                dead.insert(format!("{k}:{n}"), String::new());
-            }
-        }
-    }
+    let dead = expected_dead(&plans);
     assert_eq!(dead_ids.len(), dead.len(), "dead letters: {dead_ids:?}");
     check(&plans, &calls, &report, &dead);
 }
@@ -281,88 +278,37 @@ async fn multi_threaded(grouped: bool) {
         .with_session_idle_timeout(Duration::from_millis(30));
     let calls: Calls = Arc::default();
     let plans_arc = Arc::new(plans.clone());
-    let shutdown = CancellationToken::new();
     if grouped {
         let fake = GroupedFake::new(Duration::from_secs(30), 50);
         let provider: SharedQueueProvider = Arc::new(fake.clone());
         let queue = QueueName::new("mt.fifo").unwrap();
-        for (k, key_plans) in plans.iter().enumerate() {
-            let sid = SessionId::new(format!("key-{k}")).unwrap();
-            for n in 0..key_plans.len() {
-                provider
-                    .send(
-                        &queue,
-                        Message::new(format!("{k}:{n}")).with_session_id(sid.clone()),
-                    )
-                    .await
-                    .unwrap();
-            }
-        }
-        let run = tokio::spawn(
-            Processor::new(provider, queue, handler(plans_arc, calls.clone()))
-                .with_settings(fast)
-                .run(shutdown.clone()),
-        );
-        assert!(wait_until(Duration::from_secs(20), || fake.message_count() == 0).await);
-        shutdown.cancel();
-        let report = run.await.unwrap().unwrap();
-        let dead: BTreeMap<String, String> = plans
-            .iter()
-            .enumerate()
-            .flat_map(|(k, ps)| {
-                ps.iter()
-                    .enumerate()
-                    .filter(|(_, p)| expected(**p).0 == Expect::DeadLettered)
-                    .map(move |(n, _)| (format!("{k}:{n}"), String::new()))
-            })
-            .collect();
+        send_plans(&provider, &queue, &plans).await;
+        let report = run_until(
+            Processor::new(provider, queue, handler(plans_arc, calls.clone())).with_settings(fast),
+            Duration::from_secs(20),
+            || fake.message_count() == 0,
+        )
+        .await;
+        let dead = expected_dead(&plans);
         assert_eq!(fake.dead_letters().len(), dead.len());
         check(&plans, &calls.lock().unwrap(), &report, &dead);
     } else {
         let (mem, provider, queue) =
             memory("mt", QueueSpec::default().with_max_delivery_count(50)).await;
-        for (k, key_plans) in plans.iter().enumerate() {
-            let sid = SessionId::new(format!("key-{k}")).unwrap();
-            for n in 0..key_plans.len() {
-                provider
-                    .send(
-                        &queue,
-                        Message::new(format!("{k}:{n}")).with_session_id(sid.clone()),
-                    )
-                    .await
-                    .unwrap();
-            }
-        }
-        let run = tokio::spawn(
+        send_plans(&provider, &queue, &plans).await;
+        let report = run_until_drained(
             Processor::new(
                 provider.clone(),
                 queue.clone(),
                 handler(plans_arc, calls.clone()),
             )
-            .with_settings(fast)
-            .run(shutdown.clone()),
-        );
-        assert!(
-            wait_until(Duration::from_secs(20), || mem
-                .message_count(&queue)
-                .unwrap()
-                == 0)
-            .await
-        );
-        shutdown.cancel();
-        let report = run.await.unwrap().unwrap();
-        let dead: BTreeMap<String, String> = provider
-            .receive_dead_letters(&queue, ReceiveOptions::new(1000, Duration::from_millis(10)))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| {
-                (
-                    String::from_utf8(m.body().to_vec()).unwrap(),
-                    m.dead_letter.unwrap().reason,
-                )
-            })
-            .collect();
+            .with_settings(fast),
+            &mem,
+            &queue,
+            Duration::from_secs(20),
+        )
+        .await;
+        let dead = memory_dead_letters(&provider, &queue).await;
         check(&plans, &calls.lock().unwrap(), &report, &dead);
     }
 }
