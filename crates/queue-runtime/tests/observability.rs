@@ -14,7 +14,7 @@ use metrics::{
     SharedString, Unit,
 };
 use queue_runtime::{
-    CancellationToken, HandlerError, Message, Outcome, Processor, ProcessorSettings, QueueProvider,
+    HandlerError, Message, Outcome, Processor, ProcessorSettings, QueueProvider,
     QueueRuntimeConfig, QueueSpec, RetrySettings, SessionId, json_handler, telemetry,
 };
 
@@ -199,8 +199,7 @@ async fn logs_and_metrics_carry_ids_and_bounded_labels_but_no_bodies_or_secrets(
         }
         Ok(Outcome::Complete)
     });
-    let shutdown = CancellationToken::new();
-    let run = spawn(
+    let report = run_until_drained(
         Processor::new(provider.clone(), queue.clone(), handler)
             .with_gate(Arc::new(RejectFlagged))
             .with_settings(
@@ -210,18 +209,12 @@ async fn logs_and_metrics_carry_ids_and_bounded_labels_but_no_bodies_or_secrets(
                     .with_retry(
                         RetrySettings::default().with_initial_delay(Duration::from_millis(100)),
                     ),
-            )
-            .run(shutdown.clone()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(60), || mem
-            .message_count(&queue)
-            .unwrap()
-            == 0)
-        .await
-    );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+            ),
+        &mem,
+        &queue,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(
         (
             report.completed,
