@@ -14,14 +14,14 @@ use std::{
     time::Duration,
 };
 
-use common::{CapturedLogs, paused_runtime, wait_until};
+use common::{CapturedLogs, paused_runtime, run_until_drained, start, wait_until};
 use metrics::{
     Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
 use queue_runtime::{
-    CancellationToken, Message, MessageGate, MessageId, Outcome, Processor, ProcessorSettings,
-    QueueName, QueueProvider, QueueSpec, ReceiveOptions, ReceivedMessage, RetrySettings, SessionId,
-    SharedQueueProvider, ShutdownReport, handler_fn,
+    Message, MessageGate, MessageId, Outcome, Processor, ProcessorSettings, QueueName,
+    QueueProvider, QueueSpec, ReceiveOptions, ReceivedMessage, RetrySettings, SessionId,
+    SharedQueueProvider, handler_fn,
     memory::InMemoryProvider,
     security::{
         KeyRing, MessageSigner, SIGNATURE_ATTRIBUTE, SignatureGate, Signing, UnsignedPolicy,
@@ -319,18 +319,6 @@ fn id(s: &str) -> MessageId {
     MessageId::new(s).unwrap()
 }
 
-/// Starts `processor` and returns the shutdown token and its task.
-fn start(
-    processor: Processor,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<queue_runtime::Result<ShutdownReport>>,
-) {
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(processor.run(shutdown.clone()));
-    (shutdown, task)
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. Signed messages pass; attacks are dead-lettered with their reason, once, and counted.
 
@@ -350,7 +338,7 @@ fn signed_messages_pass_and_attacks_are_dead_lettered_once_with_their_reason() {
         let debug = format!("{processor:?} {gate:?} {:?} {:?}", env.producer, env.ring);
         assert_no_secrets("Debug of the processor, gate, signer and ring", &debug);
         assert!(debug.contains("SignatureGate"), "{debug}");
-        let (shutdown, task) = start(processor);
+        let running = start(processor);
 
         // Legitimate traffic: one plain message, one the handler retries an hour later.
         let ok = Message::new(format!("ok {BODY_CANARY}")).with_message_id(id("ok-1"));
@@ -449,16 +437,11 @@ fn signed_messages_pass_and_attacks_are_dead_lettered_once_with_their_reason() {
                 == 5)
             .await
         );
-        assert!(
-            wait_until(Duration::from_secs(5), || env
-                .mem
-                .message_count(&env.queue)
-                .unwrap()
-                == 0)
-            .await
-        );
-        shutdown.cancel();
-        let report = task.await.unwrap().unwrap();
+        let report = running
+            .stop_when(Duration::from_secs(5), || {
+                env.mem.message_count(&env.queue).unwrap() == 0
+            })
+            .await;
 
         // The handler saw exactly one more message (the replay original), never an attack.
         let seen = seen_ids(&log);
@@ -607,17 +590,8 @@ fn session_messages_are_verified_through_accept_session() {
             "plain receive handed out session messages"
         );
 
-        let (shutdown, task) = start(processor);
-        assert!(
-            wait_until(Duration::from_secs(60), || env
-                .mem
-                .message_count(&env.queue)
-                .unwrap()
-                == 0)
-            .await
-        );
-        shutdown.cancel();
-        let report = task.await.unwrap().unwrap();
+        let report =
+            run_until_drained(processor, &env.mem, &env.queue, Duration::from_secs(60)).await;
         assert_eq!((report.completed, report.rejected), (6, 2), "{report:?}");
         assert!(report.sessions >= 2, "{report:?}");
 
@@ -693,7 +667,7 @@ fn allow_with_warning_lets_unsigned_messages_through_with_a_bodyless_warning() {
         )
         .with_gate(gate.clone() as Arc<dyn MessageGate>)
         .with_settings(settings());
-        let (shutdown, task) = start(processor);
+        let running = start(processor);
         env.raw
             .send(
                 &env.queue,
@@ -713,16 +687,11 @@ fn allow_with_warning_lets_unsigned_messages_through_with_a_bodyless_warning() {
         env.signer().sign(&env.queue, &mut forged).unwrap();
         forged.body = "forged".into();
         env.raw.send(&env.queue, forged).await.unwrap();
-        assert!(
-            wait_until(Duration::from_secs(60), || env
-                .mem
-                .message_count(&env.queue)
-                .unwrap()
-                == 0)
-            .await
-        );
-        shutdown.cancel();
-        let report = task.await.unwrap().unwrap();
+        let report = running
+            .stop_when(Duration::from_secs(60), || {
+                env.mem.message_count(&env.queue).unwrap() == 0
+            })
+            .await;
         assert_eq!((report.completed, report.rejected), (2, 1), "{report:?}");
         let mut seen = seen_ids(&log);
         seen.sort();
@@ -870,17 +839,8 @@ fn github_webhooks_become_ordered_deduplicated_verified_messages() {
         )
         .with_gate(env.gate(UnsignedPolicy::Reject))
         .with_settings(settings());
-        let (shutdown, task) = start(processor);
-        assert!(
-            wait_until(Duration::from_secs(60), || env
-                .mem
-                .message_count(&env.queue)
-                .unwrap()
-                == 0)
-            .await
-        );
-        shutdown.cancel();
-        let report = task.await.unwrap().unwrap();
+        let report =
+            run_until_drained(processor, &env.mem, &env.queue, Duration::from_secs(60)).await;
         assert_eq!(
             (report.completed, report.rejected, report.dead_lettered),
             (6, 0, 0),
