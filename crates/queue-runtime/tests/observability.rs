@@ -152,12 +152,7 @@ impl queue_runtime::MessageGate for RejectFlagged {
 async fn logs_and_metrics_carry_ids_and_bounded_labels_but_no_bodies_or_secrets() {
     let captured = recorder();
     let logs = CapturedLogs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
-        .with_ansi(false)
-        .finish();
+    let subscriber = logs.subscriber();
     let _guard = tracing::subscriber::set_default(subscriber);
 
     // A configuration holding a secret, logged the way an application would.

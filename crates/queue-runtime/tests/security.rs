@@ -134,12 +134,7 @@ fn captured<F: Future<Output = ()>>(test: impl FnOnce() -> F) -> Captured {
     let logs = CapturedLogs::default();
     let counters = Arc::new(Counters::default());
     let recorder = CountingRecorder(counters.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
-        .with_ansi(false)
-        .finish();
+    let subscriber = logs.subscriber();
     let rt = paused_runtime();
     tracing::subscriber::with_default(subscriber, || {
         metrics::with_local_recorder(&recorder, || rt.block_on(test()))

@@ -534,6 +534,16 @@ impl QueueProvider for GroupedFake {
 pub struct CapturedLogs(pub Arc<Mutex<Vec<u8>>>);
 
 impl CapturedLogs {
+    /// A TRACE `fmt` subscriber (with span events, without colours) writing into these logs.
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
+            .with_ansi(false)
+            .finish()
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
