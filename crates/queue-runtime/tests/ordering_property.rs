@@ -184,9 +184,16 @@ fn expected_dead(plans: &[Vec<Plan>]) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn run_on_memory(plans: Vec<Vec<Plan>>) {
+/// Sends `plans` to the memory queue `name`, runs a processor until the queue is drained
+/// (within `limit`) and checks order and exactly-once settlement.
+async fn check_on_memory(
+    name: &str,
+    plans: Vec<Vec<Plan>>,
+    settings: ProcessorSettings,
+    limit: Duration,
+) {
     let (mem, provider, queue) =
-        memory("prop", QueueSpec::default().with_max_delivery_count(50)).await;
+        memory(name, QueueSpec::default().with_max_delivery_count(50)).await;
     send_plans(&provider, &queue, &plans).await;
     let plans = Arc::new(plans);
     let calls: Calls = Arc::default();
@@ -196,27 +203,33 @@ async fn run_on_memory(plans: Vec<Vec<Plan>>) {
             queue.clone(),
             handler(plans.clone(), calls.clone()),
         )
-        .with_settings(settings()),
+        .with_settings(settings),
         &mem,
         &queue,
-        Duration::from_secs(600),
+        limit,
     )
     .await;
     let dead = memory_dead_letters(&provider, &queue).await;
     check(&plans, &calls.lock().unwrap(), &report, &dead);
 }
 
-async fn run_on_grouped(plans: Vec<Vec<Plan>>) {
+/// The same on the grouped fake's queue `name`.
+async fn check_on_grouped(
+    name: &str,
+    plans: Vec<Vec<Plan>>,
+    settings: ProcessorSettings,
+    limit: Duration,
+) {
     let fake = GroupedFake::new(Duration::from_secs(30), 50);
     let provider: SharedQueueProvider = Arc::new(fake.clone());
-    let queue = QueueName::new("prop.fifo").unwrap();
+    let queue = QueueName::new(name).unwrap();
     send_plans(&provider, &queue, &plans).await;
     let plans = Arc::new(plans);
     let calls: Calls = Arc::default();
     let report = run_until(
         Processor::new(provider, queue, handler(plans.clone(), calls.clone()))
-            .with_settings(settings()),
-        Duration::from_secs(600),
+            .with_settings(settings),
+        limit,
         || fake.message_count() == 0,
     )
     .await;
@@ -238,12 +251,12 @@ proptest! {
 
     #[test]
     fn per_key_order_and_exactly_once_on_sessions(plans in workload()) {
-        paused_runtime().block_on(run_on_memory(plans));
+        paused_runtime().block_on(check_on_memory("prop", plans, settings(), Duration::from_secs(600)));
     }
 
     #[test]
     fn per_key_order_and_exactly_once_on_groups(plans in workload()) {
-        paused_runtime().block_on(run_on_grouped(plans));
+        paused_runtime().block_on(check_on_grouped("prop.fifo", plans, settings(), Duration::from_secs(600)));
     }
 }
 
@@ -276,40 +289,10 @@ async fn multi_threaded(grouped: bool) {
     let fast = fast
         .with_receive_wait(Duration::from_millis(50))
         .with_session_idle_timeout(Duration::from_millis(30));
-    let calls: Calls = Arc::default();
-    let plans_arc = Arc::new(plans.clone());
     if grouped {
-        let fake = GroupedFake::new(Duration::from_secs(30), 50);
-        let provider: SharedQueueProvider = Arc::new(fake.clone());
-        let queue = QueueName::new("mt.fifo").unwrap();
-        send_plans(&provider, &queue, &plans).await;
-        let report = run_until(
-            Processor::new(provider, queue, handler(plans_arc, calls.clone())).with_settings(fast),
-            Duration::from_secs(20),
-            || fake.message_count() == 0,
-        )
-        .await;
-        let dead = expected_dead(&plans);
-        assert_eq!(fake.dead_letters().len(), dead.len());
-        check(&plans, &calls.lock().unwrap(), &report, &dead);
+        check_on_grouped("mt.fifo", plans, fast, Duration::from_secs(20)).await;
     } else {
-        let (mem, provider, queue) =
-            memory("mt", QueueSpec::default().with_max_delivery_count(50)).await;
-        send_plans(&provider, &queue, &plans).await;
-        let report = run_until_drained(
-            Processor::new(
-                provider.clone(),
-                queue.clone(),
-                handler(plans_arc, calls.clone()),
-            )
-            .with_settings(fast),
-            &mem,
-            &queue,
-            Duration::from_secs(20),
-        )
-        .await;
-        let dead = memory_dead_letters(&provider, &queue).await;
-        check(&plans, &calls.lock().unwrap(), &report, &dead);
+        check_on_memory("mt", plans, fast, Duration::from_secs(20)).await;
     }
 }
 
