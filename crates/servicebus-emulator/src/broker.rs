@@ -530,14 +530,7 @@ impl Broker {
                 merge_props(&mut e, properties);
                 e.delivery_count += 1;
                 if e.delivery_count >= max && r.entity.sub == SubQueue::Main {
-                    dead_letter_entry(
-                        q,
-                        e,
-                        Some("MaxDeliveryCountExceeded".into()),
-                        Some(format!(
-                            "Message could not be consumed after {max} delivery attempts."
-                        )),
-                    );
+                    dead_letter_exhausted(q, e, max);
                 } else {
                     q.store(r.entity.sub).entries.insert(e.seq, e);
                 }
@@ -876,6 +869,28 @@ fn dead_letter_entry(
     q.dlq.entries.insert(e.seq, e);
 }
 
+/// Dead-letters a message whose deliveries reached the queue's max delivery count, with
+/// the reason Service Bus uses.
+fn dead_letter_exhausted(q: &mut QueueState, e: Entry, max: u32) {
+    dead_letter_entry(
+        q,
+        e,
+        Some("MaxDeliveryCountExceeded".into()),
+        Some(format!(
+            "Message could not be consumed after {max} delivery attempts."
+        )),
+    );
+}
+
+/// [`dead_letter_exhausted`] for each of `seqs` still in the main queue.
+fn dead_letter_all_exhausted(q: &mut QueueState, seqs: Vec<i64>, max: u32) {
+    for seq in seqs {
+        if let Some(e) = q.main.entries.remove(&seq) {
+            dead_letter_exhausted(q, e, max);
+        }
+    }
+}
+
 /// Drops a session's lock and the locks of its unsettled messages, which come back with
 /// their delivery count raised (and go to the dead-letter queue when it is exhausted).
 fn release_session(q: &mut QueueState, locks: &mut HashMap<Uuid, LockRef>, sid: &str) {
@@ -896,18 +911,7 @@ fn release_session(q: &mut QueueState, locks: &mut HashMap<Uuid, LockRef>, sid: 
             }
         }
     }
-    for seq in to_dlq {
-        if let Some(e) = q.main.entries.remove(&seq) {
-            dead_letter_entry(
-                q,
-                e,
-                Some("MaxDeliveryCountExceeded".into()),
-                Some(format!(
-                    "Message could not be consumed after {max} delivery attempts."
-                )),
-            );
-        }
-    }
+    dead_letter_all_exhausted(q, to_dlq, max);
 }
 
 /// Applies lock expiry, max-delivery dead-lettering and TTL expiry. Returns whether
@@ -935,18 +939,7 @@ fn sweep(st: &mut State, now: Instant) -> bool {
                 }
             }
         }
-        for seq in to_dlq {
-            if let Some(e) = q.main.entries.remove(&seq) {
-                dead_letter_entry(
-                    q,
-                    e,
-                    Some("MaxDeliveryCountExceeded".into()),
-                    Some(format!(
-                        "Message could not be consumed after {max} delivery attempts."
-                    )),
-                );
-            }
-        }
+        dead_letter_all_exhausted(q, to_dlq, max);
         // TTL: unlocked expired messages are dropped.
         let before = q.main.entries.len();
         q.main
