@@ -5,8 +5,11 @@ use std::{collections::HashSet, time::Duration};
 
 use fe2o3_amqp::{
     Connection, Receiver, Sender, Session,
+    connection::ConnectionHandle,
+    link::{ReceiverAttachError, delivery::Sendable},
+    session::SessionHandle,
     types::{
-        messaging::{Message, annotations::OwnedKey},
+        messaging::{Message, SerializableBody, annotations::OwnedKey},
         primitives::{Symbol, Value},
     },
 };
@@ -25,9 +28,46 @@ async fn start(key: bool) -> Emulator {
     if key {
         cfg = cfg.with_key(POLICY, KEY);
     }
+    start_with(cfg).await
+}
+
+/// Starts an emulator with `cfg` on a free loopback port.
+async fn start_with(cfg: EmulatorConfig) -> Emulator {
     Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
+}
+
+/// Opens an anonymous connection named `name` to `emu` and begins a session on it.
+async fn connect(emu: &Emulator, name: &str) -> (ConnectionHandle<()>, SessionHandle<()>) {
+    let mut conn = Connection::open(name, &url(emu, None)[..]).await.unwrap();
+    let session = Session::begin(&mut conn).await.unwrap();
+    (conn, session)
+}
+
+/// Sends `msg` and requires the emulator to accept it.
+async fn send_ok<T: SerializableBody>(sender: &mut Sender, msg: impl Into<Sendable<T>>) {
+    sender
+        .send(msg)
+        .await
+        .unwrap()
+        .accepted_or("not accepted")
+        .unwrap();
+}
+
+/// A queue that requires sessions, with session locks of `lock`.
+fn session_queue(lock: Duration) -> QueueConfig {
+    QueueConfig::new()
+        .with_requires_session(true)
+        .with_lock_duration(lock)
+}
+
+/// The main sub-queue of `queue`.
+fn main_queue(queue: &str) -> EntityRef {
+    EntityRef {
+        queue: queue.into(),
+        sub: SubQueue::Main,
+    }
 }
 
 fn url(emu: &Emulator, creds: Option<(&str, &str)>) -> String {
@@ -41,10 +81,7 @@ fn url(emu: &Emulator, creds: Option<(&str, &str)>) -> String {
 async fn entities_need_authorization_when_a_key_is_configured() {
     let emu = start(true).await;
     // No SASL and no $cbs token: attaching to a queue is refused.
-    let mut conn = Connection::open("anon", &url(&emu, None)[..])
-        .await
-        .unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (mut conn, mut session) = connect(&emu, "anon").await;
     assert!(Sender::attach(&mut session, "s", "q").await.is_err());
     let _ = session.end().await;
     let _ = conn.close().await;
@@ -62,35 +99,21 @@ async fn entities_need_authorization_when_a_key_is_configured() {
         .unwrap();
     let mut session = Session::begin(&mut conn).await.unwrap();
     let mut sender = Sender::attach(&mut session, "s", "q").await.unwrap();
-    sender
-        .send("hello")
-        .await
-        .unwrap()
-        .accepted_or("not accepted")
-        .unwrap();
+    send_ok(&mut sender, "hello").await;
     sender.close().await.unwrap();
     session.end().await.unwrap();
     conn.close().await.unwrap();
-    let q = EntityRef {
-        queue: "q".into(),
-        sub: SubQueue::Main,
-    };
+    let q = main_queue("q");
     assert_eq!(emu.broker().count(&q), 1);
 }
 
 #[tokio::test]
 async fn lock_token_is_the_delivery_tag_and_addresses_may_be_uris() {
     let emu = start(false).await;
-    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (mut conn, mut session) = connect(&emu, "c").await;
     let full = format!("amqp://{}/q", emu.local_addr());
     let mut sender = Sender::attach(&mut session, "s", &full[..]).await.unwrap();
-    sender
-        .send("one")
-        .await
-        .unwrap()
-        .accepted_or("not accepted")
-        .unwrap();
+    send_ok(&mut sender, "one").await;
     let mut receiver = Receiver::attach(&mut session, "r", "q").await.unwrap();
     let d = receiver.recv::<Value>().await.unwrap();
     let tag = d.delivery_tag().as_ref().to_vec();
@@ -158,12 +181,7 @@ async fn many_connections_and_links_at_once() {
                 .await
                 .unwrap();
             for i in 0..PER_SENDER {
-                sender
-                    .send(format!("{s}-{i}"))
-                    .await
-                    .unwrap()
-                    .accepted_or("not accepted")
-                    .unwrap();
+                send_ok(&mut sender, format!("{s}-{i}")).await;
             }
             sender.close().await.unwrap();
             session.end().await.unwrap();
@@ -206,10 +224,7 @@ async fn many_connections_and_links_at_once() {
         r.await.unwrap();
     }
     assert_eq!(seen.len(), SENDERS * PER_SENDER);
-    let q = EntityRef {
-        queue: "q".into(),
-        sub: SubQueue::Main,
-    };
+    let q = main_queue("q");
     assert_eq!(emu.broker().count(&q), 0, "accepted messages left behind");
 }
 
@@ -227,12 +242,7 @@ async fn keeps_an_idle_connection_alive_for_a_client_with_an_idle_timeout() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut session = Session::begin(&mut conn).await.unwrap();
     let mut sender = Sender::attach(&mut session, "s", "q").await.unwrap();
-    sender
-        .send("still here")
-        .await
-        .unwrap()
-        .accepted_or("not accepted")
-        .unwrap();
+    send_ok(&mut sender, "still here").await;
     sender.close().await.unwrap();
     session.end().await.unwrap();
     conn.close().await.unwrap();
@@ -241,15 +251,9 @@ async fn keeps_an_idle_connection_alive_for_a_client_with_an_idle_timeout() {
 #[tokio::test]
 async fn dropping_the_emulator_closes_its_connections() {
     let emu = start(false).await;
-    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (_conn, mut session) = connect(&emu, "c").await;
     let mut sender = Sender::attach(&mut session, "s", "q").await.unwrap();
-    sender
-        .send("before")
-        .await
-        .unwrap()
-        .accepted_or("no")
-        .unwrap();
+    send_ok(&mut sender, "before").await;
     let addr = emu.local_addr();
     drop(emu);
     let after = tokio::time::timeout(Duration::from_secs(2), sender.send("after")).await;
@@ -279,12 +283,7 @@ async fn large_messages_are_split_and_reassembled() {
     let body: String = (0..600_000)
         .map(|i| (b'a' + (i % 26) as u8) as char)
         .collect();
-    sender
-        .send(body.clone())
-        .await
-        .unwrap()
-        .accepted_or("not accepted")
-        .unwrap();
+    send_ok(&mut sender, body.clone()).await;
     let mut receiver = Receiver::attach(&mut session, "r", "q").await.unwrap();
     let d = receiver.recv::<String>().await.unwrap();
     assert_eq!(d.body().len(), body.len());
@@ -301,7 +300,7 @@ mod raw {
     use fe2o3_amqp::types::{
         definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode},
         messaging::{Source, Target},
-        performatives::{Attach, Begin, Open, Performative, Transfer},
+        performatives::{Attach, Begin, Disposition, Open, Performative, Transfer},
     };
     use serde::Serialize;
     use tokio::{
@@ -435,6 +434,21 @@ mod raw {
         s
     }
 
+    /// Writes one transfer frame on handle 0 carrying `payload` (see [`transfer`]).
+    pub(crate) async fn write_transfer(s: &mut TcpStream, first: bool, more: bool, payload: &[u8]) {
+        s.write_all(&frame(&transfer(first, more), payload))
+            .await
+            .unwrap();
+    }
+
+    /// Reads the next performative and requires it to be a disposition.
+    pub(crate) async fn disposition(s: &mut TcpStream) -> Disposition {
+        let Performative::Disposition(d) = read(s).await else {
+            panic!("expected a disposition")
+        };
+        d
+    }
+
     pub(crate) fn transfer(first: bool, more: bool) -> Transfer {
         Transfer {
             handle: Handle(0),
@@ -457,9 +471,7 @@ async fn messages_over_the_advertised_size_are_refused() {
     use fe2o3_amqp::types::{
         definitions::{ErrorCondition, LinkError},
         messaging::DeliveryState,
-        performatives::Performative,
     };
-    use tokio::io::AsyncWriteExt;
 
     let emu = start(false).await;
     let mut s = raw::sender(emu.local_addr(), "q").await;
@@ -467,12 +479,9 @@ async fn messages_over_the_advertised_size_are_refused() {
     let chunk = vec![0x41u8; 60_000];
     let frames = 19;
     for i in 0..frames {
-        let t = raw::transfer(i == 0, i + 1 < frames);
-        s.write_all(&raw::frame(&t, &chunk)).await.unwrap();
+        raw::write_transfer(&mut s, i == 0, i + 1 < frames, &chunk).await;
     }
-    let Performative::Disposition(d) = raw::read(&mut s).await else {
-        panic!("expected a disposition")
-    };
+    let d = raw::disposition(&mut s).await;
     assert!(d.settled);
     let Some(DeliveryState::Rejected(r)) = d.state else {
         panic!("oversize message was not rejected: {:?}", d.state)
@@ -485,10 +494,7 @@ async fn messages_over_the_advertised_size_are_refused() {
         ),
         "{cond:?}"
     );
-    let q = EntityRef {
-        queue: "q".into(),
-        sub: SubQueue::Main,
-    };
+    let q = main_queue("q");
     assert_eq!(emu.broker().count(&q), 0);
 }
 
@@ -497,19 +503,12 @@ async fn undecodable_messages_are_rejected_with_a_reason() {
     use fe2o3_amqp::types::{
         definitions::{AmqpError, ErrorCondition},
         messaging::DeliveryState,
-        performatives::Performative,
     };
-    use tokio::io::AsyncWriteExt;
 
     let emu = start(false).await;
     let mut s = raw::sender(emu.local_addr(), "q").await;
-    let t = raw::transfer(true, false);
-    s.write_all(&raw::frame(&t, b"\x00\x53\x77\xa1\xffnot amqp"))
-        .await
-        .unwrap();
-    let Performative::Disposition(d) = raw::read(&mut s).await else {
-        panic!("expected a disposition")
-    };
+    raw::write_transfer(&mut s, true, false, b"\x00\x53\x77\xa1\xffnot amqp").await;
+    let d = raw::disposition(&mut s).await;
     let Some(DeliveryState::Rejected(r)) = d.state else {
         panic!("garbage was not rejected: {:?}", d.state)
     };
@@ -527,40 +526,15 @@ async fn undecodable_messages_are_rejected_with_a_reason() {
 
 #[tokio::test]
 async fn session_filter_is_answered_and_an_expired_session_lock_detaches_the_link() {
-    use fe2o3_amqp::types::messaging::{Properties, Source};
-
-    let cfg = EmulatorConfig::new().with_queue(
-        "s",
-        QueueConfig::new()
-            .with_requires_session(true)
-            .with_lock_duration(Duration::from_secs(1)),
-    );
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let cfg = EmulatorConfig::new().with_queue("s", session_queue(Duration::from_secs(1)));
+    let emu = start_with(cfg).await;
+    let (_conn, mut session) = connect(&emu, "c").await;
     let mut sender = Sender::attach(&mut session, "snd", "s").await.unwrap();
     for (sid, body) in [("first", "f0"), ("second", "s0")] {
-        let m = Message::builder()
-            .properties(Properties {
-                group_id: Some(sid.into()),
-                ..Default::default()
-            })
-            .value(body.to_owned())
-            .build();
-        sender.send(m).await.unwrap().accepted_or("no").unwrap();
+        send_ok(&mut sender, grouped(sid, body)).await;
     }
     // A null session filter asks for the next available session; the answer names it.
-    let source = Source::builder()
-        .address("s")
-        .add_to_filter_using_legacy_format("com.microsoft:session-filter", Value::Null)
-        .build();
-    let mut receiver = Receiver::builder()
-        .name("rcv")
-        .source(source)
-        .verify_incoming_source(false)
-        .attach(&mut session)
+    let mut receiver = try_session_receiver(&mut session, "rcv", "s", Value::Null)
         .await
         .unwrap();
     let filter = receiver
@@ -587,25 +561,13 @@ async fn session_filter_is_answered_and_an_expired_session_lock_detaches_the_lin
 /// queue (or dead-letter queue) without sessions. A refused plain receiver locks nothing.
 #[tokio::test]
 async fn receivers_must_match_whether_the_entity_requires_sessions() {
-    use fe2o3_amqp::types::messaging::{Properties, Source};
-
     let cfg = EmulatorConfig::new()
         .with_queue("s", QueueConfig::new().with_requires_session(true))
         .with_queue("q", QueueConfig::new());
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let emu = start_with(cfg).await;
+    let (mut conn, mut session) = connect(&emu, "c").await;
     let mut sender = Sender::attach(&mut session, "snd", "s").await.unwrap();
-    let m = Message::builder()
-        .properties(Properties {
-            group_id: Some("g".into()),
-            ..Default::default()
-        })
-        .value("v".to_owned())
-        .build();
-    sender.send(m).await.unwrap().accepted_or("no").unwrap();
+    send_ok(&mut sender, grouped("g", "v")).await;
     session.end().await.unwrap();
 
     // Each refused attach on a session of its own (the client frees a refused link's handle
@@ -622,16 +584,7 @@ async fn receivers_must_match_whether_the_entity_requires_sessions() {
 
     for address in ["q", "s/$deadletterqueue"] {
         let mut session = Session::begin(&mut conn).await.unwrap();
-        let source = Source::builder()
-            .address(address)
-            .add_to_filter_using_legacy_format("com.microsoft:session-filter", Value::Null)
-            .build();
-        let refused = Receiver::builder()
-            .name("sessionful")
-            .source(source)
-            .verify_incoming_source(false)
-            .attach(&mut session)
-            .await;
+        let refused = try_session_receiver(&mut session, "sessionful", address, Value::Null).await;
         let Err(e) = refused else {
             panic!("a session receiver on `{address}` was attached");
         };
@@ -643,15 +596,7 @@ async fn receivers_must_match_whether_the_entity_requires_sessions() {
 
     // The refused plain receiver took no session lock: a session receiver gets `g` at once.
     let mut session = Session::begin(&mut conn).await.unwrap();
-    let source = Source::builder()
-        .address("s")
-        .add_to_filter_using_legacy_format("com.microsoft:session-filter", Value::Null)
-        .build();
-    let mut receiver = Receiver::builder()
-        .name("rcv")
-        .source(source)
-        .verify_incoming_source(false)
-        .attach(&mut session)
+    let mut receiver = try_session_receiver(&mut session, "rcv", "s", Value::Null)
         .await
         .unwrap();
     let d = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<String>())
@@ -665,7 +610,7 @@ async fn receivers_must_match_whether_the_entity_requires_sessions() {
 /// Sends one `$management` request on `session` (fresh links each time) and returns the
 /// response's status code and error condition.
 async fn management(
-    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    session: &mut SessionHandle<()>,
     queue: &str,
     op: &str,
     body: Vec<(&str, Value)>,
@@ -705,12 +650,7 @@ async fn management(
         .application_properties(props.build())
         .value(Value::Map(map))
         .build();
-    sender
-        .send(req)
-        .await
-        .unwrap()
-        .accepted_or("refused")
-        .unwrap();
+    send_ok(&mut sender, req).await;
     let resp = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Value>())
         .await
         .expect("management answers")
@@ -741,17 +681,27 @@ fn grouped(sid: &str, body: &str) -> Message<fe2o3_amqp::types::messaging::AmqpV
 }
 
 async fn session_receiver(
-    session: &mut fe2o3_amqp::session::SessionHandle<()>,
+    session: &mut SessionHandle<()>,
     name: &str,
     queue: &str,
     sid: &str,
 ) -> Receiver {
+    try_session_receiver(session, name, queue, Value::String(sid.into()))
+        .await
+        .unwrap()
+}
+
+/// Attaches a receiver named `name` to `queue` with session filter `filter` (a session id,
+/// or `Value::Null` for the next available session).
+async fn try_session_receiver(
+    session: &mut SessionHandle<()>,
+    name: &str,
+    queue: &str,
+    filter: Value,
+) -> Result<Receiver, ReceiverAttachError> {
     let source = fe2o3_amqp::types::messaging::Source::builder()
         .address(queue)
-        .add_to_filter_using_legacy_format(
-            "com.microsoft:session-filter",
-            Value::String(sid.into()),
-        )
+        .add_to_filter_using_legacy_format("com.microsoft:session-filter", filter)
         .build();
     Receiver::builder()
         .name(name)
@@ -759,31 +709,15 @@ async fn session_receiver(
         .verify_incoming_source(false)
         .attach(session)
         .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_operations_belong_to_the_receiver_holding_the_session() {
-    let cfg = EmulatorConfig::new().with_queue(
-        "s",
-        QueueConfig::new()
-            .with_requires_session(true)
-            .with_lock_duration(Duration::from_secs(2)),
-    );
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut owner_conn = Connection::open("owner", &url(&emu, None)[..])
-        .await
-        .unwrap();
-    let mut owner = Session::begin(&mut owner_conn).await.unwrap();
+    let cfg = EmulatorConfig::new().with_queue("s", session_queue(Duration::from_secs(2)));
+    let emu = start_with(cfg).await;
+    let (_owner_conn, mut owner) = connect(&emu, "owner").await;
     let mut sender = Sender::attach(&mut owner, "snd", "s").await.unwrap();
-    sender
-        .send(grouped("s1", "a"))
-        .await
-        .unwrap()
-        .accepted_or("no")
-        .unwrap();
+    send_ok(&mut sender, grouped("s1", "a")).await;
     let _held = session_receiver(&mut owner, "holder", "s", "s1").await;
     let sid = || vec![("session-id", Value::String("s1".into()))];
     let lost = Some("com.microsoft:session-lock-lost".to_owned());
@@ -811,10 +745,7 @@ async fn session_operations_belong_to_the_receiver_holding_the_session() {
     assert_eq!(got, (200, None));
 
     // Another connection, or a link name that is not the holder, does not own the session.
-    let mut other_conn = Connection::open("other", &url(&emu, None)[..])
-        .await
-        .unwrap();
-    let mut other = Session::begin(&mut other_conn).await.unwrap();
+    let (_other_conn, mut other) = connect(&emu, "other").await;
     for (on_other, assoc) in [
         (true, None),
         (true, Some("holder")),
@@ -865,11 +796,8 @@ async fn session_operations_belong_to_the_receiver_holding_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_can_be_created_and_deleted_while_serving() {
-    let emu = Emulator::start(EmulatorConfig::new(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let emu = start_with(EmulatorConfig::new()).await;
+    let (mut conn, mut session) = connect(&emu, "c").await;
     let err = Sender::attach(&mut session, "early", "dyn")
         .await
         .unwrap_err();
@@ -879,19 +807,15 @@ async fn queues_can_be_created_and_deleted_while_serving() {
     emu.create_queue("dyn", QueueConfig::new()).unwrap();
     let mut session = Session::begin(&mut conn).await.unwrap();
     let mut sender = Sender::attach(&mut session, "snd", "dyn").await.unwrap();
-    sender
-        .send(Message::builder().value("kept".to_owned()).build())
-        .await
-        .unwrap()
-        .accepted_or("no")
-        .unwrap();
+    send_ok(
+        &mut sender,
+        Message::builder().value("kept".to_owned()).build(),
+    )
+    .await;
     // Creating it again changes nothing: the message is still there.
     emu.create_queue("dyn", QueueConfig::new().with_max_delivery_count(1))
         .unwrap();
-    let main = EntityRef {
-        queue: "dyn".into(),
-        sub: SubQueue::Main,
-    };
+    let main = main_queue("dyn");
     assert_eq!(emu.broker().count(&main), 1);
     assert_eq!(
         emu.broker().queue_config("dyn").unwrap(),
@@ -926,31 +850,17 @@ async fn dropped_connections_keep_their_locks_until_expiry() {
             "q",
             QueueConfig::new().with_lock_duration(Duration::from_secs(2)),
         )
-        .with_queue(
-            "s",
-            QueueConfig::new()
-                .with_requires_session(true)
-                .with_lock_duration(Duration::from_secs(2)),
-        );
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+        .with_queue("s", session_queue(Duration::from_secs(2)));
+    let emu = start_with(cfg).await;
+    let (_conn, mut session) = connect(&emu, "c").await;
     let mut sender = Sender::attach(&mut session, "snd", "q").await.unwrap();
-    sender
-        .send(Message::builder().value("m".to_owned()).build())
-        .await
-        .unwrap()
-        .accepted_or("no")
-        .unwrap();
+    send_ok(
+        &mut sender,
+        Message::builder().value("m".to_owned()).build(),
+    )
+    .await;
     let mut ssender = Sender::attach(&mut session, "ssnd", "s").await.unwrap();
-    ssender
-        .send(grouped("s1", "sm"))
-        .await
-        .unwrap()
-        .accepted_or("no")
-        .unwrap();
+    send_ok(&mut ssender, grouped("s1", "sm")).await;
     let mut receiver = Receiver::attach(&mut session, "rcv", "q").await.unwrap();
     let d = receiver.recv::<String>().await.unwrap();
     assert_eq!(d.body(), "m");
@@ -966,26 +876,14 @@ async fn dropped_connections_keep_their_locks_until_expiry() {
     );
 
     // A new connection works, but the locks of the dropped one hold until they expire.
-    let mut conn = Connection::open("c2", &url(&emu, None)[..]).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (_conn, mut session) = connect(&emu, "c2").await;
     let mut receiver = Receiver::attach(&mut session, "rcv2", "q").await.unwrap();
     let early = tokio::time::timeout(Duration::from_millis(700), receiver.recv::<String>()).await;
     assert!(
         early.is_err(),
         "a locked message was handed out again before expiry"
     );
-    let s = fe2o3_amqp::types::messaging::Source::builder()
-        .address("s")
-        .add_to_filter_using_legacy_format(
-            "com.microsoft:session-filter",
-            Value::String("s1".into()),
-        )
-        .build();
-    let err = Receiver::builder()
-        .name("srcv2")
-        .source(s)
-        .verify_incoming_source(false)
-        .attach(&mut session)
+    let err = try_session_receiver(&mut session, "srcv2", "s", Value::String("s1".into()))
         .await
         .unwrap_err();
     assert!(
@@ -1013,15 +911,8 @@ async fn dropped_connections_keep_their_locks_until_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_client_keeps_its_session_lock_until_expiry() {
-    let cfg = EmulatorConfig::new().with_queue(
-        "s",
-        QueueConfig::new()
-            .with_requires_session(true)
-            .with_lock_duration(Duration::from_secs(2)),
-    );
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let cfg = EmulatorConfig::new().with_queue("s", session_queue(Duration::from_secs(2)));
+    let emu = start_with(cfg).await;
     let (peer, answer) = raw::session_receiver(emu.local_addr(), "s", "s1").await;
     assert!(
         matches!(&answer, fe2o3_amqp::types::performatives::Performative::Attach(a) if a.source.is_some()),
@@ -1030,20 +921,8 @@ async fn a_vanished_client_keeps_its_session_lock_until_expiry() {
     // The peer goes away without detaching, ending or closing anything.
     drop(peer);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut conn = Connection::open("c", &url(&emu, None)[..]).await.unwrap();
-    let mut session = Session::begin(&mut conn).await.unwrap();
-    let s = fe2o3_amqp::types::messaging::Source::builder()
-        .address("s")
-        .add_to_filter_using_legacy_format(
-            "com.microsoft:session-filter",
-            Value::String("s1".into()),
-        )
-        .build();
-    let err = Receiver::builder()
-        .name("early")
-        .source(s)
-        .verify_incoming_source(false)
-        .attach(&mut session)
+    let (mut conn, mut session) = connect(&emu, "c").await;
+    let err = try_session_receiver(&mut session, "early", "s", Value::String("s1".into()))
         .await
         .unwrap_err();
     assert!(
