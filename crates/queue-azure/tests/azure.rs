@@ -10,10 +10,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use queue_azure::ServiceBusProvider;
+use queue_azure::{ServiceBusProvider, ServiceBusProviderBuilder};
 use queue_core::{
     AuthFailure, DeadLetterReason, Message, QueueError, QueueName, QueueProvider, ReceiveOptions,
-    SessionId, SessionSelector,
+    SessionId, SessionReceiver, SessionSelector,
 };
 use servicebus_emulator::{
     Emulator, QueueConfig,
@@ -43,13 +43,81 @@ async fn one_queue(name: &str, cfg: QueueConfig) -> (Emulator, ServiceBusProvide
     (emu, p)
 }
 
+/// A queue that requires sessions, with locks of `secs` seconds.
+fn sessions(secs: u64) -> QueueConfig {
+    lock(secs).with_requires_session(true)
+}
+
+/// The main sub-queue of `queue` on the emulator.
+fn main_queue(queue: &str) -> EntityRef {
+    EntityRef {
+        queue: queue.into(),
+        sub: SubQueue::Main,
+    }
+}
+
+/// A provider builder for `emu` with the real key.
+fn builder(emu: &Emulator) -> ServiceBusProviderBuilder {
+    ServiceBusProvider::builder().with_connection_string(&common::connection_string(emu))
+}
+
+/// The connection string for an emulator (or relay) at `addr` signing with `key`.
+fn key_connection_string(addr: std::net::SocketAddr, key: &str) -> String {
+    format!(
+        "Endpoint=sb://{addr};SharedAccessKeyName={};SharedAccessKey={key};UseDevelopmentEmulator=true",
+        common::KEY_NAME,
+    )
+}
+
+/// Sends `m0`, `m1`, ... `m{n-1}` to `queue`.
+async fn send_numbered(p: &ServiceBusProvider, queue: &QueueName, n: usize) {
+    for i in 0..n {
+        p.send(queue, Message::new(format!("m{i}"))).await.unwrap();
+    }
+}
+
+/// Sends `body` to `queue` in session `s`.
+async fn send_in_session(
+    p: &ServiceBusProvider,
+    queue: &QueueName,
+    s: &SessionId,
+    body: impl Into<bytes::Bytes>,
+) {
+    p.send(queue, Message::new(body).with_session_id(s.clone()))
+        .await
+        .unwrap();
+}
+
+/// Accepts session `s` of `queue`, waiting up to `wait` for it.
+async fn try_accept_named(
+    p: &ServiceBusProvider,
+    queue: &QueueName,
+    s: &SessionId,
+    wait: Duration,
+) -> queue_core::Result<Option<Box<dyn SessionReceiver>>> {
+    p.accept_session(queue, SessionSelector::Named(s.clone()), wait)
+        .await
+}
+
+/// Accepts session `s` of `queue`, which must become available within 2 s.
+async fn accept_named(
+    p: &ServiceBusProvider,
+    queue: &QueueName,
+    s: &SessionId,
+) -> Box<dyn SessionReceiver> {
+    try_accept_named(p, queue, s, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn opts(max: usize, wait_ms: u64) -> ReceiveOptions {
     ReceiveOptions::new(max, Duration::from_millis(wait_ms))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_available_session_returns_each_session_once_then_none() {
-    let (_emu, p) = one_queue("s", lock(5).with_requires_session(true)).await;
+    let (_emu, p) = one_queue("s", sessions(5)).await;
     let queue = q("s");
     for s in ["a", "b"] {
         p.send(&queue, Message::new(s).with_session_id(sid(s)))
@@ -122,34 +190,16 @@ async fn lock_renewal_keeps_a_slow_handlers_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_lock_lost_is_typed() {
-    let (_emu, p) = one_queue("sl", lock(1).with_requires_session(true)).await;
+    let (_emu, p) = one_queue("sl", sessions(1)).await;
     let queue = q("sl");
     let s = sid("octo/repo#9");
-    p.send(&queue, Message::new("x").with_session_id(s.clone()))
-        .await
-        .unwrap();
-    let r = p
-        .accept_session(
-            &queue,
-            SessionSelector::Named(s.clone()),
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    send_in_session(&p, &queue, &s, "x").await;
+    let r = accept_named(&p, &queue, &s).await;
     let got = r.receive(opts(1, 1000)).await.unwrap();
     assert_eq!(got.len(), 1);
     tokio::time::sleep(Duration::from_millis(2200)).await;
     // Someone else takes the session.
-    let thief = p
-        .accept_session(
-            &queue,
-            SessionSelector::Named(s.clone()),
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let thief = accept_named(&p, &queue, &s).await;
     for err in [
         r.receive(opts(1, 100)).await.unwrap_err(),
         r.complete(&got[0].receipt).await.unwrap_err(),
@@ -166,12 +216,7 @@ async fn session_lock_lost_is_typed() {
         "{err}"
     );
     // While the thief holds it, a named accept is refused as locked.
-    let err = p
-        .accept_session(
-            &queue,
-            SessionSelector::Named(s.clone()),
-            Duration::from_millis(200),
-        )
+    let err = try_accept_named(&p, &queue, &s, Duration::from_millis(200))
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::SessionLocked { .. }), "{err}");
@@ -183,21 +228,11 @@ async fn session_lock_lost_is_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_and_dead_letter_from_a_session() {
-    let (_emu, p) = one_queue("st", lock(5).with_requires_session(true)).await;
+    let (_emu, p) = one_queue("st", sessions(5)).await;
     let queue = q("st");
     let s = sid("s1");
-    p.send(&queue, Message::new("bad").with_session_id(s.clone()))
-        .await
-        .unwrap();
-    let r = p
-        .accept_session(
-            &queue,
-            SessionSelector::Named(s.clone()),
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    send_in_session(&p, &queue, &s, "bad").await;
+    let r = accept_named(&p, &queue, &s).await;
     assert_eq!(r.get_state().await.unwrap(), None);
     r.set_state(Some("cursor=7".into())).await.unwrap();
     assert_eq!(
@@ -284,10 +319,7 @@ async fn complete_all_across_cuts(
     n: usize,
     cut: impl Fn(),
 ) {
-    let main = EntityRef {
-        queue: queue.as_str().into(),
-        sub: SubQueue::Main,
-    };
+    let main = main_queue(queue.as_str());
     let mut completed = BTreeSet::new();
     let mut unconfirmed = BTreeSet::new();
     let mut cuts = 0;
@@ -343,19 +375,12 @@ async fn reconnects_after_the_connection_drops_mid_stream_and_loses_nothing() {
     let emu = common::start(vec![("r".to_owned(), lock(2))]).await;
     let relay = Relay::start(emu.local_addr()).await;
     let p = ServiceBusProvider::builder()
-        .with_connection_string(&format!(
-            "Endpoint=sb://{};SharedAccessKeyName={};SharedAccessKey={};UseDevelopmentEmulator=true",
-            relay.addr,
-            common::KEY_NAME,
-            common::KEY
-        ))
+        .with_connection_string(&key_connection_string(relay.addr, common::KEY))
         .with_reconnect_backoff(Duration::from_millis(50))
         .build()
         .unwrap();
     let queue = q("r");
-    for i in 0..N {
-        p.send(&queue, Message::new(format!("m{i}"))).await.unwrap();
-    }
+    send_numbered(&p, &queue, N).await;
     complete_all_across_cuts(&emu, &p, &queue, N, || relay.cut()).await;
     assert!(p.connections_opened() >= 3, "reconnected after each cut");
     // Sending works on the new connection too.
@@ -367,19 +392,16 @@ async fn reconnects_after_the_emulator_drops_every_connection_and_loses_nothing(
     const N: usize = 40;
     let emu = common::start(vec![
         ("cut".to_owned(), lock(2)),
-        ("cuts".to_owned(), lock(2).with_requires_session(true)),
+        ("cuts".to_owned(), sessions(2)),
     ])
     .await;
-    let p = ServiceBusProvider::builder()
-        .with_connection_string(&common::connection_string(&emu))
+    let p = builder(&emu)
         .with_reconnect_backoff(Duration::from_millis(50))
         .with_operation_timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     let queue = q("cut");
-    for i in 0..N {
-        p.send(&queue, Message::new(format!("m{i}"))).await.unwrap();
-    }
+    send_numbered(&p, &queue, N).await;
     complete_all_across_cuts(&emu, &p, &queue, N, || emu.drop_connections()).await;
     assert!(p.connections_opened() >= 3, "reconnected after each drop");
     p.send(&queue, Message::new("after")).await.unwrap();
@@ -389,56 +411,27 @@ async fn reconnects_after_the_emulator_drops_every_connection_and_loses_nothing(
     let squeue = q("cuts");
     let s = sid("octo/repo#1");
     for i in 0..4 {
-        p.send(
-            &squeue,
-            Message::new(format!("s{i}")).with_session_id(s.clone()),
-        )
-        .await
-        .unwrap();
+        send_in_session(&p, &squeue, &s, format!("s{i}")).await;
     }
-    let r = p
-        .accept_session(
-            &squeue,
-            SessionSelector::Named(s.clone()),
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let r = accept_named(&p, &squeue, &s).await;
     let first = r.receive(opts(2, 1000)).await.unwrap();
     assert_eq!(first.len(), 2);
     r.complete(&first[0].receipt).await.unwrap();
     // `complete` returns once the broker has applied it: drop the connections while `s1`
     // is still locked and unsettled.
-    let main = EntityRef {
-        queue: "cuts".into(),
-        sub: SubQueue::Main,
-    };
+    let main = main_queue("cuts");
     assert_eq!(
         emu.broker().count(&main),
         3,
         "the completion was not applied"
     );
     emu.drop_connections();
-    let err = p
-        .accept_session(
-            &squeue,
-            SessionSelector::Named(s.clone()),
-            Duration::from_millis(200),
-        )
+    let err = try_accept_named(&p, &squeue, &s, Duration::from_millis(200))
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::SessionLocked { .. }), "{err}");
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let again = p
-        .accept_session(
-            &squeue,
-            SessionSelector::Named(s.clone()),
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let again = accept_named(&p, &squeue, &s).await;
     let mut rest = Vec::new();
     while rest.len() < 3 {
         let got = again.receive(opts(3, 1000)).await.unwrap();
@@ -473,11 +466,10 @@ async fn a_completion_racing_a_dropped_connection_is_never_reported_falsely() {
     const SESSIONS: usize = 4;
     let emu = common::start(vec![
         ("race".to_owned(), lock(1)),
-        ("races".to_owned(), lock(1).with_requires_session(true)),
+        ("races".to_owned(), sessions(1)),
     ])
     .await;
-    let p = ServiceBusProvider::builder()
-        .with_connection_string(&common::connection_string(&emu))
+    let p = builder(&emu)
         .with_reconnect_backoff(Duration::from_millis(20))
         .with_operation_timeout(Duration::from_secs(5))
         .build()
@@ -488,13 +480,8 @@ async fn a_completion_racing_a_dropped_connection_is_never_reported_falsely() {
 
     // Plain queue: every completion races a drop; an `Ok` must never come back.
     let queue = q("race");
-    for i in 0..N {
-        p.send(&queue, Message::new(format!("m{i}"))).await.unwrap();
-    }
-    let main = EntityRef {
-        queue: "race".into(),
-        sub: SubQueue::Main,
-    };
+    send_numbered(&p, &queue, N).await;
+    let main = main_queue("race");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     let mut round = 0;
     while emu.broker().count(&main) > 0 {
@@ -555,14 +542,7 @@ async fn a_completion_racing_a_dropped_connection_is_never_reported_falsely() {
     for i in 0..SESSIONS {
         let s = sid(&format!("octo/repo#{i}"));
         let r = loop {
-            match p
-                .accept_session(
-                    &squeue,
-                    SessionSelector::Named(s.clone()),
-                    Duration::from_secs(2),
-                )
-                .await
-            {
+            match try_accept_named(&p, &squeue, &s, Duration::from_secs(2)).await {
                 Ok(Some(r)) => break r,
                 Ok(None) => panic!("session {i} not available"),
                 Err(e) => assert!(e.is_transient(), "accept failed permanently: {e}"),
@@ -587,10 +567,7 @@ async fn a_completion_racing_a_dropped_connection_is_never_reported_falsely() {
     // Once the session locks held by the dropped connections expire, whatever was not
     // completed comes back; nothing reported completed may.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let smain = EntityRef {
-        queue: "races".into(),
-        sub: SubQueue::Main,
-    };
+    let smain = main_queue("races");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while emu.broker().count(&smain) > 0 {
         assert!(
@@ -627,8 +604,7 @@ async fn a_completion_racing_a_dropped_connection_is_never_reported_falsely() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sas_tokens_are_refreshed_before_they_expire() {
     let emu = common::start(vec![("t".to_owned(), lock(5))]).await;
-    let p = ServiceBusProvider::builder()
-        .with_connection_string(&common::connection_string(&emu))
+    let p = builder(&emu)
         .with_sas_token_ttl(Duration::from_secs(3))
         .build()
         .unwrap();
@@ -656,11 +632,7 @@ async fn wrong_key_is_rejected_without_leaking_it() {
     const WRONG: &str = "CANARY-wrong-key-41d9";
     let emu = common::start(vec![("w".to_owned(), lock(5))]).await;
     let p = ServiceBusProvider::builder()
-        .with_connection_string(&format!(
-            "Endpoint=sb://{};SharedAccessKeyName={};SharedAccessKey={WRONG};UseDevelopmentEmulator=true",
-            emu.local_addr(),
-            common::KEY_NAME,
-        ))
+        .with_connection_string(&key_connection_string(emu.local_addr(), WRONG))
         .build()
         .unwrap();
     let queue = q("w");
