@@ -40,7 +40,15 @@ async fn start_with(cfg: EmulatorConfig) -> Emulator {
 
 /// Opens an anonymous connection named `name` to `emu` and begins a session on it.
 async fn connect(emu: &Emulator, name: &str) -> (ConnectionHandle<()>, SessionHandle<()>) {
-    let mut conn = Connection::open(name, &url(emu, None)[..]).await.unwrap();
+    open_session(name, &url(emu, None)).await
+}
+
+/// Opens a connection named `name` to the AMQP URL `addr` and begins a session on it.
+async fn open_session(
+    name: impl Into<String>,
+    addr: &str,
+) -> (ConnectionHandle<()>, SessionHandle<()>) {
+    let mut conn = Connection::open(name, addr).await.unwrap();
     let session = Session::begin(&mut conn).await.unwrap();
     (conn, session)
 }
@@ -173,10 +181,7 @@ async fn many_connections_and_links_at_once() {
     for s in 0..SENDERS {
         let addr = addr.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = Connection::open(format!("send-{s}"), &addr[..])
-                .await
-                .unwrap();
-            let mut session = Session::begin(&mut conn).await.unwrap();
+            let (mut conn, mut session) = open_session(format!("send-{s}"), &addr).await;
             let mut sender = Sender::attach(&mut session, format!("s{s}"), "q")
                 .await
                 .unwrap();
@@ -194,10 +199,7 @@ async fn many_connections_and_links_at_once() {
         let addr = addr.clone();
         let tx = tx.clone();
         receivers.push(tokio::spawn(async move {
-            let mut conn = Connection::open(format!("recv-{r}"), &addr[..])
-                .await
-                .unwrap();
-            let mut session = Session::begin(&mut conn).await.unwrap();
+            let (mut conn, mut session) = open_session(format!("recv-{r}"), &addr).await;
             let mut receiver = Receiver::attach(&mut session, format!("r{r}"), "q")
                 .await
                 .unwrap();
