@@ -255,7 +255,7 @@ pub(crate) fn audit_ignore_problems(text: &str, today: Option<(i64, u32, u32)>) 
     problems
 }
 
-/// No `todo!(` or `unimplemented!(` in the sources of `crates/*/src`.
+/// No `todo` or `unimplemented` macro calls in the sources of `crates/*/src`.
 pub(crate) fn no_todo_or_unimplemented(root: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     for krate in dirs(&root.join("crates")) {
