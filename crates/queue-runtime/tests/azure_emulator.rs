@@ -7,6 +7,8 @@
 //! short, but the assertions leave wide margins: the tests share a small, loaded machine.
 #![cfg(feature = "azure")]
 
+mod common;
+
 use std::{
     collections::HashMap,
     sync::{
@@ -182,11 +184,9 @@ async fn interleaved_sessions_are_ordered_per_session_and_concurrent_across_sess
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(
+    let run = common::start(
         Processor::new(bus.provider.clone(), bus.sessions.clone(), handler)
-            .with_settings(session_settings().with_max_concurrent_sessions(3))
-            .run(shutdown.clone()),
+            .with_settings(session_settings().with_max_concurrent_sessions(3)),
     );
     let total = sessions * per_session;
     assert!(
@@ -197,8 +197,7 @@ async fn interleaved_sessions_are_ordered_per_session_and_concurrent_across_sess
         "not all messages were handled: {:?}",
         seen.lock().unwrap()
     );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = run.stop().await;
     assert_eq!(report.completed, total as u64, "{report:?}");
     assert_eq!(report.dead_lettered + report.retried, 0, "{report:?}");
     assert_eq!(bus.count(&bus.sessions, SubQueue::Main), 0);
@@ -242,11 +241,9 @@ async fn a_retried_message_is_not_overtaken_by_the_next_one_of_its_session() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(
+    let run = common::start(
         Processor::new(bus.provider.clone(), bus.sessions.clone(), handler)
-            .with_settings(session_settings().with_max_concurrent_sessions(3))
-            .run(shutdown.clone()),
+            .with_settings(session_settings().with_max_concurrent_sessions(3)),
     );
     let total = sessions * (per_session + 2);
     assert!(
@@ -257,8 +254,7 @@ async fn a_retried_message_is_not_overtaken_by_the_next_one_of_its_session() {
         "calls: {:?}",
         calls.lock().unwrap()
     );
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = run.stop().await;
     assert_eq!(
         report.completed,
         (sessions * per_session) as u64,
@@ -291,16 +287,13 @@ async fn sessions_roll_over_without_waiting_out_the_accept_wait() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let run = tokio::spawn(
-        Processor::new(bus.provider.clone(), bus.sessions.clone(), handler)
-            .with_settings(
-                session_settings()
-                    .with_max_concurrent_sessions(1)
-                    .with_receive_wait(accept_wait),
-            )
-            .run(shutdown.clone()),
+    let run = common::start(
+        Processor::new(bus.provider.clone(), bus.sessions.clone(), handler).with_settings(
+            session_settings()
+                .with_max_concurrent_sessions(1)
+                .with_receive_wait(accept_wait),
+        ),
     );
     let total = sessions * per_session;
     assert!(
@@ -310,8 +303,7 @@ async fn sessions_roll_over_without_waiting_out_the_accept_wait() {
         .await
     );
     let took = started.elapsed();
-    shutdown.cancel();
-    let report = run.await.unwrap().unwrap();
+    let report = run.stop().await;
     assert_eq!(report.completed, total as u64, "{report:?}");
     assert_eq!(report.sessions, sessions as u64, "{report:?}");
     for (session, order) in seen.lock().unwrap().iter() {
@@ -367,18 +359,15 @@ async fn poison_messages_go_to_the_dead_letter_queue_with_their_reason() {
     }
     let order: Arc<Mutex<Vec<String>>> = Arc::default();
     for (queue, mode) in bus.both() {
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(
+        let run = common::start(
             Processor::new(bus.provider.clone(), queue.clone(), poison_handler(&order))
-                .with_settings(settings().with_session_mode(mode))
-                .run(shutdown.clone()),
+                .with_settings(settings().with_session_mode(mode)),
         );
         let done = wait_until(Duration::from_secs(60), || {
             bus.count(&queue, SubQueue::Main) == 0
         })
         .await;
-        shutdown.cancel();
-        let report = run.await.unwrap().unwrap();
+        let report = run.stop().await;
         assert!(done, "{queue} not drained: {report:?}");
     }
     let mut order = order.lock().unwrap().clone();
@@ -475,15 +464,12 @@ async fn lock_renewal_keeps_a_slow_handler_message() {
                 Ok(Outcome::Complete)
             }
         });
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(
-            Processor::new(bus.provider.clone(), queue.clone(), handler)
-                .with_settings(
-                    settings()
-                        .with_session_mode(mode)
-                        .with_max_lock_renewal(Duration::from_secs(60)),
-                )
-                .run(shutdown.clone()),
+        let run = common::start(
+            Processor::new(bus.provider.clone(), queue.clone(), handler).with_settings(
+                settings()
+                    .with_session_mode(mode)
+                    .with_max_lock_renewal(Duration::from_secs(60)),
+            ),
         );
         assert!(
             wait_until(Duration::from_secs(60), || bus
@@ -492,8 +478,7 @@ async fn lock_renewal_keeps_a_slow_handler_message() {
             .await,
             "{queue}: the message was not completed"
         );
-        shutdown.cancel();
-        let report = run.await.unwrap().unwrap();
+        let report = run.stop().await;
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{queue} was redelivered");
         assert_eq!(report.completed, 1, "{queue}: {report:?}");
         assert_eq!(report.lock_lost, 0, "{queue}: {report:?}");
@@ -517,11 +502,9 @@ async fn shutdown_drains_in_flight_handlers_and_reports() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(
+    let run = common::start(
         Processor::new(bus.provider.clone(), bus.sessions.clone(), handler)
-            .with_settings(session_settings().with_max_concurrent_sessions(2))
-            .run(shutdown.clone()),
+            .with_settings(session_settings().with_max_concurrent_sessions(2)),
     );
     // Shut down while the first handlers are running.
     assert!(
@@ -529,12 +512,9 @@ async fn shutdown_drains_in_flight_handlers_and_reports() {
             >= 1)
         .await
     );
-    shutdown.cancel();
-    let report = tokio::time::timeout(Duration::from_secs(30), run)
+    let report = tokio::time::timeout(Duration::from_secs(30), run.stop())
         .await
-        .expect("shutdown returns")
-        .unwrap()
-        .unwrap();
+        .expect("shutdown returns");
     let (started, finished) = (
         started.load(Ordering::SeqCst),
         finished.load(Ordering::SeqCst),
@@ -559,11 +539,9 @@ async fn shutdown_drains_in_flight_handlers_and_reports() {
             Ok(Outcome::Complete)
         }
     });
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(
+    let run = common::start(
         Processor::new(bus.provider.clone(), bus.sessions.clone(), handler)
-            .with_settings(session_settings().with_max_concurrent_sessions(2))
-            .run(shutdown.clone()),
+            .with_settings(session_settings().with_max_concurrent_sessions(2)),
     );
     assert!(
         wait_until(Duration::from_secs(60), || {
@@ -571,8 +549,7 @@ async fn shutdown_drains_in_flight_handlers_and_reports() {
         })
         .await
     );
-    shutdown.cancel();
-    let second = run.await.unwrap().unwrap();
+    let second = run.stop().await;
     assert_eq!(handled.load(Ordering::SeqCst), remaining, "{second:?}");
     assert_eq!(second.completed, remaining as u64, "{second:?}");
 }
@@ -630,11 +607,9 @@ async fn auto_session_mode_keeps_the_guarantees_on_both_kinds_of_queue() {
                 Ok(Outcome::Complete)
             }
         });
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(
+        let run = common::start(
             Processor::new(bus.provider.clone(), queue.clone(), handler)
-                .with_settings(settings().with_max_concurrent_sessions(2))
-                .run(shutdown.clone()),
+                .with_settings(settings().with_max_concurrent_sessions(2)),
         );
         assert!(
             wait_until(Duration::from_secs(60), || bus
@@ -643,8 +618,7 @@ async fn auto_session_mode_keeps_the_guarantees_on_both_kinds_of_queue() {
             .await,
             "{queue} not drained"
         );
-        shutdown.cancel();
-        let report = run.await.unwrap().unwrap();
+        let report = run.stop().await;
         if queue == bus.sessions {
             let seen = seen.lock().unwrap();
             assert_eq!(seen.len(), sessions, "{seen:?}");
