@@ -12,11 +12,17 @@ pub enum EmulatorError {
     },
     /// The emulator may only listen on loopback addresses.
     #[error(
-        "refusing to bind non-loopback address {addr}: the emulator speaks plain AMQP and binds loopback only"
+        "refusing to bind non-loopback address {addr}: the emulator is a test server and binds loopback only"
     )]
     NonLoopbackBind {
         /// The address that was asked for.
         addr: std::net::SocketAddr,
+    },
+    /// A TLS certificate or key could not be made, read or used.
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What is wrong (never key material).
+        reason: String,
     },
     /// Binding or accepting failed.
     #[error("network error: {reason}")]

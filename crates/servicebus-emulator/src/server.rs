@@ -2,7 +2,6 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -28,20 +27,15 @@ use serde::Serialize;
 use serde_amqp::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{
-        TcpListener, TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
     sync::mpsc,
-    task::JoinHandle,
     time::Instant,
 };
 use uuid::Uuid;
 
 use crate::{
     broker::{AmqpMessage, Broker, Delivered, EntityRef, IncomingMessage, Settlement, SubQueue},
-    config::{EmulatorConfig, QueueConfig},
     error::EmulatorError,
+    listen::{BoxRead, BoxWrite},
     sas::{TokenError, check_sas_token},
 };
 
@@ -49,152 +43,25 @@ const SESSION_FILTER: &str = "com.microsoft:session-filter";
 const LOCKED_UNTIL_UTC: &str = "com.microsoft:locked-until-utc";
 const OPERATION_TIMEOUT: &str = "com.microsoft:timeout";
 const BATCH_FORMAT: u32 = 0x8001_3700;
-const OUR_MAX_FRAME: u32 = 256 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest message (or batch) accepted, as advertised on every attach.
-const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+/// The largest frame we accept, announced in our `open`.
+pub(crate) const OUR_MAX_FRAME: u32 = 256 * 1024;
+/// How long a peer may take to establish the transport and finish the AMQP handshake.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const LINK_CREDIT: u32 = 200;
 const SESSION_WINDOW: u32 = 1_000_000;
 /// .NET ticks (100 ns) between 0001-01-01 and the Unix epoch.
 const DOTNET_EPOCH_TICKS: i64 = 621_355_968_000_000_000;
 
-struct Shared {
-    broker: Broker,
-    key: Option<(String, String)>,
-    next_owner: AtomicU64,
-}
-
-/// A running emulator. Dropping it stops accepting connections.
-pub struct Emulator {
-    addr: SocketAddr,
-    broker: Broker,
-    key: Option<(String, String)>,
-    accept: JoinHandle<()>,
-    shutdown: tokio::sync::watch::Sender<bool>,
-    cut: tokio::sync::watch::Sender<u64>,
-}
-
-impl std::fmt::Debug for Emulator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator")
-            .field("addr", &self.addr)
-            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Emulator {
-    /// Stops accepting and closes every open connection.
-    fn drop(&mut self) {
-        self.accept.abort();
-        let _ = self.shutdown.send(true);
-    }
-}
-
-impl Emulator {
-    /// Binds `addr` (loopback only; port 0 picks a free port) and starts serving.
-    pub async fn start(config: EmulatorConfig, addr: SocketAddr) -> Result<Self, EmulatorError> {
-        if !addr.ip().is_loopback() {
-            return Err(EmulatorError::NonLoopbackBind { addr });
-        }
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| EmulatorError::Io {
-                reason: format!("bind {addr}: {e}"),
-            })?;
-        let addr = listener.local_addr().map_err(|e| EmulatorError::Io {
-            reason: e.to_string(),
-        })?;
-        let key = config
-            .key
-            .clone()
-            .map(|k| (config.key_name_or_default().to_owned(), k));
-        let broker = Broker::new(config.queues.clone(), crate::clock::Clock::new());
-        let (shutdown, stop) = tokio::sync::watch::channel(false);
-        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
-        let shared = Arc::new(Shared {
-            broker: broker.clone(),
-            key: key.clone(),
-            next_owner: AtomicU64::new(1),
-        });
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _peer)) = listener.accept().await else {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let stop = stop.clone();
-                let cut = cut_rx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve(stream, shared, stop, cut).await {
-                        tracing::debug!(error = %e, "connection ended");
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            addr,
-            broker,
-            key,
-            accept,
-            shutdown,
-            cut,
-        })
-    }
-
-    /// Creates a queue while the emulator serves (real Service Bus creates queues through
-    /// Azure Resource Manager). Creating an existing queue succeeds and changes nothing.
-    pub fn create_queue(&self, name: &str, cfg: QueueConfig) -> Result<(), EmulatorError> {
-        self.broker.create_queue(name, cfg)
-    }
-
-    /// Deletes a queue (with its dead-letter queue and messages) while the emulator
-    /// serves. Links to it are detached with `amqp:not-found`, waking waiting receivers;
-    /// later attaches get `amqp:not-found`.
-    pub fn delete_queue(&self, name: &str) -> Result<(), EmulatorError> {
-        self.broker.delete_queue(name)
-    }
-
-    /// Closes every live client connection abruptly: the TCP connection is dropped with no
-    /// AMQP `close`, as when a network path fails. Locks (message and session) are kept
-    /// until they expire, as on Service Bus. The emulator keeps accepting connections.
-    pub fn drop_connections(&self) {
-        self.cut.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The semantic core (for inspecting queues from tests).
-    pub fn broker(&self) -> &Broker {
-        &self.broker
-    }
-
-    /// A connection string for the official SDKs. The key is replaced by `<redacted>`
-    /// unless `reveal_key` is true. Without a configured key any key is accepted, so the
-    /// string carries the placeholder `SAS_KEY_VALUE`.
-    pub fn connection_string(&self, reveal_key: bool) -> String {
-        let (name, key) = match &self.key {
-            Some((n, k)) => (
-                n.as_str(),
-                if reveal_key { k.as_str() } else { "<redacted>" },
-            ),
-            None => ("RootManageSharedAccessKey", "SAS_KEY_VALUE"),
-        };
-        format!(
-            "Endpoint=sb://{};SharedAccessKeyName={name};SharedAccessKey={key};UseDevelopmentEmulator=true",
-            self.addr
-        )
-    }
+pub(crate) struct Shared {
+    pub(crate) broker: Broker,
+    pub(crate) key: Option<(String, String)>,
+    pub(crate) next_owner: AtomicU64,
+    /// Largest message (or batch) accepted, as advertised on every attach (the tier's).
+    pub(crate) max_message_size: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ConnError {
+pub(crate) enum ConnError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("protocol: {0}")]
@@ -205,7 +72,7 @@ enum ConnError {
 
 // ---------------------------------------------------------------- framing
 
-async fn read_frame(r: &mut OwnedReadHalf) -> Result<(u8, u16, Vec<u8>), ConnError> {
+async fn read_frame(r: &mut BoxRead) -> Result<(u8, u16, Vec<u8>), ConnError> {
     let size = r.read_u32().await? as usize;
     if !(8..=OUR_MAX_FRAME as usize + 8).contains(&size) {
         return Err(ConnError::Protocol(format!("bad frame size {size}")));
@@ -239,14 +106,14 @@ fn perf<T: Serialize>(channel: u16, p: &T) -> Result<Vec<u8>, ConnError> {
 
 // ---------------------------------------------------------------- connection
 
-async fn serve(
-    stream: TcpStream,
+pub(crate) async fn serve(
+    mut r: BoxRead,
+    mut w: BoxWrite,
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     mut cut: tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), ConnError> {
     cut.mark_unchanged();
-    let (mut r, mut w) = stream.into_split();
     // A peer that stalls before the AMQP header exchange completes is dropped.
     let authorized = tokio::select! {
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut r, &mut w, &shared)) => r
@@ -340,11 +207,7 @@ async fn serve(
 }
 
 /// Protocol header exchange and optional SASL. Returns whether SASL PLAIN proved the key.
-async fn handshake(
-    r: &mut OwnedReadHalf,
-    w: &mut OwnedWriteHalf,
-    shared: &Shared,
-) -> Result<bool, ConnError> {
+async fn handshake(r: &mut BoxRead, w: &mut BoxWrite, shared: &Shared) -> Result<bool, ConnError> {
     let mut hdr = [0u8; 8];
     r.read_exact(&mut hdr).await?;
     // Without a configured key every client is trusted; with one, the connection must
@@ -466,7 +329,7 @@ struct Sess {
 
 struct Conn {
     shared: Arc<Shared>,
-    w: OwnedWriteHalf,
+    w: BoxWrite,
     peer_max_frame: usize,
     sessions: HashMap<u16, Sess>,
     owners: Vec<u64>,
@@ -913,7 +776,7 @@ impl Conn {
             unsettled: None,
             incomplete_unsettled: false,
             initial_delivery_count: if client_sends { None } else { Some(0) },
-            max_message_size: Some(MAX_MESSAGE_SIZE as u64),
+            max_message_size: Some(self.shared.max_message_size as u64),
             offered_capabilities: None,
             desired_capabilities: None,
             properties,
@@ -1009,6 +872,7 @@ impl Conn {
         t: Transfer,
         payload: Vec<u8>,
     ) -> Result<(), ConnError> {
+        let max = self.shared.max_message_size;
         let Some(s) = self.sessions.get_mut(&ch) else {
             return Ok(());
         };
@@ -1020,7 +884,7 @@ impl Conn {
             Some((first, mut data)) => {
                 // Past the advertised maximum the rest is dropped; the delivery is refused
                 // when its last frame arrives.
-                if data.len() <= MAX_MESSAGE_SIZE {
+                if data.len() <= max {
                     data.extend_from_slice(&payload);
                 }
                 (first, data)
@@ -1043,10 +907,10 @@ impl Conn {
             _ => None,
         };
         let outcome: DeliveryState = match kind {
-            _ if data.len() > MAX_MESSAGE_SIZE => DeliveryState::Rejected(Rejected {
+            _ if data.len() > max => DeliveryState::Rejected(Rejected {
                 error: Some(error(
                     "amqp:link:message-size-exceeded",
-                    format!("messages are limited to {MAX_MESSAGE_SIZE} bytes"),
+                    format!("messages are limited to {max} bytes"),
                 )),
             }),
             Some(Err(queue)) => match decode_incoming(format, &data) {
