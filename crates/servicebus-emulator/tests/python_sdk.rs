@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use servicebus_emulator::{Emulator, EmulatorConfig, QueueConfig};
+use servicebus_emulator::{Emulator, EmulatorConfig, QueueConfig, Transport};
 
 fn python() -> Option<String> {
     match std::env::var("QUEUE_TEST_PYTHON") {
@@ -31,31 +31,76 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// How a scenario reaches the emulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Plaintext AMQP (`UseDevelopmentEmulator=true`).
+    Plain,
+    /// AMQP over TLS, trusting the generated CA with `connection_verify=`.
+    Tls,
+    /// AMQP over WebSockets over TLS (needs `websocket-client`).
+    Wss,
+}
+
 /// Starts an emulator with `cfg`, runs `tests/python/<name>` with the connection string
-/// followed by `args`, and fails the test with the script's output if it exits non-zero.
+/// followed by `args`, and fails the test with the script's output if it exits non-zero
+/// or runs past its timeout.
 async fn run(name: &str, cfg: EmulatorConfig, conn_override: Option<String>, args: &[&str]) {
+    run_in(Mode::Plain, name, cfg, conn_override, args).await
+}
+
+async fn run_in(
+    mode: Mode,
+    name: &str,
+    cfg: EmulatorConfig,
+    conn_override: Option<String>,
+    args: &[&str],
+) {
     let Some(py) = python() else { return };
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("emulator starts");
+    let emu = match mode {
+        Mode::Plain => Emulator::start(cfg, "127.0.0.1:0".parse().unwrap()).await,
+        Mode::Tls | Mode::Wss => Emulator::start_tls(cfg).await,
+    }
+    .expect("emulator starts");
+    let mut cmd = tokio::process::Command::new(py);
+    let ca_file = std::env::temp_dir().join(format!(
+        "sbemu-ca-{}-{}-{mode:?}.pem",
+        std::process::id(),
+        name.trim_end_matches(".py")
+    ));
+    let conn = match mode {
+        Mode::Plain => emu.connection_string(true),
+        Mode::Tls | Mode::Wss => {
+            std::fs::write(&ca_file, emu.ca_pem().expect("generated CA")).unwrap();
+            let (env, t) = match mode {
+                Mode::Tls => ("tls", Transport::Amqps),
+                _ => ("wss", Transport::Wss),
+            };
+            let port = emu.addr(t).expect("listener").port();
+            cmd.env("SBEMU_TRANSPORT", env)
+                .env("SBEMU_CA_FILE", &ca_file)
+                .env("SBEMU_ENDPOINT", format!("sb://localhost:{port}"));
+            emu.tls_connection_string(true).expect("TLS listener")
+        }
+    };
     let conn = conn_override
         .map(|c| c.replace("{addr}", &emu.local_addr().to_string()))
-        .unwrap_or_else(|| emu.connection_string(true));
-    let mut cmd = tokio::process::Command::new(py);
+        .unwrap_or(conn);
     cmd.arg(script(name))
         .arg(&conn)
         .args(args)
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
         .await
-        .unwrap_or_else(|_| panic!("{name} timed out"))
+        .unwrap_or_else(|_| panic!("{name} ({mode:?}) timed out"))
         .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let _ = std::fs::remove_file(&ca_file);
     let text = format!(
         "--- stdout\n{}\n--- stderr\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{name} failed\n{text}");
+    assert!(out.status.success(), "{name} ({mode:?}) failed\n{text}");
 }
 
 const KEY: &str = "emulator-test-key-Zm9vYmFy";
@@ -120,4 +165,25 @@ async fn receivers_that_do_not_match_the_entity_are_refused() {
             .with_queue("plain", QueueConfig::new()),
     );
     run("receiver_kinds.py", cfg, None, &["events", "plain"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_trusting_the_generated_ca() {
+    let cfg = keyed(EmulatorConfig::new().with_queue("orders", QueueConfig::new()));
+    run_in(Mode::Tls, "basic_queue.py", cfg, None, &["orders"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_over_tls_with_the_asyncio_client() {
+    let q = QueueConfig::new()
+        .with_requires_session(true)
+        .with_lock_duration(Duration::from_secs(30));
+    let cfg = keyed(EmulatorConfig::new().with_queue("orders", q));
+    run_in(Mode::Tls, "async_sessions.py", cfg, None, &["orders"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_websockets_with_tls() {
+    let cfg = keyed(EmulatorConfig::new().with_queue("orders", QueueConfig::new()));
+    run_in(Mode::Wss, "basic_queue.py", cfg, None, &["orders"]).await;
 }

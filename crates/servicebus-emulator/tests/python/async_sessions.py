@@ -6,6 +6,7 @@ Usage: async_sessions.py <connection string> <session queue, lock 30 s>
 import asyncio
 import sys
 
+from _emu import emu_kwargs
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
@@ -22,7 +23,7 @@ async def drain(receiver, n):
 
 
 async def main():
-    async with ServiceBusClient.from_connection_string(conn_str) as client:
+    async with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs()) as client:
         async with client.get_queue_sender(queue) as sender:
             await sender.send_messages([ServiceBusMessage(f"o{i}", session_id="order-7")
                                         for i in range(4)])

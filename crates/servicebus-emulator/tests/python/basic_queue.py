@@ -6,6 +6,7 @@ Expects the documented Service Bus behaviour; exits non-zero on the first mismat
 import sys
 import uuid
 
+from _emu import emu_kwargs
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
 
 conn_str, queue = sys.argv[1], sys.argv[2]
@@ -18,7 +19,7 @@ def receive_one(receiver):
     return got[0]
 
 
-with ServiceBusClient.from_connection_string(conn_str) as client:
+with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs()) as client:
     with client.get_queue_sender(queue) as sender:
         sender.send_messages(ServiceBusMessage("first", message_id="m-1",
                                                application_properties={"kind": "single"},

@@ -7,6 +7,7 @@ import datetime
 import sys
 import time
 
+from _emu import emu_kwargs
 from azure.servicebus import (ServiceBusClient, ServiceBusMessage, ServiceBusReceiveMode,
                               ServiceBusSubQueue)
 from azure.servicebus.exceptions import MessageLockLostError
@@ -24,7 +25,7 @@ def utcnow():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-with ServiceBusClient.from_connection_string(conn_str) as client:
+with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs()) as client:
     sender = client.get_queue_sender(queue)
     receiver = client.get_queue_receiver(queue)
     with sender, receiver:

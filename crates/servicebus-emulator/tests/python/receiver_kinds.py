@@ -6,6 +6,7 @@ Usage: receiver_kinds.py <connection string> <session queue> <plain queue>
 """
 import sys
 
+from _emu import emu_kwargs
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusClient, ServiceBusMessage
 from azure.servicebus.exceptions import ServiceBusError
 
@@ -24,7 +25,7 @@ def refused(receiver, words):
     raise AssertionError(f"receiver was not refused ({words})")
 
 
-with ServiceBusClient.from_connection_string(conn_str, retry_total=0) as client:
+with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs(), retry_total=0) as client:
     with client.get_queue_sender(session_queue) as sender:
         sender.send_messages(ServiceBusMessage("v", session_id="g"))
 

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+from _emu import emu_kwargs
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusClient, ServiceBusMessage
 from azure.servicebus.exceptions import (OperationTimeoutError, ServiceBusError,
                                          SessionCannotBeLockedError)
@@ -23,7 +24,7 @@ def drain(receiver, n, wait=5):
     return out
 
 
-with ServiceBusClient.from_connection_string(conn_str) as client:
+with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs()) as client:
     with client.get_queue_sender(queue) as sender:
         batch = sender.create_message_batch()
         for i in range(3):
@@ -44,7 +45,7 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
 
         # Exclusive: nobody else may take a locked session.
         try:
-            with ServiceBusClient.from_connection_string(conn_str, retry_total=0) as c2, \
+            with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs(), retry_total=0) as c2, \
                     c2.get_queue_receiver(queue, session_id="alpha") as other:
                 other.receive_messages(max_message_count=1, max_wait_time=1)
         except SessionCannotBeLockedError:
@@ -74,7 +75,7 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
 
     # With every message settled, no session is available.
     try:
-        with ServiceBusClient.from_connection_string(conn_str, retry_total=0) as c4, \
+        with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs(), retry_total=0) as c4, \
                 c4.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION,
                                       max_wait_time=2) as empty:
             empty.receive_messages(max_message_count=1, max_wait_time=1)
@@ -88,7 +89,7 @@ with ServiceBusClient.from_connection_string(conn_str) as client:
 
     def wait_for_session():
         try:
-            with ServiceBusClient.from_connection_string(conn_str) as c3, \
+            with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs()) as c3, \
                     c3.get_queue_receiver(queue, session_id=NEXT_AVAILABLE_SESSION,
                                           max_wait_time=15) as waiting:
                 result["session"] = waiting.session.session_id

@@ -4,12 +4,13 @@ Usage: wrong_key.py <connection string with a wrong key> <queue name>
 """
 import sys
 
+from _emu import emu_kwargs
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 from azure.servicebus.exceptions import ServiceBusAuthenticationError, ServiceBusError
 
 conn_str, queue = sys.argv[1], sys.argv[2]
 
-with ServiceBusClient.from_connection_string(conn_str, retry_total=0) as client:
+with ServiceBusClient.from_connection_string(conn_str, **emu_kwargs(), retry_total=0) as client:
     try:
         with client.get_queue_sender(queue) as sender:
             sender.send_messages(ServiceBusMessage("should not be accepted"))
