@@ -105,6 +105,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
+mod ids;
 mod profile;
 mod provider;
 mod session;

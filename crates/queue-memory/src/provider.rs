@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     fmt,
     future::Future,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
     time::{Duration, SystemTime},
 };
 
@@ -14,13 +14,13 @@ use queue_core::{
     QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver,
     SessionSelector, SessionSupport,
 };
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 use crate::{
     clock::{Clock, later},
     profile::{Limits, Profile},
     session::MemorySessionReceiver,
-    state::{PROVIDER, Queue, Settle, Store, Token},
+    state::{PROVIDER, Queue, Settle, Signal, Store, Token, Waiter},
 };
 
 /// The in-memory provider: the reference implementation of the queue-runtime semantics.
@@ -54,7 +54,9 @@ pub(crate) struct Inner {
     profile: Profile,
     limits: Limits,
     pub(crate) clock: Clock,
-    queues: Mutex<HashMap<QueueName, Queue>>,
+    /// The queues, each behind its own mutex: operations on different queues do not
+    /// contend, and no lock is ever held across an `.await`.
+    queues: RwLock<HashMap<QueueName, Mutex<Queue>>>,
 }
 
 impl fmt::Debug for InMemoryProvider {
@@ -66,7 +68,7 @@ impl fmt::Debug for InMemoryProvider {
             // `try_lock`: Debug must never block or deadlock, even mid-operation.
             .field(
                 "queues",
-                &self.inner.queues.try_lock().map(|q| q.len()).ok(),
+                &self.inner.queues.try_read().map(|q| q.len()).ok(),
             )
             .finish_non_exhaustive()
     }
@@ -152,7 +154,7 @@ impl InMemoryProviderBuilder {
                 profile: self.profile,
                 limits,
                 clock: Clock::new(),
-                queues: Mutex::new(HashMap::new()),
+                queues: RwLock::new(HashMap::new()),
             }),
         };
         for (name, spec) in self.queues {
@@ -167,40 +169,36 @@ impl Inner {
         self.limits.max_batch_size
     }
 
-    /// The queue map. A panic while holding the lock cannot leave a queue half-updated in
+    /// The queue map. A panic while holding a lock cannot leave a queue half-updated in
     /// a way later calls could not handle, so a poisoned lock is taken over.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<QueueName, Queue>> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    fn queues(&self) -> RwLockReadGuard<'_, HashMap<QueueName, Mutex<Queue>>> {
+        self.queues.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the swept queue `name`.
+    /// Runs `f` on the swept queue `name`, under that queue's mutex only.
     pub(crate) fn with_queue<T>(
         &self,
         name: &QueueName,
         operation: &'static str,
         f: impl FnOnce(&mut Queue, Instant) -> T,
     ) -> Result<T> {
-        let mut queues = self.lock();
-        let queue = queues
-            .get_mut(name)
-            .ok_or_else(|| not_found(name, operation))?;
+        let queues = self.queues();
+        let mut queue = queues
+            .get(name)
+            .ok_or_else(|| not_found(name, operation))?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now();
         if queue.sweep(now) {
-            queue.notify.notify_waiters();
+            queue.signal.wake();
         }
-        Ok(f(queue, now))
+        Ok(f(&mut queue, now))
     }
 
-    pub(crate) fn notify_of(
-        &self,
-        name: &QueueName,
-        operation: &'static str,
-    ) -> Result<Arc<Notify>> {
-        self.with_queue(name, operation, |q, _| q.notify.clone())
-    }
-
-    /// Polls `attempt` until it yields something or `wait` runs out. Between attempts it
-    /// sleeps until the queue changes or the queue's next deadline passes; it never spins.
+    /// Runs `attempt` until it yields something or `wait` runs out. The first attempt
+    /// takes the queue's mutex once; only a receiver that finds nothing registers for a
+    /// wake-up and sleeps until the queue changes or its next deadline passes. It never
+    /// spins.
     pub(crate) async fn wait_for<T>(
         &self,
         name: &QueueName,
@@ -209,26 +207,39 @@ impl Inner {
         mut attempt: impl FnMut(&mut Queue, Instant) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
         let deadline = later(self.clock.now(), wait);
+        let signal = match self.with_queue(name, operation, |q, now| {
+            attempt(q, now).map(|found| found.ok_or_else(|| q.signal.clone()))
+        })?? {
+            Ok(found) => return Ok(Some(found)),
+            Err(signal) => signal,
+        };
         loop {
-            let notify = self.notify_of(name, operation)?;
-            let notified = notify.notified();
+            if self.clock.now() >= deadline {
+                return Ok(None);
+            }
+            let notified = signal.notify.notified();
             tokio::pin!(notified);
-            // Register before looking, so a change between the look and the sleep wakes us.
+            // Register before looking again, so a change between the look and the sleep
+            // wakes us; the waiter count tells senders someone sleeps.
             notified.as_mut().enable();
-            let (found, wake) = self.with_queue(name, operation, |q, now| {
-                attempt(q, now).map(|found| (found, q.next_wake(now)))
+            let (found, wake, _waiter) = self.with_queue(name, operation, |q, now| {
+                attempt(q, now).map(|found| {
+                    let waiter = found.is_none().then(|| Waiter::new(&signal));
+                    (found, q.next_wake(now), waiter)
+                })
             })??;
             if found.is_some() {
                 return Ok(found);
-            }
-            let now = self.clock.now();
-            if now >= deadline {
-                return Ok(None);
             }
             let until = wake.map_or(deadline, |w| w.min(deadline));
             sleep_or(notified, until).await;
         }
     }
+}
+
+/// Wakes every receiver sleeping on `signal` (the queue is gone).
+fn wake_all(signal: &Signal) {
+    signal.notify.notify_waiters();
 }
 
 async fn sleep_or(notified: impl Future<Output = ()>, until: Instant) {
@@ -334,25 +345,22 @@ impl InMemoryProvider {
                 "must be at least 1",
             ));
         }
-        let now = self.inner.clock.now();
         self.inner
-            .lock()
+            .queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(name.clone())
-            .or_insert_with(|| Queue::new(name.clone(), spec.clone(), now));
+            .or_insert_with(|| Mutex::new(Queue::new(name.clone(), spec.clone())));
         Ok(())
     }
 
     fn settle(&self, receipt: &Receipt, how: Settle) -> Result<()> {
-        let op = match how {
-            Settle::Complete => "complete",
-            Settle::Abandon { .. } => "abandon",
-            Settle::DeadLetter(_) => "dead_letter",
-        };
+        let op = how.operation();
         let token = parse_receipt(receipt, op)?;
         self.inner.with_queue(receipt.queue(), op, |q, now| {
             let r = q.settle(token, how, now);
             if r.is_ok() {
-                q.notify.notify_waiters();
+                q.signal.wake();
             }
             r
         })?
@@ -405,8 +413,14 @@ impl QueueProvider for InMemoryProvider {
     }
 
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
-        let mut ids = self.send_batch(queue, vec![message]).await?;
-        Ok(ids.remove(0))
+        let max = self.inner.limits.max_message_size;
+        let clock = self.inner.clock;
+        self.inner.with_queue(queue, "send", |q, _| {
+            let prepared = q.prepare(message, max)?;
+            let id = q.store(prepared, &clock);
+            q.signal.wake();
+            Ok(id)
+        })?
     }
 
     async fn send_batch(
@@ -418,9 +432,12 @@ impl QueueProvider for InMemoryProvider {
         let clock = self.inner.clock;
         self.inner.with_queue(queue, "send", |q, _| {
             // Validate everything first: a batch with one bad entry stores nothing.
-            let prepared = q.prepare(messages, max)?;
-            let ids = q.store(prepared, &clock);
-            q.notify.notify_waiters();
+            let prepared = messages
+                .into_iter()
+                .map(|m| q.prepare(m, max))
+                .collect::<Result<Vec<_>>>()?;
+            let ids = prepared.into_iter().map(|p| q.store(p, &clock)).collect();
+            q.signal.wake();
             Ok(ids)
         })?
     }
@@ -507,11 +524,16 @@ impl QueueProvider for InMemoryProvider {
     }
 
     async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
-        let removed = self.inner.lock().remove(queue);
+        let removed = self
+            .inner
+            .queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(queue);
         match removed {
             Some(q) => {
                 // Waiting receivers wake up and report the queue as gone.
-                q.notify.notify_waiters();
+                wake_all(&q.into_inner().unwrap_or_else(|e| e.into_inner()).signal);
                 Ok(())
             }
             None => Err(not_found(queue, "delete_queue")),

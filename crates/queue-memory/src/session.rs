@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use async_trait::async_trait;
@@ -58,11 +58,7 @@ impl MemorySessionReceiver {
     }
 
     fn settle(&self, receipt: &Receipt, how: Settle) -> Result<()> {
-        let op = match how {
-            Settle::Complete => "complete",
-            Settle::Abandon { .. } => "abandon",
-            Settle::DeadLetter(_) => "dead_letter",
-        };
+        let op = how.operation();
         let lost = || queue_core::QueueError::LockLost {
             provider: PROVIDER,
             queue: self.queue.to_string(),
@@ -78,7 +74,7 @@ impl MemorySessionReceiver {
         self.inner.with_queue(&self.queue, op, |q, now| {
             let r = q.settle_in_session(&self.session, self.token, token, how, now);
             if r.is_ok() {
-                q.notify.notify_waiters();
+                q.signal.wake();
             }
             r
         })?
@@ -110,6 +106,12 @@ impl SessionReceiver for MemorySessionReceiver {
             })
             .await?;
         Ok(got.unwrap_or_default())
+    }
+
+    /// Looks once: the in-memory broker knows the session's backlog exactly.
+    async fn receive_available(&self, options: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
+        self.receive(ReceiveOptions::new(options.max_messages, Duration::ZERO))
+            .await
     }
 
     async fn complete(&self, receipt: &Receipt) -> Result<()> {
@@ -153,7 +155,7 @@ impl SessionReceiver for MemorySessionReceiver {
         // An unknown queue means there is nothing left to release.
         let _ = self.inner.with_queue(&self.queue, "close", |q, now| {
             q.close_session(&self.session, self.token, now);
-            q.notify.notify_waiters();
+            q.signal.wake();
         });
         Ok(())
     }

@@ -1,14 +1,28 @@
 //! The synchronous queue state machine behind [`crate::InMemoryProvider`].
 //!
-//! Everything here runs under the provider's mutex and takes `now` explicitly, so the
-//! logic is deterministic. Expired locks, sessions, TTLs and duplicate-detection entries
-//! are processed lazily by [`Queue::sweep`], which every operation calls first.
+//! Everything here runs under the queue's own mutex and takes `now` explicitly, so the
+//! logic is deterministic. Every operation first calls [`Queue::sweep`], which processes
+//! the deadlines that have passed (lock and session-lock expiries, scheduled messages
+//! becoming visible, TTL expiries, duplicate-detection entries) in deadline order.
+//!
+//! # Indexes and costs
+//! With `n` messages in the queue, `s` sessions, `l` live locks and `k` messages held by
+//! one session lock, each message is in exactly one of: a *ready* set (available now;
+//! one per session, one for session-less messages, one for the dead-letter queue), the
+//! *visible* timer set (scheduled or delayed), the *lock* timer set (locked by a plain
+//! receive) or its session's *held* set (locked by a session receiver). Unlocked sessions
+//! with an available message are indexed by their oldest available sequence number. So:
+//! send is O(log n); a receive of `m` messages is O(m log n); settling and renewing are
+//! O(log n + log l); accepting the next session is O(log s); closing a session or losing
+//! its lock is O(k log n); a sweep with nothing due is O(1) per timer set, and each due
+//! deadline costs O(log n) once. Nothing scans the queue.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -19,7 +33,10 @@ use queue_core::{
 };
 use tokio::{sync::Notify, time::Instant};
 
-use crate::clock::{Clock, later};
+use crate::{
+    clock::{Clock, later},
+    ids::{fresh_message_id, write_decimal},
+};
 
 pub(crate) const PROVIDER: &str = "memory";
 
@@ -32,7 +49,7 @@ fn next_token() -> u64 {
 }
 
 /// Which store a receipt points into.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Store {
     Active,
     Dead,
@@ -47,12 +64,19 @@ pub(crate) struct Token {
 }
 
 impl Token {
-    fn format(self) -> String {
-        let s = match self.store {
-            Store::Active => 'a',
-            Store::Dead => 'd',
+    /// The token's text, built without going through `fmt` (one allocation: the `Arc`).
+    fn text(self) -> Arc<str> {
+        let mut buf = [0u8; 44];
+        buf[0] = match self.store {
+            Store::Active => b'a',
+            Store::Dead => b'd',
         };
-        format!("{s}.{}.{}", self.seq, self.lock)
+        buf[1] = b'.';
+        let mut len = 2 + write_decimal(&mut buf[2..], self.seq.unsigned_abs());
+        buf[len] = b'.';
+        len += 1;
+        len += write_decimal(&mut buf[len..], self.lock);
+        Arc::from(std::str::from_utf8(&buf[..len]).expect("a token is ASCII"))
     }
 
     pub(crate) fn parse(text: &str) -> Option<Self> {
@@ -71,6 +95,28 @@ impl Token {
     }
 }
 
+/// Hashes sequence numbers (dense, increasing `i64`s) with one multiplication.
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type SeqMap<V> = HashMap<i64, V, BuildHasherDefault<SeqHasher>>;
+
 #[derive(Clone, Copy, Debug)]
 struct MsgLock {
     token: u64,
@@ -83,7 +129,6 @@ struct MsgLock {
 struct Entry {
     message: Message,
     id: MessageId,
-    seq: i64,
     enqueued_at: Instant,
     visible_at: Instant,
     expires_at: Option<Instant>,
@@ -102,6 +147,106 @@ pub(crate) struct SessionLock {
 struct Session {
     lock: Option<SessionLock>,
     state: Option<Bytes>,
+    /// Available messages of this session, in order.
+    ready: BTreeSet<i64>,
+    /// Messages locked by the current session lock.
+    held: BTreeSet<i64>,
+    /// Messages of this session in the active store.
+    messages: usize,
+    /// This session's key in [`Queue::next_sessions`], if it is there.
+    indexed: Option<i64>,
+}
+
+type Sessions = HashMap<SessionId, Session>;
+
+/// The session entry of `id`, created if needed.
+fn session_mut<'a>(sessions: &'a mut Sessions, id: &SessionId) -> &'a mut Session {
+    if !sessions.contains_key(id) {
+        sessions.insert(id.clone(), Session::default());
+    }
+    sessions.get_mut(id).expect("inserted above")
+}
+
+/// Puts session `id` under its right key in `index`: its oldest available message when
+/// it is unlocked and has one, else nowhere.
+fn reindex(sessions: &mut Sessions, index: &mut BTreeSet<(i64, SessionId)>, id: &SessionId) {
+    let Some(s) = sessions.get_mut(id) else {
+        return;
+    };
+    let want = if s.lock.is_none() {
+        s.ready.first().copied()
+    } else {
+        None
+    };
+    if want == s.indexed {
+        return;
+    }
+    if let Some(old) = s.indexed {
+        index.remove(&(old, id.clone()));
+    }
+    if let Some(new) = want {
+        index.insert((new, id.clone()));
+    }
+    s.indexed = want;
+}
+
+/// Forgets session `id` once nothing refers to it any more.
+fn tidy(sessions: &mut Sessions, id: &SessionId) {
+    if sessions
+        .get(id)
+        .is_some_and(|s| s.lock.is_none() && s.state.is_none() && s.messages == 0)
+    {
+        sessions.remove(id);
+    }
+}
+
+/// Deadlines, each in a set ordered by time so the next one is found without a scan and
+/// a settled message's deadline is removed in O(log n).
+#[derive(Debug, Default)]
+struct Timers {
+    /// Scheduled or delayed messages becoming visible.
+    visible: BTreeSet<(Instant, Store, i64)>,
+    /// Locks of messages received without a session.
+    locks: BTreeSet<(Instant, Store, i64)>,
+    /// Message time-to-live expiries.
+    ttl: BTreeSet<(Instant, i64)>,
+    /// Session lock expiries.
+    sessions: BTreeSet<(Instant, SessionId)>,
+}
+
+/// Wakes receivers waiting on a queue, and only when one waits.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    pub(crate) notify: Notify,
+    /// Receivers that found nothing and sleep (counted under the queue's mutex).
+    waiters: AtomicUsize,
+}
+
+impl Signal {
+    /// Wakes the sleeping receivers, if there are any. Called under the queue's mutex.
+    pub(crate) fn wake(&self) {
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// A receiver counted as sleeping on a [`Signal`] until dropped.
+pub(crate) struct Waiter(Arc<Signal>);
+
+impl Waiter {
+    /// Counts a sleeping receiver. Call under the queue's mutex, after the receiver's
+    /// `Notified` is enabled and before the mutex is released.
+    pub(crate) fn new(signal: &Arc<Signal>) -> Self {
+        signal.waiters.fetch_add(1, Ordering::Relaxed);
+        Self(signal.clone())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One queue and its dead-letter queue.
@@ -109,17 +254,21 @@ struct Session {
 pub(crate) struct Queue {
     name: QueueName,
     pub(crate) spec: QueueSpec,
-    /// Woken on every change that can make a message or a session available.
-    pub(crate) notify: Arc<Notify>,
+    pub(crate) signal: Arc<Signal>,
     next_seq: i64,
-    active: BTreeMap<i64, Entry>,
-    /// Sequence numbers of `active`, per session id (`None`: session-less), in order.
-    by_session: HashMap<Option<SessionId>, BTreeSet<i64>>,
-    dead: BTreeMap<i64, Entry>,
+    active: SeqMap<Entry>,
+    dead: SeqMap<Entry>,
+    /// Available session-less messages, in order.
+    ready: BTreeSet<i64>,
+    /// Available dead-lettered messages, in order.
+    dead_ready: BTreeSet<i64>,
+    sessions: Sessions,
+    /// Unlocked sessions with an available message, by their oldest available message.
+    next_sessions: BTreeSet<(i64, SessionId)>,
+    timers: Timers,
     dedup: HashMap<MessageId, Instant>,
-    sessions: HashMap<SessionId, Session>,
-    /// No lock, TTL, session or dedup deadline falls before this instant.
-    next_sweep: Instant,
+    /// `dedup`'s entries in expiry order (the window is fixed, so send order).
+    dedup_order: VecDeque<(Instant, MessageId)>,
 }
 
 fn lock_lost(queue: &QueueName, operation: &'static str) -> QueueError {
@@ -143,6 +292,13 @@ pub(crate) fn session_lock_lost(
     }
 }
 
+fn max_deliveries(count: u32, max: u32) -> DeadLetterReason {
+    DeadLetterReason::new(
+        MAX_DELIVERY_COUNT_EXCEEDED,
+        format!("delivered {count} times, the queue allows {max}"),
+    )
+}
+
 /// How a settle call ends a delivery.
 #[derive(Debug)]
 pub(crate) enum Settle {
@@ -152,7 +308,7 @@ pub(crate) enum Settle {
 }
 
 impl Settle {
-    fn operation(&self) -> &'static str {
+    pub(crate) fn operation(&self) -> &'static str {
         match self {
             Self::Complete => "complete",
             Self::Abandon { .. } => "abandon",
@@ -168,256 +324,297 @@ pub(crate) struct Prepared {
 }
 
 impl Queue {
-    pub(crate) fn new(name: QueueName, spec: QueueSpec, now: Instant) -> Self {
+    pub(crate) fn new(name: QueueName, spec: QueueSpec) -> Self {
         Self {
             name,
             spec,
-            notify: Arc::new(Notify::new()),
+            signal: Arc::default(),
             next_seq: 1,
-            active: BTreeMap::new(),
-            by_session: HashMap::new(),
-            dead: BTreeMap::new(),
-            dedup: HashMap::new(),
+            active: SeqMap::default(),
+            dead: SeqMap::default(),
+            ready: BTreeSet::new(),
+            dead_ready: BTreeSet::new(),
             sessions: HashMap::new(),
-            next_sweep: now,
+            next_sessions: BTreeSet::new(),
+            timers: Timers::default(),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
         }
     }
 
-    fn insert_active(&mut self, entry: Entry) {
-        self.by_session
-            .entry(entry.message.session_id.clone())
-            .or_default()
-            .insert(entry.seq);
-        self.active.insert(entry.seq, entry);
+    fn map(&self, store: Store) -> &SeqMap<Entry> {
+        match store {
+            Store::Active => &self.active,
+            Store::Dead => &self.dead,
+        }
     }
 
-    fn remove_active(&mut self, seq: i64) -> Option<Entry> {
-        let entry = self.active.remove(&seq)?;
-        let key = &entry.message.session_id;
-        if let Some(seqs) = self.by_session.get_mut(key) {
-            seqs.remove(&seq);
-            if seqs.is_empty() {
-                self.by_session.remove(key);
+    fn map_mut(&mut self, store: Store) -> &mut SeqMap<Entry> {
+        match store {
+            Store::Active => &mut self.active,
+            Store::Dead => &mut self.dead,
+        }
+    }
+
+    /// Adds the unlocked, visible entry `seq` to its ready set.
+    fn make_ready(&mut self, store: Store, seq: i64) {
+        if store == Store::Dead {
+            self.dead_ready.insert(seq);
+            return;
+        }
+        match &self.active[&seq].message.session_id {
+            None => {
+                self.ready.insert(seq);
+            }
+            Some(id) => {
+                session_mut(&mut self.sessions, id).ready.insert(seq);
+                reindex(&mut self.sessions, &mut self.next_sessions, id);
+            }
+        }
+    }
+
+    /// Files the unlocked entry `seq` (in no index yet): dropped when its time to live
+    /// has passed, ready when visible, else under its visibility deadline.
+    fn place(&mut self, store: Store, seq: i64, now: Instant) {
+        let entry = &self.map(store)[&seq];
+        if entry.expires_at.is_some_and(|e| e <= now) {
+            self.remove_entry(store, seq);
+        } else if entry.visible_at > now {
+            self.timers.visible.insert((entry.visible_at, store, seq));
+        } else {
+            self.make_ready(store, seq);
+        }
+    }
+
+    /// Takes the entry `seq` out of whichever ready set, timer set or held set has it
+    /// (the TTL set excepted).
+    fn detach(&mut self, store: Store, seq: i64) {
+        let map = match store {
+            Store::Active => &self.active,
+            Store::Dead => &self.dead,
+        };
+        let Some(entry) = map.get(&seq) else {
+            return;
+        };
+        let session = entry.message.session_id.as_ref();
+        match entry.lock {
+            Some(MsgLock {
+                session_lock: None,
+                until,
+                ..
+            }) => {
+                self.timers.locks.remove(&(until, store, seq));
+            }
+            Some(_) => {
+                if let Some(s) = session.and_then(|id| self.sessions.get_mut(id)) {
+                    s.held.remove(&seq);
+                }
+            }
+            None => {
+                let was_ready = match (store, session) {
+                    (Store::Dead, _) => self.dead_ready.remove(&seq),
+                    (Store::Active, None) => self.ready.remove(&seq),
+                    (Store::Active, Some(id)) => {
+                        let removed = self
+                            .sessions
+                            .get_mut(id)
+                            .is_some_and(|s| s.ready.remove(&seq));
+                        reindex(&mut self.sessions, &mut self.next_sessions, id);
+                        removed
+                    }
+                };
+                if !was_ready {
+                    self.timers.visible.remove(&(entry.visible_at, store, seq));
+                }
+            }
+        }
+    }
+
+    /// Removes the entry `seq` and every index entry that points at it.
+    fn remove_entry(&mut self, store: Store, seq: i64) -> Option<Entry> {
+        self.detach(store, seq);
+        let entry = self.map_mut(store).remove(&seq)?;
+        if store == Store::Active {
+            if let Some(e) = entry.expires_at {
+                self.timers.ttl.remove(&(e, seq));
+            }
+            if let Some(id) = &entry.message.session_id {
+                if let Some(s) = self.sessions.get_mut(id) {
+                    s.messages = s.messages.saturating_sub(1);
+                }
+                tidy(&mut self.sessions, id);
             }
         }
         Some(entry)
     }
 
-    /// The available messages of one session key, oldest first.
-    fn available_in<'a>(
-        &'a self,
-        key: &Option<SessionId>,
-        now: Instant,
-    ) -> impl Iterator<Item = i64> + 'a {
-        self.by_session
-            .get(key)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(move |seq| Self::available(&self.active[seq], now))
-    }
-
-    fn note_deadline(&mut self, at: Instant) {
-        if at < self.next_sweep {
-            self.next_sweep = at;
+    /// Ends the lock on `seq` without settling it (abandon, lock expiry, session closed):
+    /// the message is dead-lettered when it has used up its deliveries, else filed again,
+    /// visible from `visible_at` when given.
+    fn release(&mut self, store: Store, seq: i64, now: Instant, visible_at: Option<Instant>) {
+        self.detach(store, seq);
+        let max = self.spec.max_delivery_count;
+        let Some(entry) = self.map_mut(store).get_mut(&seq) else {
+            return;
+        };
+        entry.lock = None;
+        if let Some(at) = visible_at {
+            entry.visible_at = at;
         }
-    }
-
-    fn session_lock_valid(&self, session: Option<&SessionId>, token: u64, now: Instant) -> bool {
-        session
-            .and_then(|s| self.sessions.get(s))
-            .and_then(|s| s.lock)
-            .is_some_and(|l| l.token == token && l.until > now)
-    }
-
-    fn msg_lock_valid(&self, entry: &Entry, now: Instant) -> bool {
-        match entry.lock {
-            None => false,
-            Some(MsgLock {
-                session_lock: Some(sl),
-                ..
-            }) => self.session_lock_valid(entry.message.session_id.as_ref(), sl, now),
-            Some(lock) => lock.until > now,
+        if store == Store::Active && entry.delivery_count >= max {
+            let reason = max_deliveries(entry.delivery_count, max);
+            self.move_to_dead(seq, reason, now);
+        } else {
+            self.place(store, seq, now);
         }
-    }
-
-    /// Processes every deadline that has passed: expired session locks, expired message
-    /// locks (the message becomes available again, or is dead-lettered when it has used
-    /// up its deliveries), expired TTLs and expired duplicate-detection entries. Returns
-    /// whether anything became available.
-    pub(crate) fn sweep(&mut self, now: Instant) -> bool {
-        if now < self.next_sweep {
-            return false;
-        }
-        let mut next = Clock::far_future(now);
-        let mut released = false;
-
-        self.dedup.retain(|_, until| *until > now);
-        for until in self.dedup.values() {
-            next = next.min(*until);
-        }
-
-        for session in self.sessions.values_mut() {
-            match session.lock {
-                Some(l) if l.until <= now => {
-                    session.lock = None;
-                    released = true;
-                }
-                Some(l) => next = next.min(l.until),
-                None => {}
-            }
-        }
-        self.sessions
-            .retain(|_, s| s.lock.is_some() || s.state.is_some());
-
-        let mut to_dead = Vec::new();
-        let mut to_drop = Vec::new();
-        let seqs: Vec<i64> = self.active.keys().copied().collect();
-        for seq in seqs {
-            let valid = self.msg_lock_valid(&self.active[&seq], now);
-            let max = self.spec.max_delivery_count;
-            let entry = self.active.get_mut(&seq).expect("key from the same map");
-            if entry.lock.is_some() && !valid {
-                entry.lock = None;
-                released = true;
-            }
-            if let Some(l) = entry.lock {
-                if l.session_lock.is_none() {
-                    next = next.min(l.until);
-                }
-                continue;
-            }
-            if entry.delivery_count >= max {
-                to_dead.push(seq);
-            } else if entry.expires_at.is_some_and(|e| e <= now) {
-                to_drop.push(seq);
-            } else if let Some(e) = entry.expires_at {
-                next = next.min(e);
-            }
-        }
-        for seq in to_drop {
-            self.remove_active(seq);
-        }
-        for seq in to_dead {
-            self.move_to_dead(
-                seq,
-                DeadLetterReason::new(
-                    MAX_DELIVERY_COUNT_EXCEEDED,
-                    format!(
-                        "delivered {} times, the queue allows {}",
-                        self.active[&seq].delivery_count, self.spec.max_delivery_count
-                    ),
-                ),
-                now,
-            );
-            released = true;
-        }
-
-        for entry in self.dead.values_mut() {
-            if let Some(l) = entry.lock {
-                if l.until <= now {
-                    entry.lock = None;
-                    released = true;
-                } else {
-                    next = next.min(l.until);
-                }
-            }
-        }
-        self.next_sweep = next;
-        released
     }
 
     fn move_to_dead(&mut self, seq: i64, reason: DeadLetterReason, now: Instant) {
-        if let Some(mut entry) = self.remove_active(seq) {
+        if let Some(mut entry) = self.remove_entry(Store::Active, seq) {
             entry.lock = None;
             entry.visible_at = now;
             entry.expires_at = None;
             entry.dead_letter = Some(reason);
             self.dead.insert(seq, entry);
+            self.dead_ready.insert(seq);
         }
     }
 
-    /// Validates `messages` for this queue. Nothing is stored.
+    /// The earliest deadline of any kind, if there is one.
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.timers.visible.first().map(|t| t.0),
+            self.timers.locks.first().map(|t| t.0),
+            self.timers.ttl.first().map(|t| t.0),
+            self.timers.sessions.first().map(|t| t.0),
+            self.dedup_order.front().map(|t| t.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Processes every deadline that has passed: expired session locks and message locks
+    /// (the message becomes available again, or is dead-lettered when it has used up its
+    /// deliveries), scheduled messages becoming visible, expired TTLs and expired
+    /// duplicate-detection entries. Returns whether anything became available.
+    pub(crate) fn sweep(&mut self, now: Instant) -> bool {
+        if self.next_deadline().is_none_or(|t| t > now) {
+            return false;
+        }
+        let mut released = false;
+        while let Some((until, id)) = pop_due(&mut self.timers.sessions, now, |t| t.0) {
+            let expired = self.sessions.get(&id).and_then(|s| s.lock);
+            if expired.is_some_and(|l| l.until == until) {
+                self.release_session(&id, now);
+                released = true;
+            }
+        }
+        while let Some((_, store, seq)) = pop_due(&mut self.timers.locks, now, |t| t.0) {
+            self.release(store, seq, now, None);
+            released = true;
+        }
+        while let Some((_, store, seq)) = pop_due(&mut self.timers.visible, now, |t| t.0) {
+            if self.map(store).contains_key(&seq) {
+                self.place(store, seq, now);
+            }
+            released = true;
+        }
+        while let Some((_, seq)) = pop_due(&mut self.timers.ttl, now, |t| t.0) {
+            // A locked message does not expire until its lock ends (`place` checks then).
+            if self.active.get(&seq).is_some_and(|e| e.lock.is_none()) {
+                self.remove_entry(Store::Active, seq);
+            }
+        }
+        while let Some((until, id)) = self.dedup_order.front().cloned() {
+            if until > now {
+                break;
+            }
+            self.dedup_order.pop_front();
+            if self.dedup.get(&id) == Some(&until) {
+                self.dedup.remove(&id);
+            }
+        }
+        released
+    }
+
+    /// Validates `message` for this queue and gives it an id. Nothing is stored.
     pub(crate) fn prepare(
         &self,
-        messages: Vec<Message>,
+        mut message: Message,
         max_message_size: usize,
-    ) -> Result<Vec<Prepared>> {
-        let mut out = Vec::with_capacity(messages.len());
-        for mut message in messages {
-            let size = message.encoded_size();
-            if size > max_message_size {
-                return Err(QueueError::MessageTooLarge {
-                    provider: PROVIDER,
-                    queue: self.name.to_string(),
-                    size,
-                    max: max_message_size,
-                });
-            }
-            if self.spec.requires_session && message.session_id.is_none() {
-                return Err(QueueError::InvalidMessage {
-                    provider: PROVIDER,
-                    reason: format!(
-                        "queue `{}` requires sessions and the message has no session id",
-                        self.name
-                    ),
-                });
-            }
-            let id = message
-                .message_id
-                .get_or_insert_with(MessageId::random)
-                .clone();
-            out.push(Prepared { message, id });
+    ) -> Result<Prepared> {
+        let size = message.encoded_size();
+        if size > max_message_size {
+            return Err(QueueError::MessageTooLarge {
+                provider: PROVIDER,
+                queue: self.name.to_string(),
+                size,
+                max: max_message_size,
+            });
         }
-        Ok(out)
+        if self.spec.requires_session && message.session_id.is_none() {
+            return Err(QueueError::InvalidMessage {
+                provider: PROVIDER,
+                reason: format!(
+                    "queue `{}` requires sessions and the message has no session id",
+                    self.name
+                ),
+            });
+        }
+        let id = message
+            .message_id
+            .get_or_insert_with(fresh_message_id)
+            .clone();
+        Ok(Prepared { message, id })
     }
 
-    /// Stores prepared messages (dropping duplicates inside the detection window) and
-    /// returns their ids in input order.
-    pub(crate) fn store(&mut self, prepared: Vec<Prepared>, clock: &Clock) -> Vec<MessageId> {
+    /// Stores a prepared message (unless it is a duplicate inside the detection window)
+    /// and returns its id.
+    pub(crate) fn store(&mut self, prepared: Prepared, clock: &Clock) -> MessageId {
+        let Prepared { message, id } = prepared;
         let now = clock.now();
-        let mut ids = Vec::with_capacity(prepared.len());
-        for Prepared { message, id } in prepared {
-            ids.push(id.clone());
-            if let Some(window) = self.spec.duplicate_detection_window {
-                if self.dedup.get(&id).is_some_and(|until| *until > now) {
-                    continue;
-                }
-                let until = later(now, window);
-                self.dedup.insert(id.clone(), until);
-                self.note_deadline(until);
+        if let Some(window) = self.spec.duplicate_detection_window {
+            if self.dedup.get(&id).is_some_and(|until| *until > now) {
+                return id;
             }
-            let visible_at = message
-                .scheduled_enqueue_time
-                .map_or(now, |t| clock.to_instant(t).max(now));
-            let expires_at = message
-                .time_to_live
-                .or(self.spec.default_ttl)
-                .map(|ttl| later(visible_at, ttl));
-            if let Some(e) = expires_at {
-                self.note_deadline(e);
-            }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.insert_active(Entry {
+            let until = later(now, window);
+            self.dedup.insert(id.clone(), until);
+            self.dedup_order.push_back((until, id.clone()));
+        }
+        let visible_at = message
+            .scheduled_enqueue_time
+            .map_or(now, |t| clock.to_instant(t).max(now));
+        let expires_at = message
+            .time_to_live
+            .or(self.spec.default_ttl)
+            .map(|ttl| later(visible_at, ttl));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(e) = expires_at {
+            self.timers.ttl.insert((e, seq));
+        }
+        if let Some(session) = &message.session_id {
+            session_mut(&mut self.sessions, session).messages += 1;
+        }
+        self.active.insert(
+            seq,
+            Entry {
                 message,
-                id,
-                seq,
+                id: id.clone(),
                 enqueued_at: now,
                 visible_at,
                 expires_at,
                 delivery_count: 0,
                 lock: None,
                 dead_letter: None,
-            });
-        }
-        ids
+            },
+        );
+        self.place(Store::Active, seq, now);
+        id
     }
 
-    fn available(entry: &Entry, now: Instant) -> bool {
-        entry.lock.is_none() && entry.visible_at <= now && entry.expires_at.is_none_or(|e| e > now)
-    }
-
+    /// Locks the available entry `seq` (already out of its ready set) and returns it.
     fn deliver(
         &mut self,
         store: Store,
@@ -428,28 +625,37 @@ impl Queue {
     ) -> ReceivedMessage {
         let token = next_token();
         let name = self.name.clone();
-        let map = match store {
-            Store::Active => &mut self.active,
-            Store::Dead => &mut self.dead,
-        };
-        let entry = map.get_mut(&seq).expect("caller picked an existing entry");
+        let entry = match store {
+            Store::Active => self.active.get_mut(&seq),
+            Store::Dead => self.dead.get_mut(&seq),
+        }
+        .expect("a ready sequence number names an entry");
         entry.delivery_count += 1;
         entry.lock = Some(MsgLock {
             token,
             until,
             session_lock,
         });
-        let receipt = Receipt::new(
-            PROVIDER,
-            name,
-            session_lock.and(entry.message.session_id.clone()),
-            Token {
-                store,
-                seq,
-                lock: token,
+        let session = match session_lock {
+            None => {
+                self.timers.locks.insert((until, store, seq));
+                None
             }
-            .format(),
-        );
+            Some(_) => {
+                let id = entry.message.session_id.clone();
+                if let Some(s) = id.as_ref().and_then(|id| self.sessions.get_mut(id)) {
+                    s.held.insert(seq);
+                }
+                id
+            }
+        };
+        let text = Token {
+            store,
+            seq,
+            lock: token,
+        }
+        .text();
+        let receipt = Receipt::new(PROVIDER, name, session, text);
         let mut rm = ReceivedMessage::new(
             entry.message.clone(),
             entry.id.clone(),
@@ -458,74 +664,60 @@ impl Queue {
             receipt,
         )
         .with_locked_until(clock.to_system(until))
-        .with_sequence_number(entry.seq);
+        .with_sequence_number(seq);
         if let Some(reason) = &entry.dead_letter {
             rm = rm.with_dead_letter(reason.clone());
-        }
-        if session_lock.is_none() {
-            self.note_deadline(until);
         }
         rm
     }
 
     /// Locks and returns up to `max` available messages without a session (or from the
-    /// dead-letter store, which ignores sessions).
+    /// dead-letter store, which ignores sessions), oldest first.
     pub(crate) fn receive(
         &mut self,
         store: Store,
         max: usize,
         clock: &Clock,
     ) -> Vec<ReceivedMessage> {
-        let now = clock.now();
-        let picked: Vec<i64> = match store {
-            Store::Active => self.available_in(&None, now).take(max).collect(),
-            Store::Dead => self
-                .dead
-                .values()
-                .filter(|e| Self::available(e, now))
-                .take(max)
-                .map(|e| e.seq)
-                .collect(),
+        let until = clock.now() + self.spec.lock_duration;
+        let available = match store {
+            Store::Active => self.ready.len(),
+            Store::Dead => self.dead_ready.len(),
         };
-        let until = now + self.spec.lock_duration;
-        picked
-            .into_iter()
-            .map(|seq| self.deliver(store, seq, until, None, clock))
-            .collect()
+        let mut out = Vec::with_capacity(max.min(available));
+        while out.len() < max {
+            let next = match store {
+                Store::Active => self.ready.pop_first(),
+                Store::Dead => self.dead_ready.pop_first(),
+            };
+            let Some(seq) = next else { break };
+            out.push(self.deliver(store, seq, until, None, clock));
+        }
+        out
     }
 
     /// When something that a waiting receiver could get may next become available: a
     /// scheduled or delayed message becoming visible, or a lock expiring.
     pub(crate) fn next_wake(&self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Instant| {
-            if t > now {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        };
-        for e in self.active.values().chain(self.dead.values()) {
-            match e.lock {
-                Some(l) if l.session_lock.is_none() => consider(l.until),
-                Some(_) => {}
-                None => consider(e.visible_at),
-            }
-        }
-        for s in self.sessions.values() {
-            if let Some(l) = s.lock {
-                consider(l.until);
-            }
-        }
-        next
+        [
+            self.timers.visible.first().map(|t| t.0),
+            self.timers.locks.first().map(|t| t.0),
+            self.timers.sessions.first().map(|t| t.0),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .min()
     }
 
     fn entry_for(&self, token: Token, now: Instant, operation: &'static str) -> Result<&Entry> {
-        let map = match token.store {
-            Store::Active => &self.active,
-            Store::Dead => &self.dead,
-        };
-        match map.get(&token.seq) {
+        // After the sweep every remaining lock is live: expired message locks were
+        // released, and so were the messages of expired or closed session locks.
+        match self.map(token.store).get(&token.seq) {
             Some(e)
-                if e.lock.is_some_and(|l| l.token == token.lock) && self.msg_lock_valid(e, now) =>
+                if e.lock.is_some_and(|l| {
+                    l.token == token.lock && (l.session_lock.is_some() || l.until > now)
+                }) =>
             {
                 Ok(e)
             }
@@ -535,35 +727,14 @@ impl Queue {
 
     /// Completes, abandons or dead-letters the delivery behind `token`.
     pub(crate) fn settle(&mut self, token: Token, how: Settle, now: Instant) -> Result<()> {
-        let op = how.operation();
-        self.entry_for(token, now, op)?;
+        self.entry_for(token, now, how.operation())?;
         match (token.store, how) {
-            (Store::Active, Settle::Complete) => {
-                self.remove_active(token.seq);
-            }
-            (Store::Dead, Settle::Complete) => {
-                self.dead.remove(&token.seq);
+            (store, Settle::Complete) => {
+                self.remove_entry(store, token.seq);
             }
             (store, Settle::Abandon { delay }) => {
-                let max = self.spec.max_delivery_count;
-                let map = match store {
-                    Store::Active => &mut self.active,
-                    Store::Dead => &mut self.dead,
-                };
-                let entry = map.get_mut(&token.seq).expect("checked above");
-                entry.lock = None;
-                entry.visible_at = later(now, delay.unwrap_or_default());
-                if store == Store::Active && entry.delivery_count >= max {
-                    let count = entry.delivery_count;
-                    self.move_to_dead(
-                        token.seq,
-                        DeadLetterReason::new(
-                            MAX_DELIVERY_COUNT_EXCEEDED,
-                            format!("delivered {count} times, the queue allows {max}"),
-                        ),
-                        now,
-                    );
-                }
+                let visible_at = later(now, delay.unwrap_or_default());
+                self.release(store, token.seq, now, Some(visible_at));
             }
             (Store::Active, Settle::DeadLetter(reason)) => {
                 self.move_to_dead(token.seq, reason, now);
@@ -585,17 +756,19 @@ impl Queue {
     /// expiry. A message received through a session renews the session lock instead.
     pub(crate) fn renew(&mut self, token: Token, now: Instant) -> Result<Instant> {
         let entry = self.entry_for(token, now, "renew_lock")?;
-        let until = now + self.spec.lock_duration;
-        let session = entry.message.session_id.clone();
-        let session_lock = entry.lock.and_then(|l| l.session_lock);
-        if let (Some(sl), Some(session)) = (session_lock, session) {
+        let lock = entry.lock.expect("entry_for checked the lock");
+        if let (Some(sl), Some(session)) = (lock.session_lock, entry.message.session_id.clone()) {
             return self.renew_session(&session, sl, now, "renew_lock");
         }
-        let map = match token.store {
-            Store::Active => &mut self.active,
-            Store::Dead => &mut self.dead,
-        };
-        if let Some(l) = map.get_mut(&token.seq).and_then(|e| e.lock.as_mut()) {
+        let until = now + self.spec.lock_duration;
+        let key = (token.store, token.seq);
+        self.timers.locks.remove(&(lock.until, key.0, key.1));
+        self.timers.locks.insert((until, key.0, key.1));
+        if let Some(l) = self
+            .map_mut(token.store)
+            .get_mut(&token.seq)
+            .and_then(|e| e.lock.as_mut())
+        {
             l.until = until;
         }
         Ok(until)
@@ -605,8 +778,8 @@ impl Queue {
 
     /// Locks session `id` for a new receiver.
     pub(crate) fn accept_named(&mut self, id: &SessionId, now: Instant) -> Result<SessionLock> {
-        let session = self.sessions.entry(id.clone()).or_default();
-        if session.lock.is_some_and(|l| l.until > now) {
+        let session = session_mut(&mut self.sessions, id);
+        if session.lock.is_some() {
             return Err(QueueError::SessionLocked {
                 provider: PROVIDER,
                 queue: self.name.to_string(),
@@ -618,30 +791,14 @@ impl Queue {
             until: now + self.spec.lock_duration,
         };
         session.lock = Some(lock);
-        self.note_deadline(lock.until);
+        self.timers.sessions.insert((lock.until, id.clone()));
+        reindex(&mut self.sessions, &mut self.next_sessions, id);
         Ok(lock)
     }
 
     /// Locks the unlocked session whose oldest available message is oldest, if any.
     pub(crate) fn accept_next(&mut self, now: Instant) -> Option<(SessionId, SessionLock)> {
-        let id = self
-            .by_session
-            .keys()
-            .filter_map(Option::as_ref)
-            .filter(|s| {
-                self.sessions
-                    .get(*s)
-                    .and_then(|s| s.lock)
-                    .is_none_or(|l| l.until <= now)
-            })
-            .filter_map(|s| {
-                let key = Some(s.clone());
-                let first = self.available_in(&key, now).next()?;
-                Some((first, s))
-            })
-            .min()?
-            .1
-            .clone();
+        let (_, id) = self.next_sessions.first()?.clone();
         let lock = self.accept_named(&id, now).ok()?;
         Some((id, lock))
     }
@@ -668,16 +825,14 @@ impl Queue {
         max: usize,
         clock: &Clock,
     ) -> Result<Vec<ReceivedMessage>> {
-        let now = clock.now();
-        let lock = self.check_session(id, token, now, "receive")?;
-        let picked: Vec<i64> = self
-            .available_in(&Some(id.clone()), now)
-            .take(max)
-            .collect();
-        Ok(picked
-            .into_iter()
-            .map(|seq| self.deliver(Store::Active, seq, lock.until, Some(token), clock))
-            .collect())
+        let lock = self.check_session(id, token, clock.now(), "receive")?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let next = self.sessions.get_mut(id).and_then(|s| s.ready.pop_first());
+            let Some(seq) = next else { break };
+            out.push(self.deliver(Store::Active, seq, lock.until, Some(token), clock));
+        }
+        Ok(out)
     }
 
     /// Settles a message through its session receiver.
@@ -710,57 +865,37 @@ impl Queue {
         now: Instant,
         operation: &'static str,
     ) -> Result<Instant> {
-        self.check_session(id, token, now, operation)?;
+        let old = self.check_session(id, token, now, operation)?;
         let until = now + self.spec.lock_duration;
+        self.timers.sessions.remove(&(old.until, id.clone()));
+        self.timers.sessions.insert((until, id.clone()));
         if let Some(l) = self.sessions.get_mut(id).and_then(|s| s.lock.as_mut()) {
             l.until = until;
         }
         Ok(until)
     }
 
+    /// Ends the session lock of `id`; the messages it held become available again (or
+    /// are dead-lettered when they have used up their deliveries).
+    fn release_session(&mut self, id: &SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if let Some(l) = s.lock.take() {
+            self.timers.sessions.remove(&(l.until, id.clone()));
+        }
+        let held = std::mem::take(&mut s.held);
+        reindex(&mut self.sessions, &mut self.next_sessions, id);
+        for seq in held {
+            self.release(Store::Active, seq, now, None);
+        }
+        tidy(&mut self.sessions, id);
+    }
+
     /// Releases the session lock; its unsettled messages become available again.
     pub(crate) fn close_session(&mut self, id: &SessionId, token: u64, now: Instant) {
-        if self.check_session(id, token, now, "close").is_err() {
-            return;
-        }
-        if let Some(s) = self.sessions.get_mut(id) {
-            s.lock = None;
-            if s.state.is_none() {
-                self.sessions.remove(id);
-            }
-        }
-        // Release the messages that hung on this lock (only this session's).
-        let key = Some(id.clone());
-        let held: Vec<i64> = self
-            .by_session
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|seq| {
-                self.active[seq]
-                    .lock
-                    .is_some_and(|l| l.session_lock == Some(token))
-            })
-            .collect();
-        let max = self.spec.max_delivery_count;
-        for seq in held {
-            let entry = self.active.get_mut(&seq).expect("indexed entry exists");
-            entry.lock = None;
-            if entry.delivery_count >= max {
-                let count = entry.delivery_count;
-                self.move_to_dead(
-                    seq,
-                    DeadLetterReason::new(
-                        MAX_DELIVERY_COUNT_EXCEEDED,
-                        format!("delivered {count} times, the queue allows {max}"),
-                    ),
-                    now,
-                );
-            } else if let Some(e) = entry.expires_at {
-                // A message that outlived its TTL while locked expires on the next sweep.
-                self.note_deadline(e);
-            }
+        if self.check_session(id, token, now, "close").is_ok() {
+            self.release_session(id, now);
         }
     }
 
@@ -796,5 +931,18 @@ impl Queue {
     /// Messages in the dead-letter queue.
     pub(crate) fn dead_len(&self) -> usize {
         self.dead.len()
+    }
+}
+
+/// Pops the first element of `set` if its deadline (`at`) has passed.
+fn pop_due<T: Ord + Clone>(
+    set: &mut BTreeSet<T>,
+    now: Instant,
+    at: impl Fn(&T) -> Instant,
+) -> Option<T> {
+    if set.first().is_some_and(|t| at(t) <= now) {
+        set.pop_first()
+    } else {
+        None
     }
 }
