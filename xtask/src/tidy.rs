@@ -10,11 +10,14 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Crates under `crates/` named `queue-*` that are not providers.
-const NOT_PROVIDERS: [&str; 4] = [
+const NOT_PROVIDERS: [&str; 7] = [
+    "queue-cli",
     "queue-core",
     "queue-conformance",
+    "queue-examples",
     "queue-runtime",
     "queue-security",
+    "queue-webhook",
 ];
 
 /// Package name prefixes `queue-core` must not depend on, with the reason.

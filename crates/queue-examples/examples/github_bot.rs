@@ -6,7 +6,7 @@
 //! and goes to the dead-letter queue. The run ends with a per-pull-request summary.
 //!
 //! ```text
-//! cargo run -p queue-runtime --example github_bot
+//! cargo run -p queue-examples --example github_bot
 //! ```
 //!
 //! By default it runs on the in-memory provider. To point it elsewhere, pass a configuration

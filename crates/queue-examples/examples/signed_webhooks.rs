@@ -8,7 +8,7 @@
 //! dead-lettered with reason `Unsigned`.
 //!
 //! ```text
-//! cargo run -p queue-runtime --features security --example signed_webhooks
+//! cargo run -p queue-examples --features security --example signed_webhooks
 //! ```
 //!
 //! Secrets come from `GITHUB_WEBHOOK_SECRET` and `QUEUE_SIGNING_KEYS` (see
