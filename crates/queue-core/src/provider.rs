@@ -274,6 +274,18 @@ pub trait SessionReceiver: fmt::Debug + Send + Sync {
     /// Receives the session's next messages, in order, waiting up to `options.wait`.
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<ReceivedMessage>>;
 
+    /// Receives the session's next messages that are available now, without waiting for
+    /// new ones to be sent: an empty batch means the session is drained for this receiver,
+    /// and a consumer may move on to the next session at once.
+    ///
+    /// `options.wait` bounds how long the provider may take to find out (a round trip to
+    /// the broker). The default is [`receive`](Self::receive) with that wait, which cannot
+    /// tell "drained" from "nothing arrived in time"; providers that know their session's
+    /// backlog override it and answer without waiting.
+    async fn receive_available(&self, options: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
+        self.receive(options).await
+    }
+
     /// Completes a message received through this session.
     async fn complete(&self, receipt: &Receipt) -> Result<()>;
 
