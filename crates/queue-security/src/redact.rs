@@ -56,6 +56,25 @@ const GITHUB_PREFIXES: &[&str] = &["github_pat_", "ghp_", "gho_", "ghs_", "ghu_"
 /// Authorization schemes whose credential follows after whitespace.
 const AUTH_SCHEMES: &[&str] = &["bearer", "basic"];
 
+/// Whether a key, scheme or token prefix starts with this byte (either case): most word
+/// starts are rejected here without comparing any key.
+const STARTS_A_KEY: [bool; 256] = {
+    let lists: [&[&str]; 4] = [CONNECTION_KEYS, SECRET_KEYS, GITHUB_PREFIXES, AUTH_SCHEMES];
+    let mut table = [false; 256];
+    let mut l = 0;
+    while l < lists.len() {
+        let mut k = 0;
+        while k < lists[l].len() {
+            let first = lists[l][k].as_bytes()[0];
+            table[first.to_ascii_lowercase() as usize] = true;
+            table[first.to_ascii_uppercase() as usize] = true;
+            k += 1;
+        }
+        l += 1;
+    }
+    table
+};
+
 fn starts_with_ci(hay: &[u8], needle: &str) -> bool {
     hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle.as_bytes())
 }
@@ -79,87 +98,140 @@ fn is_token_byte(b: u8) -> bool {
 /// `SharedAccessSignature=`, `AccountKey=`) and of secret-looking keys (`sig=`,
 /// `password=`, `token=`, `aws_secret_access_key=`, `X-Amz-Signature=`, JSON
 /// `"SecretAccessKey": "..."` and similar), `Bearer`/`Basic` credentials, GitHub tokens
-/// (`ghp_`, `gho_`, `ghs_`, `ghu_`, `ghr_`, `github_pat_`; the prefix is kept), passwords in
-/// URLs (`scheme://user:password@host`), and free-standing 40-character mixed-case
-/// base64 words (the shape of AWS secret access keys; lowercase hex such as git SHAs is
-/// left alone). Redaction is idempotent.
+/// (`ghp_`, `gho_`, `ghs_`, `ghu_`, `ghr_`, `github_pat_`; the prefix is kept), the whole
+/// user-info of URLs that carry a password (`scheme://user:password@host` becomes
+/// `scheme://[REDACTED]@host`), and free-standing 40-character mixed-case base64 words
+/// (the shape of AWS secret access keys; lowercase hex such as git SHAs is left alone).
+///
+/// One left-to-right pass, linear in the length of `text`: a successful match is skipped
+/// as a whole, and a failed look-ahead stops at a delimiter that the next look-ahead of
+/// the same kind does not cross. Redaction is idempotent (`redact_text(redact_text(x)) ==
+/// redact_text(x)`): a value that already is [`REDACTED`] is kept, the marker's `[` ends a
+/// URL user-info, and word boundaries are judged on the output, so a second pass makes
+/// exactly the decisions of the first.
 pub fn redact_text(text: &str) -> Cow<'_, str> {
-    // One pass can expose a new match next to a replaced region (a key right after a
-    // redacted token); repeat until nothing changes. Every change replaces text that is
-    // not the marker by the marker, so this settles quickly; the bound is a safety net.
-    let Some(mut current) = redact_pass(text) else {
-        return Cow::Borrowed(text);
-    };
-    for _ in 0..16 {
-        match redact_pass(&current) {
-            Some(next) => current = next,
-            None => break,
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    // The byte before `i` as it appears in the output (`]` right after a replacement).
+    let mut prev: Option<u8> = None;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(REDACTED.as_bytes()) {
+            i += REDACTED.len();
+            prev = Some(b']');
+            continue;
+        }
+        let Some(region) = match_at(bytes, i, prev) else {
+            prev = Some(bytes[i]);
+            i += 1;
+            continue;
+        };
+        let Region { start, end, .. } = if is_only_markers(&bytes[region.start..region.end]) {
+            region
+        } else {
+            grow(bytes, region)
+        };
+        if !is_only_markers(&bytes[start..end]) {
+            let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            buf.push_str(&text[copied..start]);
+            buf.push_str(REDACTED);
+            copied = end;
+        }
+        i = end;
+        prev = Some(b']');
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut buf) => {
+            buf.push_str(&text[copied..]);
+            Cow::Owned(buf)
         }
     }
-    Cow::Owned(current)
 }
 
-/// Finds every match at every position, merges overlapping or touching ranges, and
-/// replaces each merged range (unless it already is the marker). `None` if unchanged.
-fn redact_pass(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut ranges: Vec<(usize, usize)> = Vec::new();
-    for i in 0..bytes.len() {
-        let b = bytes[i];
-        if !b.is_ascii() {
-            continue;
-        }
-        let prev = if i == 0 { None } else { Some(bytes[i - 1]) };
-        if prev.is_none_or(|p| !is_word(p)) && b.is_ascii_alphabetic() {
-            ranges.extend(match_key_value(bytes, i));
-            ranges.extend(match_auth_scheme(bytes, i));
-            ranges.extend(match_github_token(bytes, i));
-        }
-        if b == b':' && bytes[i..].starts_with(b"://") {
-            ranges.extend(match_url_password(bytes, i + 3));
-        }
-        if is_aws_secret_byte(b) && prev.is_none_or(|p| !is_aws_secret_byte(p)) {
-            let run = bytes[i..]
-                .iter()
-                .take_while(|c| is_aws_secret_byte(**c))
-                .count();
-            let after = bytes.get(i + run).copied();
-            if run == 40
-                && after.is_none_or(|a| a != b'=')
-                && looks_like_aws_secret(&bytes[i..i + run])
-            {
-                ranges.push((i, i + run));
-            }
+/// The secret region of the first matcher that fires at `i`, if any. Matchers start and
+/// stop only at ASCII bytes, so regions lie on char boundaries.
+fn match_at(bytes: &[u8], i: usize, prev: Option<u8>) -> Option<Region> {
+    let b = bytes[i];
+    if STARTS_A_KEY[usize::from(b)] && prev.is_none_or(|p| !is_word(p)) {
+        let found = match_key_value(bytes, i).or_else(|| {
+            match_auth_scheme(bytes, i)
+                .or_else(|| match_github_token(bytes, i))
+                .map(Region::other)
+        });
+        if found.is_some() {
+            return found;
         }
     }
-    if ranges.is_empty() {
-        return None;
+    if b == b':'
+        && bytes[i..].starts_with(b"://")
+        && let Some(found) = match_url_userinfo(bytes, i + 3)
+    {
+        return Some(Region::other(found));
     }
-    ranges.sort_unstable();
-    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
-    for (start, end) in ranges {
-        match merged.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
+    if is_aws_secret_byte(b) && prev.is_none_or(|p| !is_aws_secret_byte(p)) {
+        return match_aws_secret(bytes, i).map(Region::other);
+    }
+    None
+}
+
+/// How far back from a region's end a key, scheme or `://` may start and still reach past
+/// it (the longest key plus quote, blanks and separator, with room to spare).
+const TAIL: usize = 64;
+
+/// Grows `region` while a match that starts in its last [`TAIL`] bytes reaches past its
+/// end (`Bearer password: x`: the token `password` is also a key whose value follows), then
+/// continues the region's own value to its next end. Every position is tried once.
+fn grow(bytes: &[u8], mut region: Region) -> Region {
+    let mut tried = region.start;
+    loop {
+        let from = region.end.saturating_sub(TAIL).max(tried);
+        let reach = (from..region.end)
+            .filter_map(|j| match_inside(bytes, j))
+            .max()
+            .filter(|e| *e > region.end);
+        tried = region.end;
+        let Some(end) = reach else {
+            return region;
+        };
+        region.end = value_end(bytes, end, region.kind);
+    }
+}
+
+/// The end of a match starting at `j` inside a region (word starts judged on the input).
+fn match_inside(bytes: &[u8], j: usize) -> Option<usize> {
+    let prev = j.checked_sub(1).map(|p| bytes[p]);
+    if STARTS_A_KEY[usize::from(bytes[j])] && prev.is_none_or(|p| !is_word(p)) {
+        let found = match_key_value(bytes, j)
+            .map(|r| r.end)
+            .or_else(|| match_auth_scheme(bytes, j).map(|r| r.1));
+        if found.is_some() {
+            return found;
         }
     }
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
-    let mut changed = false;
-    for (start, end) in merged {
-        if &text[start..end] == REDACTED {
-            continue;
-        }
-        out.push_str(&text[copied..start]);
-        out.push_str(REDACTED);
-        copied = end;
-        changed = true;
-    }
-    if !changed {
-        return None;
-    }
-    out.push_str(&text[copied..]);
-    Some(out)
+    (bytes[j] == b':' && bytes[j..].starts_with(b"://"))
+        .then(|| match_url_userinfo(bytes, j + 3).map(|r| r.1))
+        .flatten()
+}
+
+fn is_only_markers(region: &[u8]) -> bool {
+    let marker = REDACTED.as_bytes();
+    !region.is_empty()
+        && region.len().is_multiple_of(marker.len())
+        && region.chunks(marker.len()).all(|c| c == marker)
+}
+
+/// A maximal run of exactly 40 base64 bytes that looks like an AWS secret key.
+fn match_aws_secret(bytes: &[u8], i: usize) -> Option<(usize, usize)> {
+    let run = bytes[i..]
+        .iter()
+        .take_while(|c| is_aws_secret_byte(**c))
+        .count();
+    let after = bytes.get(i + run).copied();
+    let hit =
+        run == 40 && after.is_none_or(|a| a != b'=') && looks_like_aws_secret(&bytes[i..i + run]);
+    hit.then_some((i, i + run))
 }
 
 fn looks_like_aws_secret(run: &[u8]) -> bool {
@@ -170,61 +242,111 @@ fn looks_like_aws_secret(run: &[u8]) -> bool {
             .any(|b| b.is_ascii_digit() || *b == b'/' || *b == b'+')
 }
 
+/// How a key's value ends; a region grown past its first end continues to the next
+/// such end, so that a second pass reads the whole region as one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ValueEnd {
+    /// Connection-string value: ends at `;`, a quote, `<`, `>` or a line break.
+    Connection,
+    /// Other key values: also end at whitespace, `&` and `,`.
+    Plain,
+    /// Quoted value: ends at the closing quote (backslash escapes) or a line break.
+    Quoted(u8),
+    /// Tokens, user-infos and AWS-shaped words: a second pass never reads through the
+    /// marker, so nothing to continue.
+    Other,
+}
+
+/// A range to replace, and how it ends.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    start: usize,
+    end: usize,
+    kind: ValueEnd,
+}
+
+impl Region {
+    fn other((start, end): (usize, usize)) -> Self {
+        Self {
+            start,
+            end,
+            kind: ValueEnd::Other,
+        }
+    }
+}
+
+/// Where a value of `kind` that is still open at `from` ends.
+fn value_end(bytes: &[u8], from: usize, kind: ValueEnd) -> usize {
+    match kind {
+        ValueEnd::Other => from,
+        ValueEnd::Quoted(q) => {
+            let mut k = from;
+            while k < bytes.len() && bytes[k] != q && bytes[k] != b'\n' && bytes[k] != b'\r' {
+                k += if bytes[k] == b'\\' { 2 } else { 1 };
+            }
+            k.min(bytes.len())
+        }
+        ValueEnd::Connection | ValueEnd::Plain => {
+            let plain = kind == ValueEnd::Plain;
+            from + bytes[from..]
+                .iter()
+                .take_while(|c| {
+                    let stop = matches!(c, b';' | b'"' | b'\'' | b'<' | b'>' | b'\n' | b'\r')
+                        || (plain && (c.is_ascii_whitespace() || matches!(c, b'&' | b',')));
+                    !stop
+                })
+                .count()
+        }
+    }
+}
+
+fn skip_blanks(bytes: &[u8], mut j: usize, connection_style: bool) -> usize {
+    // Parsers trim connection-string keys and values, line breaks included.
+    while bytes
+        .get(j)
+        .is_some_and(|c| *c == b' ' || *c == b'\t' || (connection_style && c.is_ascii_whitespace()))
+    {
+        j += 1;
+    }
+    j
+}
+
+/// The secret key at the start of `rest` (lists are lowercase), and whether it is a
+/// connection-string key.
+fn find_key(rest: &[u8]) -> Option<(&'static str, bool)> {
+    let first = rest.first()?.to_ascii_lowercase();
+    for (list, connection_style) in [(CONNECTION_KEYS, true), (SECRET_KEYS, false)] {
+        for key in list {
+            if key.as_bytes()[0] == first
+                && starts_with_ci(rest, key)
+                && rest.get(key.len()).is_none_or(|c| !is_word(*c))
+            {
+                return Some((key, connection_style));
+            }
+        }
+    }
+    None
+}
+
 /// `key [quote] [spaces] (=|:) [spaces] [quote] value` at `i`; returns the value range.
-fn match_key_value(bytes: &[u8], i: usize) -> Option<(usize, usize)> {
-    let rest = &bytes[i..];
-    let (key, connection_style) = CONNECTION_KEYS
-        .iter()
-        .map(|k| (*k, true))
-        .chain(SECRET_KEYS.iter().map(|k| (*k, false)))
-        .find(|(k, _)| starts_with_ci(rest, k) && rest.get(k.len()).is_none_or(|c| !is_word(*c)))?;
+fn match_key_value(bytes: &[u8], i: usize) -> Option<Region> {
+    let (key, connection_style) = find_key(&bytes[i..])?;
     let mut j = i + key.len();
     if matches!(bytes.get(j), Some(b'"' | b'\'')) {
         j += 1;
     }
-    // Parsers trim keys, line breaks included, so a connection key may be followed by
-    // any whitespace before its `=`.
-    while bytes
-        .get(j)
-        .is_some_and(|c| *c == b' ' || *c == b'\t' || (connection_style && c.is_ascii_whitespace()))
-    {
-        j += 1;
-    }
+    j = skip_blanks(bytes, j, connection_style);
     if !matches!(bytes.get(j), Some(b'=' | b':')) {
         return None;
     }
-    j += 1;
-    // Connection-string values are trimmed by parsers, line breaks included.
-    while bytes
-        .get(j)
-        .is_some_and(|c| *c == b' ' || *c == b'\t' || (connection_style && c.is_ascii_whitespace()))
-    {
-        j += 1;
-    }
-    if let Some(&q) = bytes.get(j).filter(|q| matches!(q, b'"' | b'\'')) {
-        let start = j + 1;
-        let mut k = start;
-        while k < bytes.len() && bytes[k] != q && bytes[k] != b'\n' && bytes[k] != b'\r' {
-            k += if bytes[k] == b'\\' && k + 1 < bytes.len() {
-                2
-            } else {
-                1
-            };
-        }
-        let end = k.min(bytes.len());
-        return (end > start).then_some((start, end));
-    }
-    let start = j;
-    let end = start
-        + bytes[start..]
-            .iter()
-            .take_while(|c| {
-                let stop = matches!(c, b';' | b'"' | b'\'' | b'<' | b'>' | b'\n' | b'\r')
-                    || (!connection_style && (c.is_ascii_whitespace() || matches!(c, b'&' | b',')));
-                !stop
-            })
-            .count();
-    (end > start).then_some((start, end))
+    j = skip_blanks(bytes, j + 1, connection_style);
+    let (start, kind) = match bytes.get(j) {
+        Some(&q @ (b'"' | b'\'')) => (j + 1, ValueEnd::Quoted(q)),
+        _ if connection_style => (j, ValueEnd::Connection),
+        _ => (j, ValueEnd::Plain),
+    };
+    let end = value_end(bytes, start, kind);
+    (end > start).then_some(Region { start, end, kind })
 }
 
 fn match_auth_scheme(bytes: &[u8], i: usize) -> Option<(usize, usize)> {
@@ -253,17 +375,20 @@ fn match_github_token(bytes: &[u8], i: usize) -> Option<(usize, usize)> {
     (len > 0).then_some((start, start + len))
 }
 
-/// After `://`: `user:password@` → the password range.
-fn match_url_password(bytes: &[u8], start: usize) -> Option<(usize, usize)> {
+/// After `://`: `user:password@` → the whole user-info (`user:password`). Stops at what
+/// RFC 3986 does not allow in a user-info (`/ ? # [ ] @`, whitespace) and at `; " ' < >`,
+/// so the marker's `[` ends the look-ahead: a second pass never finds a user-info that
+/// reaches through a replaced region.
+fn match_url_userinfo(bytes: &[u8], start: usize) -> Option<(usize, usize)> {
     let mut colon = None;
     for (k, &c) in bytes.iter().enumerate().skip(start) {
         match c {
             b'@' => {
                 let colon = colon?;
-                return (k > colon + 1).then_some((colon + 1, k));
+                return (k > colon + 1).then_some((start, k));
             }
             b':' if colon.is_none() => colon = Some(k),
-            b'/' | b'?' | b'#' | b';' | b'"' | b'\'' | b'<' | b'>' => return None,
+            b'/' | b'?' | b'#' | b'[' | b']' | b';' | b'"' | b'\'' | b'<' | b'>' => return None,
             c if c.is_ascii_whitespace() => return None,
             _ => {}
         }
