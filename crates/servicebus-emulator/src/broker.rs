@@ -124,6 +124,9 @@ pub enum Settlement {
         /// Application properties to merge into the message.
         properties: Vec<(String, SimpleValue)>,
     },
+    /// Return it to the queue without counting a delivery (the AMQP `released` outcome:
+    /// the receiver never handed the message to the application).
+    Release,
     /// Move it to the dead-letter sub-queue.
     DeadLetter {
         /// `DeadLetterReason`.
@@ -152,6 +155,8 @@ pub struct Delivered {
     pub message: Arc<AmqpMessage>,
     /// The message's session id.
     pub session_id: Option<String>,
+    /// Whether the message is scheduled and not yet visible (only peeks see those).
+    pub scheduled: bool,
 }
 
 /// Where a lock points to.
@@ -346,13 +351,6 @@ impl Broker {
                     ),
                 });
             }
-            if !q.cfg.requires_session && m.session_id().is_some() {
-                return Err(EmulatorError::BadRequest {
-                    reason: format!(
-                        "queue `{queue}` is not session-enabled; the message has a session id"
-                    ),
-                });
-            }
         }
         let mut seqs = Vec::with_capacity(messages.len());
         for m in messages {
@@ -377,7 +375,9 @@ impl Broker {
                 .unwrap_or(now);
             let seq = q.next_seq;
             q.next_seq += 1;
-            let session_id = m.session_id();
+            // A plain queue keeps a message's session id as a property only, as Service
+            // Bus does: the message is not session-bound there.
+            let session_id = m.session_id().filter(|_| q.cfg.requires_session);
             if let Some(s) = &session_id {
                 q.sessions.entry(s.clone()).or_default();
             }
@@ -534,6 +534,9 @@ impl Broker {
                 } else {
                     q.store(r.entity.sub).entries.insert(e.seq, e);
                 }
+            }
+            Settlement::Release => {
+                q.store(r.entity.sub).entries.insert(e.seq, e);
             }
             Settlement::DeadLetter {
                 reason,
@@ -830,6 +833,7 @@ fn delivered(clock: &Clock, e: &Entry, token: Uuid, until: Option<Instant>) -> D
         locked_until: until.map(|u| clock.wall(u)),
         message: e.message.clone(),
         session_id: e.session_id.clone(),
+        scheduled: e.visible_at > clock.now(),
     }
 }
 

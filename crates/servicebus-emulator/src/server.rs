@@ -389,11 +389,18 @@ fn entity_of(path: &str) -> Option<EntityRef> {
     Some(EntityRef { queue, sub })
 }
 
-fn error(cond: &str, desc: impl Into<String>) -> fe2o3_amqp_types::definitions::Error {
+/// An AMQP error as Service Bus sends it: condition, description and an `info` map (the
+/// official SDKs read `info` unconditionally; without it the Python SDK's refused sends hang).
+pub(crate) fn error(cond: &str, desc: impl Into<String>) -> fe2o3_amqp_types::definitions::Error {
+    let mut info = OrderedMap::new();
+    info.insert(
+        Symbol::from("com.microsoft:tracking-id"),
+        Value::String(Uuid::new_v4().to_string()),
+    );
     fe2o3_amqp_types::definitions::Error {
         condition: ErrorCondition::Custom(Symbol::from(cond)),
         description: Some(desc.into()),
-        info: None,
+        info: Some(info.into()),
     }
 }
 
@@ -1455,6 +1462,11 @@ pub(crate) fn delivery_message(d: &Delivered, locked: bool) -> AmqpMessage {
     };
     put("x-opt-sequence-number", Value::Long(d.sequence_number));
     put("x-opt-enqueued-time", ts(d.enqueued_time));
+    // 0 active, 2 scheduled (1 deferred is not emulated).
+    put(
+        "x-opt-message-state",
+        Value::Int(if d.scheduled { 2 } else { 0 }),
+    );
     if locked {
         if let Some(u) = d.locked_until {
             put("x-opt-locked-until", ts(u));
@@ -1506,7 +1518,7 @@ pub(crate) fn encode_message(mut m: AmqpMessage) -> Result<Vec<u8>, serde_amqp::
 fn settlement_of(state: &DeliveryState) -> Result<Settlement, EmulatorError> {
     Ok(match state {
         DeliveryState::Accepted(_) => Settlement::Complete,
-        DeliveryState::Released(_) => Settlement::Abandon { properties: vec![] },
+        DeliveryState::Released(_) => Settlement::Release,
         DeliveryState::Modified(m) if m.undeliverable_here == Some(true) => {
             return Err(EmulatorError::BadRequest {
                 reason: "deferring messages is not emulated".into(),
@@ -1570,6 +1582,7 @@ mod tests {
             locked_until: Some(SystemTime::now()),
             message: std::sync::Arc::new(m),
             session_id: None,
+            scheduled: false,
         };
         let bytes = encode_message(delivery_message(&d, true)).unwrap();
         assert_eq!(&bytes[..6], &[0x00, 0x53, 0x70, 0xc0, 11, 5]);

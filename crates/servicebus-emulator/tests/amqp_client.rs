@@ -271,7 +271,13 @@ async fn dropping_the_emulator_closes_its_connections() {
 
 #[tokio::test]
 async fn large_messages_are_split_and_reassembled() {
-    let emu = start(false).await;
+    // Premium: 1 MiB messages (Standard stops at 256 KiB).
+    let emu = start_with(
+        EmulatorConfig::new()
+            .premium(1024)
+            .with_queue("q", QueueConfig::new()),
+    )
+    .await;
     // The client accepts only small frames: what the emulator sends must be split.
     let mut conn = Connection::builder()
         .container_id("big")
@@ -477,7 +483,7 @@ async fn messages_over_the_advertised_size_are_refused() {
 
     let emu = start(false).await;
     let mut s = raw::sender(emu.local_addr(), "q").await;
-    // 1.1 MiB in 60 000-byte frames: more than the 1 MiB every attach advertises.
+    // 1.1 MiB in 60 000-byte frames: more than the 256 KiB every attach advertises.
     let chunk = vec![0x41u8; 60_000];
     let frames = 19;
     for i in 0..frames {

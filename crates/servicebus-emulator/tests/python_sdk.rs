@@ -187,3 +187,13 @@ async fn over_websockets_with_tls() {
     let cfg = keyed(EmulatorConfig::new().with_queue("orders", QueueConfig::new()));
     run_in(Mode::Wss, "basic_queue.py", cfg, None, &["orders"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_fail_fast_and_limits_states_and_release_match_service_bus() {
+    let cfg = keyed(
+        EmulatorConfig::new()
+            .with_queue("events", QueueConfig::new().with_requires_session(true))
+            .with_queue("plain", QueueConfig::new()),
+    );
+    run("fidelity.py", cfg, None, &["events", "plain"]).await;
+}
