@@ -86,15 +86,19 @@ impl WebhookHeaders {
 
 /// Verifies GitHub webhook deliveries with the webhook secret and turns them into queue
 /// messages.
+///
+/// During a secret rotation it accepts any of several secrets
+/// ([`WebhookVerifier::with_secret`]): add the new one, change it in GitHub, drop the old.
 #[derive(Clone)]
 pub struct WebhookVerifier {
-    secret: SecretString,
+    secrets: Vec<SecretString>,
     max_body_size: usize,
 }
 
 impl fmt::Debug for WebhookVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookVerifier")
+            .field("secrets", &self.secrets.len())
             .field("max_body_size", &self.max_body_size)
             .finish_non_exhaustive()
     }
@@ -104,9 +108,15 @@ impl WebhookVerifier {
     /// A verifier for webhooks configured with `secret`.
     pub fn new(secret: SecretString) -> Self {
         Self {
-            secret,
+            secrets: vec![secret],
             max_body_size: DEFAULT_MAX_WEBHOOK_BODY,
         }
+    }
+
+    /// Also accepts signatures made with `secret` (for rotation: old and new at once).
+    pub fn with_secret(mut self, secret: SecretString) -> Self {
+        self.secrets.push(secret);
+        self
     }
 
     /// Sets the largest body accepted (checked before anything else).
@@ -149,11 +159,17 @@ impl WebhookVerifier {
                 reason: "webhook signature must be 64 hex digits",
             });
         }
-        let key = ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            self.secret.expose_secret().as_bytes(),
-        );
-        ring::hmac::verify(&key, body, &tag).map_err(|_| SecurityError::SignatureInvalid)
+        // Every secret is tried, so the time taken does not tell which one matched.
+        let matched = self.secrets.iter().fold(false, |found, secret| {
+            let key =
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose_secret().as_bytes());
+            ring::hmac::verify(&key, body, &tag).is_ok() | found
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(SecurityError::SignatureInvalid)
+        }
     }
 
     /// Verifies a delivery and converts it into a message, in one call.
@@ -308,6 +324,22 @@ mod tests {
             "sha256={}",
             hex::encode(ring::hmac::sign(&key, body).as_ref())
         )
+    }
+
+    #[test]
+    fn rotation_accepts_every_configured_secret_and_nothing_else() {
+        let v = WebhookVerifier::new(SecretString::from("old-secret"))
+            .with_secret(SecretString::from(SECRET));
+        v.verify_signature(Some(EXAMPLE_SIG), b"Hello, World!")
+            .unwrap();
+        v.verify_signature(Some(&sign("old-secret", b"x")), b"x")
+            .unwrap();
+        assert!(matches!(
+            v.verify_signature(Some(&sign("third", b"x")), b"x"),
+            Err(SecurityError::SignatureInvalid)
+        ));
+        assert!(format!("{v:?}").contains("secrets: 2"));
+        assert!(!format!("{v:?}").contains("old-secret"));
     }
 
     #[test]
