@@ -12,10 +12,9 @@ use std::{
 };
 
 use fe2o3_amqp::{
-    Connection, Receiver, Sender, Session,
+    Receiver, Sender, Session,
     connection::ConnectionHandle,
     link::{LinkStateError, RecvError, SendError, receiver::CreditMode},
-    sasl_profile::SaslProfile,
     session::SessionHandle,
     types::{
         definitions::{self, ReceiverSettleMode, SenderSettleMode},
@@ -27,7 +26,7 @@ use fe2o3_amqp::{
     },
 };
 use queue_core::{ExposeSecret, SecretString};
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 
 use crate::{
     config::{Credential, ServiceBusConfig},
@@ -268,7 +267,10 @@ fn app_int(ap: &ApplicationProperties, keys: &[&str]) -> Option<i32> {
 }
 
 impl RpcLink {
-    async fn attach(mut session: SessionHandle<()>, node: &str) -> Result<Self, Failure> {
+    pub(crate) async fn attach(
+        mut session: SessionHandle<()>,
+        node: &str,
+    ) -> Result<Self, Failure> {
         let reply_to = format!("{node}-reply-{}", uuid::Uuid::new_v4());
         let sender = Sender::builder()
             .name(link_name("rpc-send"))
@@ -382,18 +384,66 @@ fn sender_attach_failure(e: &fe2o3_amqp::link::SenderAttachError) -> Failure {
 
 /// One live connection and everything attached on it.
 pub(crate) struct Live {
-    connection: tokio::sync::Mutex<ConnectionHandle<()>>,
+    pub(crate) connection: tokio::sync::Mutex<ConnectionHandle<()>>,
     cbs: RpcLink,
     /// CBS audience -> token expiry.
     tokens: Mutex<HashMap<String, SystemTime>>,
     senders: Mutex<HashMap<String, Arc<SenderLink>>>,
     receivers: Mutex<HashMap<String, Arc<ReceiverLink>>>,
     management: Mutex<HashMap<String, Arc<RpcLink>>>,
-    pub(crate) dead: AtomicBool,
+    dead: AtomicBool,
+    /// Wakes calls racing [`Live::lost`] when the connection is found dead.
+    lost: tokio::sync::Notify,
 }
 
 impl Live {
-    fn is_usable(&self) -> bool {
+    /// A connection just opened, with its `$cbs` link.
+    pub(crate) fn new(connection: ConnectionHandle<()>, cbs: RpcLink) -> Self {
+        Self {
+            connection: tokio::sync::Mutex::new(connection),
+            cbs,
+            tokens: Mutex::new(HashMap::new()),
+            senders: Mutex::new(HashMap::new()),
+            receivers: Mutex::new(HashMap::new()),
+            management: Mutex::new(HashMap::new()),
+            dead: AtomicBool::new(false),
+            lost: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Marks the connection dead and wakes the calls waiting on it; `true` the first time.
+    pub(crate) fn mark_dead(&self) -> bool {
+        let first = !self.dead.swap(true, Ordering::AcqRel);
+        self.lost.notify_waiters();
+        first
+    }
+
+    /// Completes once the connection is marked dead.
+    pub(crate) async fn lost(&self) {
+        loop {
+            let woken = self.lost.notified();
+            if !self.is_usable() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Runs `fut` unless the connection dies first: a call in flight on a connection that
+    /// is gone fails at once instead of waiting for an answer that cannot come.
+    pub(crate) async fn unless_lost<T>(
+        &self,
+        fut: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        tokio::select! {
+            res = fut => res,
+            () = self.lost() => Err(Failure::ConnectionLost(
+                "the connection was lost while the call was in flight".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn is_usable(&self) -> bool {
         !self.dead.load(Ordering::Acquire)
     }
 }
@@ -401,12 +451,16 @@ impl Live {
 /// The connection manager shared by a provider and its session receivers.
 pub(crate) struct Amqp {
     pub(crate) cfg: ServiceBusConfig,
-    live: tokio::sync::Mutex<Option<Arc<Live>>>,
-    generation: AtomicU64,
+    /// This manager, for the background tasks it starts.
+    pub(crate) me: Weak<Amqp>,
+    /// The connection and the reconnect state; held only for short, non-async updates.
+    pub(crate) state: Mutex<crate::connection::ConnState>,
+    /// Bumped after every connect attempt, so callers waiting for a connection wake up.
+    pub(crate) attempts: tokio::sync::watch::Sender<u64>,
+    pub(crate) generation: AtomicU64,
     next_link: AtomicU64,
-    failures: Mutex<(u32, Option<Instant>)>,
     puts: AtomicU64,
-    connects: AtomicU64,
+    pub(crate) connects: AtomicU64,
     receive_attaches: AtomicU64,
 }
 
@@ -421,12 +475,13 @@ impl std::fmt::Debug for Amqp {
 
 impl Amqp {
     pub(crate) fn new(cfg: ServiceBusConfig) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             cfg,
-            live: tokio::sync::Mutex::new(None),
+            me: me.clone(),
+            state: Mutex::new(crate::connection::ConnState::default()),
+            attempts: tokio::sync::watch::channel(0).0,
             generation: AtomicU64::new(0),
             next_link: AtomicU64::new(1),
-            failures: Mutex::new((0, None)),
             puts: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             receive_attaches: AtomicU64::new(0),
@@ -451,110 +506,6 @@ impl Amqp {
     fn audience(&self, entity: &str) -> String {
         let ep = &self.cfg.endpoint;
         format!("sb://{}/{}", ep.host, entity)
-    }
-
-    /// The live connection, opening one (after the backoff) if there is none.
-    pub(crate) async fn live(self: &Arc<Self>) -> Result<Arc<Live>, Failure> {
-        let mut guard = self.live.lock().await;
-        if let Some(l) = guard.as_ref()
-            && l.is_usable()
-        {
-            return Ok(l.clone());
-        }
-        if let Some(old) = guard.take() {
-            let mut c = old.connection.lock().await;
-            let _ = tokio::time::timeout(Duration::from_millis(200), c.close()).await;
-        }
-        let wait = {
-            let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            match *f {
-                (0, _) | (_, None) => Duration::ZERO,
-                (n, Some(at)) => {
-                    let backoff = self
-                        .cfg
-                        .reconnect_backoff
-                        .saturating_mul(1u32 << (n - 1).min(16))
-                        .min(self.cfg.max_reconnect_backoff);
-                    backoff.saturating_sub(at.elapsed())
-                }
-            }
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        match self.connect().await {
-            Ok(live) => {
-                *self.failures.lock().unwrap_or_else(|p| p.into_inner()) = (0, None);
-                let live = Arc::new(live);
-                self.spawn_refresher(Arc::downgrade(&live));
-                *guard = Some(live.clone());
-                Ok(live)
-            }
-            Err(e) => {
-                let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-                *f = (f.0.saturating_add(1), Some(Instant::now()));
-                Err(e)
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<Live, Failure> {
-        let ep = &self.cfg.endpoint;
-        let timeout = self.cfg.operation_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect((ep.host.as_str(), ep.port)))
-            .await
-            .map_err(|_| Failure::Timeout(timeout))?
-            .map_err(|e| {
-                Failure::ConnectionLost(format!(
-                    "tcp connect to {}:{}: {}",
-                    ep.host,
-                    ep.port,
-                    e.kind()
-                ))
-            })?;
-        let _ = stream.set_nodelay(true);
-        let container = format!("queue-azure-{}", uuid::Uuid::new_v4());
-        let builder = Connection::builder()
-            .container_id(container)
-            .hostname(ep.host.as_str())
-            .sasl_profile(SaslProfile::Anonymous)
-            .max_frame_size(256 * 1024)
-            .idle_time_out(120_000u32);
-        let builder = if ep.tls {
-            builder.scheme("amqps").domain(ep.host.as_str())
-        } else {
-            builder.scheme("amqp")
-        };
-        let mut connection = tokio::time::timeout(timeout, builder.open_with_stream(stream))
-            .await
-            .map_err(|_| Failure::Timeout(timeout))?
-            .map_err(|e| Failure::ConnectionLost(format!("open failed: {e}")))?;
-        let session = Session::begin(&mut connection)
-            .await
-            .map_err(|e| Failure::ConnectionLost(format!("begin failed: {e}")))?;
-        let cbs = RpcLink::attach(session, "$cbs").await?;
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        Ok(Live {
-            connection: tokio::sync::Mutex::new(connection),
-            cbs,
-            tokens: Mutex::new(HashMap::new()),
-            senders: Mutex::new(HashMap::new()),
-            receivers: Mutex::new(HashMap::new()),
-            management: Mutex::new(HashMap::new()),
-            dead: AtomicBool::new(false),
-        })
-    }
-
-    /// Marks `live` dead after a connection-level failure, so the next call reconnects.
-    pub(crate) fn note_failure(&self, live: &Live, f: &Failure) {
-        if is_connection_loss(f) {
-            live.dead.store(true, Ordering::Release);
-            let mut fl = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            if fl.0 == 0 {
-                *fl = (1, Some(Instant::now()));
-            }
-        }
     }
 
     /// A token for `audience` and its expiry.
@@ -593,19 +544,17 @@ impl Amqp {
     /// Puts a token for `audience` on `$cbs`.
     async fn put_token(&self, live: &Live, audience: &str) -> Result<(), Failure> {
         let (token, kind, expires) = self.token(audience).await?;
-        let resp = live
-            .cbs
-            .call(
-                vec![
-                    ("operation", SimpleValue::String("put-token".into())),
-                    ("type", SimpleValue::String(kind.into())),
-                    ("name", SimpleValue::String(audience.into())),
-                    ("expiration", SimpleValue::Timestamp(timestamp(expires))),
-                ],
-                Value::String(token.expose_secret().to_owned()),
-                self.cfg.operation_timeout,
-            )
-            .await;
+        let call = live.cbs.call(
+            vec![
+                ("operation", SimpleValue::String("put-token".into())),
+                ("type", SimpleValue::String(kind.into())),
+                ("name", SimpleValue::String(audience.into())),
+                ("expiration", SimpleValue::Timestamp(timestamp(expires))),
+            ],
+            Value::String(token.expose_secret().to_owned()),
+            self.cfg.operation_timeout,
+        );
+        let resp = live.unless_lost(call).await;
         let resp = match resp {
             Ok(r) => r,
             Err(f) => {
@@ -655,7 +604,7 @@ impl Amqp {
     }
 
     /// Re-puts tokens before they expire, for as long as the connection lives.
-    fn spawn_refresher(self: &Arc<Self>, live: Weak<Live>) {
+    pub(crate) fn spawn_refresher(self: &Arc<Self>, live: Weak<Live>) {
         let me = Arc::downgrade(self);
         let every = (self.refresh_margin() / 2).max(Duration::from_millis(200));
         tokio::spawn(async move {
@@ -925,7 +874,9 @@ impl Amqp {
         if let Some(name) = associated_link {
             props.push(("associated-link-name", SimpleValue::String(name.to_owned())));
         }
-        let res = rpc.call(props, Value::Map(map), timeout).await;
+        let res = live
+            .unless_lost(rpc.call(props, Value::Map(map), timeout))
+            .await;
         match res {
             Ok(r) => r.into_result(),
             Err(f) => {
@@ -938,15 +889,6 @@ impl Amqp {
                 }
                 Err(f)
             }
-        }
-    }
-
-    /// Closes the connection (best effort).
-    pub(crate) async fn close(&self) {
-        if let Some(live) = self.live.lock().await.take() {
-            live.dead.store(true, Ordering::Release);
-            let mut c = live.connection.lock().await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
         }
     }
 }

@@ -52,6 +52,20 @@ pub(crate) struct Endpoint {
     pub(crate) port: u16,
     /// TLS (always, except for the loopback development emulator).
     pub(crate) tls: bool,
+    /// AMQP straight over TCP (port 5671), or over WebSockets.
+    pub(crate) transport: Transport,
+}
+
+/// How AMQP frames travel to the namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// AMQP over TCP: TLS on port 5671 (plaintext 5672 for the local emulator).
+    #[default]
+    Amqp,
+    /// AMQP over WebSockets (`wss://<host>:443/$servicebus/websocket`), for networks that
+    /// only let HTTPS out.
+    AmqpWebSockets,
 }
 
 /// A parsed Service Bus connection string. Its `Debug` never shows the key or token.
@@ -166,12 +180,16 @@ impl ConnectionString {
                 host: self.host.clone(),
                 port: self.port.unwrap_or(EMULATOR_PORT),
                 tls: false,
+                transport: Transport::Amqp,
             });
         }
+        // Namespaces listen on 5671; an explicit port (a TLS-terminating proxy, a test
+        // broker) is honoured, but never without TLS.
         Ok(Endpoint {
             host: self.host.clone(),
-            port: AMQPS_PORT,
+            port: self.port.unwrap_or(AMQPS_PORT),
             tls: true,
+            transport: Transport::Amqp,
         })
     }
 }
@@ -233,6 +251,8 @@ pub struct ServiceBusConfig {
     pub(crate) max_reconnect_backoff: Duration,
     /// Deliveries after which a plain receive link is detached and attached again.
     pub(crate) receive_link_recycle: u64,
+    /// The TLS client configuration (web PKI roots, plus test-only roots if any).
+    pub(crate) tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl fmt::Debug for ServiceBusConfig {
@@ -275,7 +295,10 @@ pub struct ServiceBusConfigBuilder {
     max_batch_size: Option<usize>,
     duplicate_detection: bool,
     reconnect_backoff: Option<Duration>,
+    max_reconnect_backoff: Option<Duration>,
     receive_link_recycle: Option<u64>,
+    transport: Transport,
+    test_roots: Vec<Vec<u8>>,
     error: Option<String>,
 }
 
@@ -324,7 +347,10 @@ impl ServiceBusConfigBuilder {
         self
     }
 
-    /// How long one AMQP round trip may take (default 60 s).
+    /// The bound on every public operation (default 60 s, as in the Azure SDKs): a send,
+    /// settlement, management call or `check_access` returns within it, with a transient
+    /// `Timeout` or `Connection` error if the namespace cannot be reached. Receives and
+    /// session accepts return within their own wait plus this.
     pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = Some(timeout);
         self
@@ -349,10 +375,36 @@ impl ServiceBusConfigBuilder {
         self
     }
 
-    /// First delay before reconnecting after a connection loss (default 100 ms; doubles up
-    /// to 30 s).
+    /// First delay between reconnect attempts after a connection loss (default 100 ms).
+    /// The delay doubles after each failed attempt up to
+    /// [`Self::with_max_reconnect_backoff`], and each delay is jittered down by up to a
+    /// fifth so that many clients do not reconnect in step.
     pub fn with_reconnect_backoff(mut self, d: Duration) -> Self {
         self.reconnect_backoff = Some(d);
+        self
+    }
+
+    /// Longest delay between reconnect attempts (default 5 s). Once the namespace is
+    /// reachable again, the connection is back within this delay plus one connect.
+    pub fn with_max_reconnect_backoff(mut self, d: Duration) -> Self {
+        self.max_reconnect_backoff = Some(d);
+        self
+    }
+
+    /// How frames travel: [`Transport::Amqp`] (default, TLS on port 5671) or
+    /// [`Transport::AmqpWebSockets`] (port 443).
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// **For tests only.** Trusts `der` (a DER-encoded CA certificate) in addition to the
+    /// public web PKI roots, so a test broker with a certificate from a test CA can be
+    /// reached over TLS. Host names are still validated. There is deliberately no
+    /// configuration-file or connection-string equivalent: production code has no reason
+    /// to call this, and a deployment cannot turn it on by accident.
+    pub fn dangerous_add_test_root_certificate(mut self, der: &[u8]) -> Self {
+        self.test_roots.push(der.to_vec());
         self
     }
 
@@ -393,6 +445,7 @@ impl ServiceBusConfigBuilder {
                             host: ns.to_owned(),
                             port: AMQPS_PORT,
                             tls: true,
+                            transport: Transport::Amqp,
                         },
                         None,
                         None,
@@ -405,6 +458,12 @@ impl ServiceBusConfigBuilder {
                     ));
                 }
             };
+        let mut endpoint = endpoint;
+        if self.transport == Transport::AmqpWebSockets {
+            endpoint.transport = Transport::AmqpWebSockets;
+            let explicit = self.connection_string.as_ref().and_then(|c| c.port);
+            endpoint.port = explicit.unwrap_or(if endpoint.tls { 443 } else { 80 });
+        }
         let credential = self.credential.or(cs_credential).ok_or_else(|| {
             QueueError::config(
                 "service_bus.namespace",
@@ -429,8 +488,10 @@ impl ServiceBusConfigBuilder {
             max_lock_duration: Duration::from_secs(300),
             duplicate_detection: self.duplicate_detection,
             reconnect_backoff: self.reconnect_backoff.unwrap_or(Duration::from_millis(100)),
-            max_reconnect_backoff: Duration::from_secs(30),
+            max_reconnect_backoff: self.max_reconnect_backoff.unwrap_or(Duration::from_secs(5)),
             receive_link_recycle: self.receive_link_recycle.unwrap_or(5000).max(1),
+            tls: crate::transport::tls_config(&self.test_roots)
+                .map_err(|e| QueueError::config("service_bus.tls", e))?,
         })
     }
 }
@@ -499,7 +560,8 @@ mod tests {
             Endpoint {
                 host: "127.0.0.1".into(),
                 port: 6000,
-                tls: false
+                tls: false,
+                transport: Transport::Amqp,
             }
         );
         let default_port = ConnectionString::parse(
@@ -518,13 +580,19 @@ mod tests {
         .unwrap();
         let err = remote.endpoint().unwrap_err().to_string();
         assert!(err.contains("loopback"), "{err}");
-        // Without the emulator flag a loopback host still gets TLS on 5671.
+        // Without the emulator flag a loopback host still gets TLS, on the port it names.
         let tls = ConnectionString::parse(
             "Endpoint=sb://127.0.0.1:6000;SharedAccessKeyName=a;SharedAccessKey=b",
         )
         .unwrap();
-        assert_eq!(tls.endpoint().unwrap().port, 5671);
+        assert_eq!(tls.endpoint().unwrap().port, 6000);
         assert!(tls.endpoint().unwrap().tls);
+        let namespace = ConnectionString::parse(
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=b",
+        )
+        .unwrap();
+        assert_eq!(namespace.endpoint().unwrap().port, 5671);
+        assert!(namespace.endpoint().unwrap().tls);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use queue_core::{AuthFailure, BoxError, QueueError, RetryClass, SessionId};
 pub(crate) const PROVIDER: &str = "service-bus";
 
 /// What went wrong, as seen on the wire.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Failure {
     /// An AMQP error condition (on a detach, a rejected outcome, a refused attach...).
     Condition {
@@ -24,10 +24,38 @@ pub(crate) enum Failure {
     Timeout(Duration),
     /// The connection, session or link died underneath the call.
     ConnectionLost(String),
+    /// The TLS handshake refused the server (certificate or host name): retrying will not
+    /// help until the configuration or the server changes.
+    Tls(String),
     /// The local lock bookkeeping says the lock is gone (unknown, settled or expired).
     LockGone,
     /// The message does not fit.
     TooLarge { size: usize, max: usize },
+}
+
+impl Failure {
+    /// A one-line description for logs (no secrets: conditions, statuses and causes only).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Condition {
+                condition,
+                description,
+            } => format!("{condition}: {}", clip(description)),
+            Self::Status {
+                code,
+                condition,
+                description,
+            } => format!(
+                "status {code} {}: {}",
+                condition.as_deref().unwrap_or(""),
+                clip(description)
+            ),
+            Self::Timeout(after) => format!("no answer within {after:?}"),
+            Self::ConnectionLost(why) | Self::Tls(why) => why.clone(),
+            Self::LockGone => "lock gone".into(),
+            Self::TooLarge { size, max } => format!("message of {size} bytes over {max}"),
+        }
+    }
 }
 
 /// Where a failure happened.
@@ -82,6 +110,14 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
                 provider: PROVIDER,
                 operation: ctx.operation,
                 source: boxed(why),
+            };
+        }
+        Failure::Tls(why) => {
+            return QueueError::Provider {
+                provider: PROVIDER,
+                operation: ctx.operation,
+                class: RetryClass::Permanent,
+                source: boxed(format!("TLS: {why}")),
             };
         }
         Failure::LockGone => return lock_lost(ctx),

@@ -3,13 +3,19 @@
 
 mod amqp;
 mod config;
+mod connection;
 mod convert;
 mod credential;
 mod error;
+mod guard;
 mod provider;
 mod session;
+mod transport;
+mod ws;
 
-pub use config::{ConnectionString, Credential, ServiceBusConfig, ServiceBusConfigBuilder};
+pub use config::{
+    ConnectionString, Credential, ServiceBusConfig, ServiceBusConfigBuilder, Transport,
+};
 #[cfg(feature = "entra")]
 pub use credential::AzureCoreCredential;
 pub use credential::{AccessToken, SERVICE_BUS_SCOPE, TokenCredential};

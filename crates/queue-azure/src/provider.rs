@@ -30,6 +30,23 @@ use crate::{
 
 /// After the first message of a receive arrives, how long to wait for more.
 const GATHER: Duration = Duration::from_millis(20);
+/// How many times a send is tried when it fails with a transient error.
+const SEND_ATTEMPTS: u32 = 3;
+/// First pause before a send is retried; it doubles up to [`SEND_RETRY_MAX`].
+const SEND_RETRY_FIRST: Duration = Duration::from_millis(50);
+const SEND_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Polls `fut` once, without waiting: its output if it is ready now, `None` if not (the
+/// future is then dropped). Unlike a zero-duration timeout, which waits for the timer
+/// wheel's next tick (about 1 ms), this never sleeps.
+pub(crate) async fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
 
 /// What the provider remembers about one locked delivery.
 pub(crate) struct LockEntry {
@@ -114,6 +131,13 @@ impl ServiceBusProviderBuilder {
         with_reconnect_backoff(d: Duration);
         /// See [`ServiceBusConfigBuilder::with_receive_link_recycle`].
         with_receive_link_recycle(n: u64);
+        /// See [`ServiceBusConfigBuilder::with_max_reconnect_backoff`].
+        with_max_reconnect_backoff(d: Duration);
+        /// See [`ServiceBusConfigBuilder::with_transport`].
+        with_transport(transport: crate::Transport);
+        /// See [`ServiceBusConfigBuilder::dangerous_add_test_root_certificate`]. **For tests
+        /// only.**
+        dangerous_add_test_root_certificate(der: &[u8]);
     }
 
     /// Validates the configuration. No connection is made until the first call.
@@ -209,15 +233,14 @@ impl ServiceBusProvider {
         }
         let resp = self
             .shared
-            .amqp
-            .manage(
+            .manage_ctx(
                 queue.as_str(),
                 "com.microsoft:schedule-message",
                 vec![("messages", Value::List(items))],
                 None,
+                ctx,
             )
-            .await
-            .map_err(|f| map_failure(f, ctx))?;
+            .await?;
         Ok(long_list(resp.get("sequence-numbers")))
     }
 
@@ -230,15 +253,14 @@ impl ServiceBusProvider {
         let ctx = Ctx::new("cancel_scheduled", queue.as_str());
         let seqs: Vec<Value> = sequence_numbers.iter().map(|n| Value::Long(*n)).collect();
         self.shared
-            .amqp
-            .manage(
+            .manage_ctx(
                 queue.as_str(),
                 "com.microsoft:cancel-scheduled-message",
                 vec![("sequence-numbers", Value::Array(Array::from(seqs)))],
                 None,
+                ctx,
             )
-            .await
-            .map_err(|f| map_failure(f, ctx))?;
+            .await?;
         Ok(())
     }
 
@@ -290,15 +312,73 @@ impl ServiceBusProvider {
         Ok(())
     }
 
-    async fn send_one(&self, queue: &QueueName, out: convert::Outgoing) -> Result<()> {
-        let ctx = Ctx::new("send", queue.as_str());
+    /// Sends `msgs` (one message, or one batch delivery), retrying transient failures with
+    /// the same message ids (so duplicate detection drops a copy that did arrive): at most
+    /// [`SEND_ATTEMPTS`] attempts, all before `deadline`; then the last failure is returned.
+    /// A dropped connection is ridden over (the retry waits for the background reconnect);
+    /// a namespace that stays unreachable fails the send within a few backoff steps.
+    async fn send_retrying(
+        &self,
+        queue: &QueueName,
+        msgs: &[convert::Outgoing],
+        deadline: Instant,
+    ) -> Result<()> {
+        let op = if msgs.len() == 1 {
+            "send"
+        } else {
+            "send_batch"
+        };
+        let mut delay = SEND_RETRY_FIRST;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let attempt = self.send_attempt(queue, op, msgs, deadline);
+            let res = tokio::time::timeout_at(deadline, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(QueueError::Timeout {
+                        provider: PROVIDER,
+                        operation: op,
+                        after: self.shared.amqp.cfg.operation_timeout,
+                    })
+                });
+            match res {
+                Err(e)
+                    if e.is_transient()
+                        && attempts < SEND_ATTEMPTS
+                        && Instant::now() + delay < deadline =>
+                {
+                    tracing::debug!(operation = op, error = %e, "send failed; retrying with the same message id");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(SEND_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_attempt(
+        &self,
+        queue: &QueueName,
+        op: &'static str,
+        msgs: &[convert::Outgoing],
+        deadline: Instant,
+    ) -> Result<()> {
+        let ctx = Ctx::new(op, queue.as_str());
         let amqp = &self.shared.amqp;
         let (live, link) = amqp
             .sender(queue.as_str())
             .await
             .map_err(|f| map_failure(f, ctx))?;
-        self.check_size(queue, &out, link.max_message_size)?;
-        if let Err(f) = link.send(out, amqp.cfg.operation_timeout).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let res = match msgs {
+            [one] => {
+                self.check_size(queue, one, link.max_message_size)?;
+                live.unless_lost(link.send(one.clone(), left)).await
+            }
+            many => live.unless_lost(link.send_batch(many, left)).await,
+        };
+        if let Err(f) = res {
             amqp.note_failure(&live, &f);
             amqp.drop_sender(&live, queue.as_str());
             return Err(map_failure(f, ctx));
@@ -310,23 +390,10 @@ impl ServiceBusProvider {
         &self,
         queue: &QueueName,
         chunk: &[(usize, MessageId, convert::Outgoing)],
+        deadline: Instant,
     ) -> Result<()> {
-        if let [(_, _, one)] = chunk {
-            return self.send_one(queue, one.clone()).await;
-        }
-        let ctx = Ctx::new("send_batch", queue.as_str());
-        let amqp = &self.shared.amqp;
-        let (live, link) = amqp
-            .sender(queue.as_str())
-            .await
-            .map_err(|f| map_failure(f, ctx))?;
         let msgs: Vec<convert::Outgoing> = chunk.iter().map(|(_, _, m)| m.clone()).collect();
-        if let Err(f) = link.send_batch(&msgs, amqp.cfg.operation_timeout).await {
-            amqp.note_failure(&live, &f);
-            amqp.drop_sender(&live, queue.as_str());
-            return Err(map_failure(f, ctx));
-        }
-        Ok(())
+        self.send_retrying(queue, &msgs, deadline).await
     }
 
     /// Receives from `entity` with the shared receiver, reconnecting once after a
@@ -353,7 +420,8 @@ impl ServiceBusProvider {
                 attempt -= 1;
                 continue;
             }
-            match self.shared.pull(&link, &entity, queue, None, options).await {
+            let pulled = self.shared.pull(&link, &entity, queue, None, options);
+            match live.unless_lost(pulled).await {
                 Ok(v) => return Ok(v),
                 Err(f) => {
                     amqp.note_failure(&live, &f);
@@ -430,10 +498,10 @@ impl Shared {
         let mut got = Vec::new();
         // Deliveries that arrived after an earlier call returned come first.
         while got.len() < max {
-            match tokio::time::timeout(Duration::ZERO, r.recv::<Body<Value>>()).await {
-                Err(_) => break,
-                Ok(Ok(d)) => self.admit(link, entity, queue, session, d, &mut got),
-                Ok(Err(e)) => return Err(recv_failure(&e)),
+            match poll_once(r.recv::<Body<Value>>()).await {
+                None => break,
+                Some(Ok(d)) => self.admit(link, entity, queue, session, d, &mut got),
+                Some(Err(e)) => return Err(recv_failure(&e)),
             }
         }
         if got.len() < max {
@@ -501,8 +569,18 @@ impl Shared {
         got.push(decoded.into_received(queue, session.cloned(), token.to_string()));
     }
 
-    /// Settles the delivery behind `receipt`.
+    /// Settles the delivery behind `receipt`, within `operation_timeout`.
     pub(crate) async fn settle(
+        &self,
+        receipt: &Receipt,
+        how: Disposition<'_>,
+        operation: &'static str,
+    ) -> Result<()> {
+        let settled = self.settle_unbounded(receipt, how, operation);
+        self.bounded(operation, Duration::ZERO, settled).await
+    }
+
+    async fn settle_unbounded(
         &self,
         receipt: &Receipt,
         how: Disposition<'_>,
@@ -592,10 +670,31 @@ impl Shared {
         associated_link: Option<&str>,
         ctx: Ctx<'_>,
     ) -> Result<Response> {
-        self.amqp
-            .manage(entity, op, body, associated_link)
+        let call = async {
+            self.amqp
+                .manage(entity, op, body, associated_link)
+                .await
+                .map_err(|f| map_failure(f, ctx))
+        };
+        self.bounded(ctx.operation, Duration::ZERO, call).await
+    }
+
+    /// Runs `fut` within `operation_timeout` plus `extra` (a receive's own wait), or fails
+    /// with a transient `Timeout`: no public operation outlives its bound.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        extra: Duration,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.amqp.cfg.operation_timeout.saturating_add(extra);
+        tokio::time::timeout(limit, fut)
             .await
-            .map_err(|f| map_failure(f, ctx))
+            .unwrap_or(Err(QueueError::Timeout {
+                provider: PROVIDER,
+                operation,
+                after: limit,
+            }))
     }
 
     /// Whether the shared receive `link` should be detached and attached again: it has
@@ -660,7 +759,9 @@ impl QueueProvider for ServiceBusProvider {
         let id = message.message_id.clone().unwrap_or_else(MessageId::random);
         let out = to_amqp(&message, &id);
         self.check_size(queue, &out, None)?;
-        self.send_one(queue, out).await?;
+        let deadline = Instant::now() + self.shared.amqp.cfg.operation_timeout;
+        self.send_retrying(queue, std::slice::from_ref(&out), deadline)
+            .await?;
         Ok(id)
     }
 
@@ -679,6 +780,8 @@ impl QueueProvider for ServiceBusProvider {
         }
         // Pack consecutive messages into batch deliveries under the size and count limits.
         let cfg = &self.shared.amqp.cfg;
+        // The whole batch, every chunk and retry included, is bounded by one timeout.
+        let deadline = Instant::now() + cfg.operation_timeout;
         let total = prepared.len();
         let mut chunks: Vec<Vec<(usize, MessageId, convert::Outgoing)>> = Vec::new();
         let mut size = 0;
@@ -698,7 +801,7 @@ impl QueueProvider for ServiceBusProvider {
         let mut sent: Vec<(usize, MessageId)> = Vec::with_capacity(total);
         let mut chunks = chunks.into_iter();
         while let Some(chunk) = chunks.next() {
-            let res = self.send_chunk(queue, &chunk).await;
+            let res = self.send_chunk(queue, &chunk, deadline).await;
             match res {
                 Ok(()) => sent.extend(chunk.into_iter().map(|(i, id, _)| (i, id))),
                 Err(e) if sent.is_empty() && chunks.len() == 0 => return Err(e),
@@ -733,8 +836,8 @@ impl QueueProvider for ServiceBusProvider {
         queue: &QueueName,
         options: ReceiveOptions,
     ) -> Result<Vec<ReceivedMessage>> {
-        self.receive_entity(queue, queue.as_str().to_owned(), options)
-            .await
+        let received = self.receive_entity(queue, queue.as_str().to_owned(), options);
+        self.shared.bounded("receive", options.wait, received).await
     }
 
     async fn complete(&self, receipt: &Receipt) -> Result<()> {
@@ -817,7 +920,10 @@ impl QueueProvider for ServiceBusProvider {
         selector: SessionSelector,
         wait: Duration,
     ) -> Result<Option<Box<dyn SessionReceiver>>> {
-        ServiceBusSessionReceiver::accept(self.shared.clone(), queue, selector, wait)
+        let accepted =
+            ServiceBusSessionReceiver::accept(self.shared.clone(), queue, selector, wait);
+        self.shared
+            .bounded("accept_session", wait, accepted)
             .await
             .map(|r| r.map(|r| Box::new(r) as Box<dyn SessionReceiver>))
     }
@@ -827,8 +933,8 @@ impl QueueProvider for ServiceBusProvider {
         queue: &QueueName,
         options: ReceiveOptions,
     ) -> Result<Vec<ReceivedMessage>> {
-        self.receive_entity(queue, dlq(queue.as_str()), options)
-            .await
+        let received = self.receive_entity(queue, dlq(queue.as_str()), options);
+        self.shared.bounded("receive", options.wait, received).await
     }
 
     async fn check_access(&self, queue: &QueueName) -> Result<()> {

@@ -202,24 +202,32 @@ impl SessionReceiver for ServiceBusSessionReceiver {
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
         self.ensure_locked("session_receive")?;
-        let res = self
-            .shared
-            .pull(
-                &self.link,
-                self.queue.as_str(),
-                &self.queue,
-                Some(&self.session),
-                options,
-            )
-            .await;
+        let pulled = self.shared.pull(
+            &self.link,
+            self.queue.as_str(),
+            &self.queue,
+            Some(&self.session),
+            options,
+        );
+        let res = tokio::time::timeout(
+            self.shared
+                .amqp
+                .cfg
+                .operation_timeout
+                .saturating_add(options.wait),
+            self.live.unless_lost(pulled),
+        )
+        .await
+        .unwrap_or(Err(Failure::Timeout(options.wait)));
         res.map_err(|f| {
             self.shared.amqp.note_failure(&self.live, &f);
             let f = match f {
-                // A session link that dies loses its session lock with it.
-                f if crate::amqp::is_connection_loss(&f) => Failure::Condition {
-                    condition: "com.microsoft:session-lock-lost".into(),
-                    description: "the connection carrying the session was lost".into(),
-                },
+                // The link died with its connection: the receiver is done (the broker
+                // releases the session), but no lock ran out, so the error names the real
+                // cause rather than a lost lock.
+                Failure::ConnectionLost(why) => Failure::ConnectionLost(format!(
+                    "the connection carrying the session was lost ({why}); accept the session again"
+                )),
                 f => f,
             };
             map_failure(f, self.ctx("session_receive"))
