@@ -2,6 +2,7 @@
 
 pub mod broker;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod error;
 mod listen;

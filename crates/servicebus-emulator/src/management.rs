@@ -136,7 +136,7 @@ pub(crate) fn handle(
                     return Err(bad("scheduled message body missing"));
                 };
                 let fe2o3_amqp_types::messaging::message::__private::Deserializable(msg) =
-                    serde_amqp::from_slice::<
+                    crate::codec::decode::<
                         fe2o3_amqp_types::messaging::message::__private::Deserializable<
                             AmqpMessage,
                         >,

@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::{
     broker::{AmqpMessage, Broker, Delivered, EntityRef, IncomingMessage, Settlement, SubQueue},
+    codec::DecodeError,
     error::EmulatorError,
     listen::{BoxRead, BoxWrite},
     sas::{TokenError, check_sas_token},
@@ -68,13 +69,37 @@ pub(crate) enum ConnError {
     Protocol(String),
     #[error("codec: {0}")]
     Codec(#[from] serde_amqp::Error),
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("frame of {0} bytes exceeds the max frame size")]
+    FrameTooLarge(usize),
+}
+
+impl ConnError {
+    /// The error a `close` names before the connection is dropped, for peers that broke
+    /// the protocol (as opposed to vanishing).
+    fn close_error(&self) -> Option<fe2o3_amqp_types::definitions::Error> {
+        Some(match self {
+            Self::Decode(e) => error("amqp:decode-error", e.to_string()),
+            Self::Codec(_) => error("amqp:decode-error", "malformed encoding"),
+            Self::FrameTooLarge(n) => error(
+                "amqp:frame-size-too-small",
+                format!("a frame of {n} bytes exceeds the max frame size {OUR_MAX_FRAME}"),
+            ),
+            Self::Protocol(why) => error("amqp:connection:framing-error", why.clone()),
+            Self::Io(_) => return None,
+        })
+    }
 }
 
 // ---------------------------------------------------------------- framing
 
 async fn read_frame(r: &mut BoxRead) -> Result<(u8, u16, Vec<u8>), ConnError> {
     let size = r.read_u32().await? as usize;
-    if !(8..=OUR_MAX_FRAME as usize + 8).contains(&size) {
+    if size > OUR_MAX_FRAME as usize {
+        return Err(ConnError::FrameTooLarge(size));
+    }
+    if size < 8 {
         return Err(ConnError::Protocol(format!("bad frame size {size}")));
     }
     let mut buf = vec![0u8; size - 4];
@@ -198,6 +223,12 @@ pub(crate) async fn serve(
         }
     };
     reader.abort();
+    if let Some(err) = result.as_ref().err().and_then(ConnError::close_error) {
+        // Say why before dropping a peer that broke the protocol; bounded, best effort.
+        if let Ok(bytes) = perf(0, &Close { error: Some(err) }) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.w.write_all(&bytes)).await;
+        }
+    }
     if clean {
         for o in &conn.owners {
             shared.broker.release_owner(*o);
@@ -228,7 +259,7 @@ async fn handshake(r: &mut BoxRead, w: &mut BoxWrite, shared: &Shared) -> Result
         w.write_all(&frame(1, 0, &serde_amqp::to_vec(&mechs)?, &[]))
             .await?;
         let (_, _, body) = read_frame(r).await?;
-        let init: SaslInit = serde_amqp::from_slice(&body)?;
+        let init: SaslInit = crate::codec::decode(&body)?;
         let ok = sasl_ok(
             &init,
             shared.key.as_ref().map(|(n, k)| (n.as_str(), k.as_str())),
@@ -267,10 +298,19 @@ fn sasl_ok(init: &SaslInit, key: Option<(&str, &str)>) -> bool {
             let _authzid = parts.next();
             let user = parts.next().unwrap_or_default();
             let pass = parts.next().unwrap_or_default();
-            user == name.as_bytes() && pass == key.as_bytes()
+            bool::from(ct_eq_hashed(user, name.as_bytes()) & ct_eq_hashed(pass, key.as_bytes()))
         }
         _ => false,
     }
+}
+
+/// Compares two secrets in constant time: their SHA-256 digests are compared with
+/// `subtle`, so neither the position of the first difference nor the length leaks.
+fn ct_eq_hashed(a: &[u8], b: &[u8]) -> subtle::Choice {
+    use subtle::ConstantTimeEq;
+    let da = ring::digest::digest(&ring::digest::SHA256, a);
+    let db = ring::digest::digest(&ring::digest::SHA256, b);
+    da.as_ref().ct_eq(db.as_ref())
 }
 
 enum LinkKind {
@@ -460,9 +500,9 @@ impl Conn {
         if body.is_empty() {
             return Ok(true);
         }
-        let mut cur = std::io::Cursor::new(&body[..]);
-        let p: Performative = serde_amqp::from_reader(&mut cur)?;
-        let payload = body[cur.position() as usize..].to_vec();
+        let n = crate::codec::check_first_value(&body)?;
+        let p: Performative = serde_amqp::from_slice(&body[..n])?;
+        let payload = body[n..].to_vec();
         match p {
             Performative::Open(open) => {
                 self.peer_max_frame = (open.max_frame_size.0 as usize).clamp(512, 16 * 1024 * 1024);
@@ -931,7 +971,7 @@ impl Conn {
                     error: Some(error("amqp:decode-error", reason)),
                 }),
             },
-            Some(Ok(node)) => match serde_amqp::from_slice::<Deserializable<AmqpMessage>>(&data) {
+            Some(Ok(node)) => match crate::codec::decode::<Deserializable<AmqpMessage>>(&data) {
                 Ok(Deserializable(req)) => {
                     self.on_request(ch, &node, req).await?;
                     DeliveryState::Accepted(Accepted {})
@@ -1411,15 +1451,15 @@ fn annotation<'a>(m: &'a AmqpMessage, key: &str) -> Option<&'a Value> {
 /// Decodes what a client sent: one message, or a batch whose data sections each hold one.
 pub(crate) fn decode_incoming(format: u32, data: &[u8]) -> Result<Vec<IncomingMessage>, String> {
     let Deserializable(outer): Deserializable<AmqpMessage> =
-        serde_amqp::from_slice(data).map_err(|_| "the message could not be decoded".to_owned())?;
+        crate::codec::decode(data).map_err(|e| format!("the message could not be decoded: {e}"))?;
     let msgs = if format == BATCH_FORMAT {
         let Body::Data(sections) = &outer.body else {
             return Err("a batch must carry data sections".into());
         };
         let mut v = Vec::new();
         for Data(bin) in sections.iter() {
-            let Deserializable(m): Deserializable<AmqpMessage> = serde_amqp::from_slice(bin)
-                .map_err(|_| "a batched message could not be decoded".to_owned())?;
+            let Deserializable(m): Deserializable<AmqpMessage> = crate::codec::decode(bin)
+                .map_err(|e| format!("a batched message could not be decoded: {e}"))?;
             v.push(m);
         }
         v
@@ -1568,6 +1608,23 @@ fn fields_to_props(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sasl_plain_checks_user_and_password() {
+        let init = |resp: &[u8]| SaslInit {
+            mechanism: Symbol::from("PLAIN"),
+            initial_response: Some(resp.to_vec().into()),
+            hostname: None,
+        };
+        let key = Some(("policy", "secret"));
+        assert!(sasl_ok(&init(b"\0policy\0secret"), key));
+        assert!(!sasl_ok(&init(b"\0policy\0secreT"), key));
+        assert!(!sasl_ok(&init(b"\0policy\0secret-and-more"), key));
+        assert!(!sasl_ok(&init(b"\0other\0secret"), key));
+        assert!(!sasl_ok(&init(b"\0policy"), key));
+        assert!(sasl_ok(&init(b"anything"), None));
+        assert!(bool::from(ct_eq_hashed(b"", b"")));
+    }
 
     #[test]
     fn header_is_written_in_full() {
