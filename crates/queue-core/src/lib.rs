@@ -34,6 +34,7 @@ pub mod gate;
 pub mod message;
 pub mod names;
 pub mod provider;
+pub mod redrive;
 pub mod secret;
 
 pub use config::{MemorySettings, ProviderSettings, ServiceBusSettings, SqsSettings};
@@ -47,5 +48,9 @@ pub use names::{MessageId, QueueName, SessionId};
 pub use provider::{
     Capabilities, DynQueueProvider, QueueProvider, QueueProviderExt, QueueSpec, ReceiveOptions,
     SessionReceiver, SessionSelector, SessionSupport, SharedQueueProvider,
+};
+pub use redrive::{
+    DEAD_LETTER_ATTRIBUTES, ORIGINAL_MESSAGE_ID_ATTRIBUTE, RedriveError, RedriveOptions,
+    RedriveReport, Redriven,
 };
 pub use secret::{ExposeSecret, SecretString};

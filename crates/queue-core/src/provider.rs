@@ -354,6 +354,25 @@ pub trait QueueProviderExt: QueueProvider {
             self.send(queue, msg).await
         }
     }
+
+    /// Moves dead letters of `queue` back to `queue` and reports what moved.
+    ///
+    /// Every provider behaves the same (see [`crate::redrive`]): each message is re-sent
+    /// under a fresh message id, with its original id in
+    /// [`ORIGINAL_MESSAGE_ID_ATTRIBUTE`](crate::redrive::ORIGINAL_MESSAGE_ID_ATTRIBUTE), so
+    /// duplicate detection cannot drop it; its dead-letter copy is removed only after the
+    /// re-send was accepted; order is kept and the first failure stops the run with a
+    /// [`RedriveError`](crate::redrive::RedriveError) that carries the counts so far.
+    fn redrive<'a>(
+        &'a self,
+        queue: &'a QueueName,
+        options: crate::redrive::RedriveOptions,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<crate::redrive::RedriveReport, crate::redrive::RedriveError>,
+    > + Send
+    + 'a {
+        crate::redrive::run(self, queue, options)
+    }
 }
 
 impl<P: QueueProvider + ?Sized> QueueProviderExt for P {}
