@@ -22,7 +22,7 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 use base64::Engine as _;
 use queue_core::{
     Attributes, DeadLetterReason, MAX_DELIVERY_COUNT_EXCEEDED, Message, MessageId, NameKind,
-    QueueError, QueueName, Result, SessionId,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError, QueueName, Result, SessionId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +70,10 @@ pub(crate) struct Meta {
     /// Dead-letter description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) dld: Option<String>,
+    /// The id a redriven message had before its first redrive (the attribute
+    /// [`ORIGINAL_MESSAGE_ID_ATTRIBUTE`], kept here so it costs no SQS attribute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) oid: Option<String>,
 }
 
 /// What a queue accepts, as far as encoding cares.
@@ -231,6 +235,10 @@ pub(crate) fn encode(
 
     let mut attributes = HashMap::with_capacity(msg.attributes.len() + 1);
     for (name, value) in &msg.attributes {
+        if name == ORIGINAL_MESSAGE_ID_ATTRIBUTE {
+            meta.oid = Some(value.clone());
+            continue;
+        }
         validate_attribute_name(name)?;
         if value.is_empty() {
             meta.empty.push(name.clone());
@@ -353,19 +361,6 @@ pub(crate) fn add_dead_letter_reason(
     ))
 }
 
-/// Removes the dead-letter reason (for redrive).
-pub(crate) fn clear_dead_letter_reason(
-    attributes: &mut HashMap<String, MessageAttributeValue>,
-) -> Result<()> {
-    if !attributes.contains_key(META_ATTRIBUTE) {
-        return Ok(());
-    }
-    let mut meta = read_meta(Some(attributes));
-    meta.dlr = None;
-    meta.dld = None;
-    write_meta(attributes, &meta)
-}
-
 /// A message read back from SQS.
 #[derive(Clone, Debug)]
 pub(crate) struct Decoded {
@@ -410,6 +405,9 @@ pub(crate) fn decode(
     }
     for name in &meta.empty {
         app.insert(name.clone(), String::new());
+    }
+    if let Some(oid) = &meta.oid {
+        app.insert(ORIGINAL_MESSAGE_ID_ATTRIBUTE.to_owned(), oid.clone());
     }
     let message_id = meta
         .id
@@ -639,6 +637,25 @@ mod tests {
     }
 
     #[test]
+    fn original_id_of_a_redrive_costs_no_attribute() {
+        let mut nine = Message::new("x");
+        for i in 0..MAX_APP_ATTRIBUTES {
+            nine = nine.with_attribute(format!("a{i}"), "v");
+        }
+        let redriven = nine.with_attribute(ORIGINAL_MESSAGE_ID_ATTRIBUTE, "github-delivery-7");
+        let (enc, dec) = round_trip(redriven, STD, "jobs");
+        assert_eq!(enc.attributes.len(), MAX_SQS_ATTRIBUTES);
+        assert_eq!(
+            dec.message
+                .attributes
+                .get(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
+                .map(String::as_str),
+            Some("github-delivery-7")
+        );
+        assert_eq!(dec.message.attributes.len(), MAX_APP_ATTRIBUTES + 1);
+    }
+
+    #[test]
     fn attribute_names_follow_sqs_rules() {
         for ok in ["event", "x-github-event", "a.b", "A_1"] {
             validate_attribute_name(ok).unwrap();
@@ -735,11 +752,11 @@ mod tests {
             Some("push"),
             "kept in the DLQ"
         );
-        clear_dead_letter_reason(&mut enc.attributes).unwrap();
-        let dec = decode(&enc.body, Some(&enc.attributes), None, None, "id");
-        assert!(dec.dead_letter.is_none());
+        // A redrive re-sends the decoded message: the reason does not travel with it.
+        let (_, again) = round_trip(dec.message, STD, "jobs");
+        assert!(again.dead_letter.is_none());
         assert_eq!(
-            dec.message.subject.as_deref(),
+            again.message.subject.as_deref(),
             Some("push"),
             "kept on redrive"
         );

@@ -7,6 +7,7 @@
 
 use std::{error::Error as StdError, fmt, time::Duration};
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use queue_core::{AuthFailure, BoxError, QueueError, RetryClass};
 
@@ -27,15 +28,47 @@ pub(crate) enum Failure {
     },
     /// The call timed out (SDK operation or attempt timeout).
     Timeout,
-    /// The request never got an answer (connect, TLS, I/O).
+    /// The request never got an answer (DNS, connect, TLS, I/O).
     Transport {
         timeout: bool,
-        io_kind: Option<std::io::ErrorKind>,
+        cause: TransportCause,
     },
-    /// The request could not be built (e.g. no credentials, no region).
+    /// No credentials could be loaded (the default chain found none, or a configured
+    /// source such as a profile, SSO or web identity failed).
+    Credentials,
+    /// The request could not be built (e.g. no region).
     Construction { detail: &'static str },
     /// An answer came that could not be read.
     Response { status: Option<u16> },
+}
+
+/// Why a request got no answer, as far as a caller can act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TransportCause {
+    /// The endpoint's host name did not resolve.
+    Dns,
+    /// The TLS handshake failed; retrying will not help until the certificate, the
+    /// trusted roots or the endpoint change.
+    Tls(TlsProblem),
+    /// The host refused the connection (nothing listens on the port).
+    Refused,
+    /// Another I/O failure.
+    Io(std::io::ErrorKind),
+    /// No detail available.
+    Unknown,
+}
+
+/// What the TLS handshake objected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsProblem {
+    /// The certificate chain does not lead to a trusted root (self-signed, private CA).
+    Untrusted,
+    /// The certificate is not valid for the endpoint's host name.
+    WrongHost,
+    /// The certificate is expired or not yet valid.
+    Expired,
+    /// Another handshake failure (protocol version, cipher suites, revocation...).
+    Other,
 }
 
 /// What an `InvalidParameterValue` message says, as far as classification cares.
@@ -103,14 +136,12 @@ where
             hint: Hint::from_message(service.err().message()),
         },
         SdkError::TimeoutError(_) => Failure::Timeout,
-        SdkError::DispatchFailure(dispatch) => Failure::Transport {
-            timeout: dispatch.is_timeout(),
-            io_kind: io_kind(
-                dispatch
-                    .as_connector_error()
-                    .map(|c| c as &(dyn StdError + 'static)),
-            ),
-        },
+        SdkError::DispatchFailure(dispatch) => dispatch_failure(
+            dispatch.is_timeout(),
+            dispatch
+                .as_connector_error()
+                .map(|c| c as &(dyn StdError + 'static)),
+        ),
         SdkError::ConstructionFailure(_) => Failure::Construction {
             detail: "the request could not be built (missing credentials or region?)",
         },
@@ -131,14 +162,69 @@ pub(crate) fn failure_of_entry(code: &str, sender_fault: bool, message: Option<&
     }
 }
 
-fn io_kind(mut err: Option<&(dyn StdError + 'static)>) -> Option<std::io::ErrorKind> {
-    while let Some(e) = err {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
+/// Classifies a request that got no answer by walking its cause chain. Missing
+/// credentials surface here too: the SDK resolves them while dispatching.
+fn dispatch_failure(timeout: bool, err: Option<&(dyn StdError + 'static)>) -> Failure {
+    let mut cause = TransportCause::Unknown;
+    let mut io = None;
+    for e in causes(err) {
+        if e.is::<CredentialsError>() {
+            return Failure::Credentials;
         }
-        err = e.source();
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            cause = TransportCause::Tls(tls_problem(tls));
+        } else if cause == TransportCause::Unknown && e.to_string() == "dns error" {
+            // hyper-util's connector names a failed lookup so; it has no typed kind.
+            cause = TransportCause::Dns;
+        } else if let Some(e) = e.downcast_ref::<std::io::Error>() {
+            io.get_or_insert(e.kind());
+        }
     }
-    None
+    if cause == TransportCause::Unknown {
+        cause = match io {
+            Some(std::io::ErrorKind::ConnectionRefused) => TransportCause::Refused,
+            Some(kind) => TransportCause::Io(kind),
+            None => TransportCause::Unknown,
+        };
+    }
+    Failure::Transport { timeout, cause }
+}
+
+/// The error and its causes. `io::Error::source` skips the error it wraps, so that one
+/// is visited through `get_ref`.
+fn causes<'e>(err: Option<&'e (dyn StdError + 'static)>) -> Vec<&'e (dyn StdError + 'static)> {
+    let mut out = Vec::new();
+    let mut next = err;
+    while let Some(e) = next {
+        out.push(e);
+        if out.len() > 32 {
+            break;
+        }
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+    }
+    out
+}
+
+fn tls_problem(err: &rustls::Error) -> TlsProblem {
+    use rustls::CertificateError as C;
+    match err {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongHost,
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => TlsProblem::Expired,
+            C::UnknownIssuer | C::BadSignature | C::Other(_) => TlsProblem::Untrusted,
+            _ => TlsProblem::Other,
+        },
+        _ => TlsProblem::Other,
+    }
 }
 
 /// Shorthand: reduce and map.
@@ -273,10 +359,20 @@ pub(crate) fn map_failure(failure: &Failure, ctx: Ctx<'_>) -> QueueError {
             operation: op,
             after: ctx.timeout,
         },
+        Failure::Transport {
+            cause: TransportCause::Tls(_),
+            ..
+        } => provider_err(RetryClass::Permanent),
         Failure::Transport { .. } => QueueError::Connection {
             provider: PROVIDER,
             operation: op,
             source: Box::new(Redacted(describe(failure))),
+        },
+        Failure::Credentials => QueueError::Auth {
+            provider: PROVIDER,
+            operation: op,
+            kind: AuthFailure::Authentication,
+            detail: "no AWS credentials could be loaded (environment, profile, SSO, web identity, container or instance metadata); configure credentials for the SQS provider".to_owned(),
         },
         Failure::Construction { .. } => QueueError::Auth {
             provider: PROVIDER,
@@ -403,20 +499,37 @@ fn describe(failure: &Failure) -> String {
             status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
         ),
         Failure::Timeout => "timed out".to_owned(),
-        Failure::Transport { timeout, io_kind } => format!(
-            "no answer from SQS ({}{})",
-            if *timeout {
-                "timeout"
-            } else {
-                "transport failure"
-            },
-            io_kind.map(|k| format!(", io: {k}")).unwrap_or_default()
-        ),
+        Failure::Transport {
+            timeout: true,
+            cause,
+        } => format!("no answer from SQS in time ({})", describe_cause(*cause)),
+        Failure::Transport { cause, .. } => describe_cause(*cause),
+        Failure::Credentials => "no AWS credentials could be loaded".to_owned(),
         Failure::Construction { detail } => (*detail).to_owned(),
         Failure::Response { status } => format!(
             "unreadable answer from SQS{}",
             status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
         ),
+    }
+}
+
+fn describe_cause(cause: TransportCause) -> String {
+    match cause {
+        TransportCause::Dns => {
+            "DNS lookup of the SQS endpoint's host name failed (check the region or endpoint, and DNS)".to_owned()
+        }
+        TransportCause::Tls(problem) => format!(
+            "TLS handshake with the SQS endpoint failed: {}",
+            match problem {
+                TlsProblem::Untrusted => "the server certificate is not trusted (unknown issuer or self-signed)",
+                TlsProblem::WrongHost => "the server certificate is not valid for the endpoint's host name",
+                TlsProblem::Expired => "the server certificate is expired or not yet valid",
+                TlsProblem::Other => "the handshake was refused",
+            }
+        ),
+        TransportCause::Refused => "the SQS endpoint refused the connection".to_owned(),
+        TransportCause::Io(kind) => format!("no answer from SQS (I/O error: {kind})"),
+        TransportCause::Unknown => "no answer from SQS (transport failure)".to_owned(),
     }
 }
 
@@ -610,7 +723,7 @@ mod tests {
             (
                 Failure::Transport {
                     timeout: false,
-                    io_kind: Some(std::io::ErrorKind::ConnectionRefused),
+                    cause: TransportCause::Refused,
                 },
                 "send",
                 "connection",
@@ -618,8 +731,27 @@ mod tests {
             ),
             (
                 Failure::Transport {
+                    timeout: false,
+                    cause: TransportCause::Dns,
+                },
+                "receive",
+                "connection",
+                Transient,
+            ),
+            (
+                Failure::Transport {
+                    timeout: false,
+                    cause: TransportCause::Tls(TlsProblem::Untrusted),
+                },
+                "check_access",
+                "provider",
+                Permanent,
+            ),
+            (Failure::Credentials, "receive", "auth", Permanent),
+            (
+                Failure::Transport {
                     timeout: true,
-                    io_kind: None,
+                    cause: TransportCause::Unknown,
                 },
                 "send",
                 "timeout",

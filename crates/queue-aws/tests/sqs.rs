@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use queue_aws::{SqsProvider, dlq_name};
 use queue_core::{
-    MAX_DELIVERY_COUNT_EXCEEDED, Message, MessageId, QueueError, QueueName, QueueProvider,
-    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, SessionId, SessionSelector,
+    MAX_DELIVERY_COUNT_EXCEEDED, Message, MessageId, ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError,
+    QueueName, QueueProvider, QueueProviderExt, QueueSpec, Receipt, ReceiveOptions,
+    ReceivedMessage, RedriveOptions, SessionId, SessionSelector,
 };
 
 fn sid(s: &str) -> SessionId {
@@ -203,7 +204,8 @@ async fn dedup_window_drops_resends() {
 }
 
 /// After `maxReceiveCount` receives the redrive policy moves the message to the
-/// dead-letter queue; `redrive` brings it back with id and attributes intact.
+/// dead-letter queue; `redrive` brings it back with body and attributes intact, under a
+/// fresh id with the original in `ORIGINAL_MESSAGE_ID_ATTRIBUTE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_policy_and_redrive_back() {
     let Some(p) = common::provider("redrive_policy_and_redrive_back").await else {
@@ -246,10 +248,19 @@ async fn redrive_policy_and_redrive_back() {
     p.abandon(&dead[0].receipt, None)
         .await
         .expect("abandon in DLQ");
-    assert_eq!(p.redrive(&q, None).await.expect("redrive"), 1);
+    let report = p.redrive(&q, RedriveOptions::new()).await.expect("redrive");
+    assert_eq!(report.moved, 1);
     let back = recv_n(&p, &q, 1, Duration::from_secs(5)).await;
     assert_eq!(back.len(), 1, "redriven message did not arrive");
-    assert_eq!(back[0].message_id, id);
+    assert_eq!(back[0].message_id, report.moved_ids[0].to);
+    assert_eq!(
+        back[0]
+            .message
+            .attributes
+            .get(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
+            .map(String::as_str),
+        Some(id.as_str())
+    );
     assert_eq!(body(&back[0]), "poison");
     assert_eq!(
         back[0].message.attributes.get("event").map(String::as_str),
@@ -258,10 +269,11 @@ async fn redrive_policy_and_redrive_back() {
     assert_eq!(back[0].message.content_type.as_deref(), Some("text/plain"));
     assert!(back[0].dead_letter.is_none());
     p.complete(&back[0].receipt).await.expect("complete");
-    assert_eq!(
-        p.redrive(&q, None).await.expect("redrive of an empty DLQ"),
-        0
-    );
+    let empty = p
+        .redrive(&q, RedriveOptions::new())
+        .await
+        .expect("redrive of an empty DLQ");
+    assert_eq!((empty.received, empty.moved), (0, 0));
     p.delete_queue(&q).await.expect("delete_queue");
 }
 
@@ -299,7 +311,8 @@ async fn fifo_redrive_keeps_group_order() {
         }
     }
     assert_eq!(dead, 6);
-    assert_eq!(p.redrive(&q, None).await.expect("redrive"), 6);
+    let report = p.redrive(&q, RedriveOptions::new()).await.expect("redrive");
+    assert_eq!(report.moved, 6);
     let mut per_group: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut total = 0;
@@ -692,4 +705,143 @@ async fn check_access_and_time_to_live() {
         .await
         .expect_err("deleted queue");
     assert!(matches!(err, QueueError::QueueNotFound { .. }), "{err}");
+}
+
+/// When a later chunk of `complete_batch` fails (here: the dead-letter queue was deleted
+/// behind the provider's back), the error accounts for every receipt: the main-queue ones
+/// were deleted (with their message ids), the dead-letter ones were not (with the error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_batch_says_which_receipts_were_deleted_when_a_later_chunk_fails() {
+    let test = "complete_batch_says_which_receipts_were_deleted_when_a_later_chunk_fails";
+    let Some(p) = common::provider(test).await else {
+        return;
+    };
+    let q = create(&p, "partial-later", QueueSpec::default()).await;
+    let msgs: Vec<Message> = (0..14).map(|i| Message::new(format!("m{i:02}"))).collect();
+    p.send_batch(&q, msgs).await.expect("send_batch");
+    let got = recv_n(&p, &q, 14, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 14);
+    for m in &got[12..] {
+        p.dead_letter(&m.receipt, queue_core::DeadLetterReason::new("T", "t"))
+            .await
+            .expect("dead_letter");
+    }
+    let dead = p
+        .receive_dead_letters(&q, ReceiveOptions::new(2, Duration::from_secs(5)))
+        .await
+        .expect("receive_dead_letters");
+    assert_eq!(dead.len(), 2);
+    // Another provider value deletes the dead-letter queue; `p` still has it cached.
+    let other = common::provider(test).await.unwrap();
+    other
+        .delete_queue(&dlq_name(&q).unwrap())
+        .await
+        .expect("delete the DLQ");
+    let mut receipts: Vec<Receipt> = got[..12].iter().map(|m| m.receipt.clone()).collect();
+    receipts.extend(dead.iter().map(|m| m.receipt.clone()));
+    match p.complete_batch(&receipts).await {
+        Err(QueueError::PartialBatch {
+            total,
+            succeeded,
+            failed,
+            ..
+        }) => {
+            assert_eq!(total, 14);
+            let done: Vec<usize> = succeeded.iter().map(|(i, _)| *i).collect();
+            assert_eq!(done, (0..12).collect::<Vec<_>>());
+            for (i, id) in &succeeded {
+                assert_eq!(id, &got[*i].message_id, "entry {i} names the wrong message");
+            }
+            let not: Vec<usize> = failed.iter().map(|f| f.index).collect();
+            assert_eq!(not, [12, 13]);
+            assert!(
+                failed
+                    .iter()
+                    .all(|f| matches!(f.error, QueueError::QueueNotFound { .. })),
+                "{failed:?}"
+            );
+        }
+        other => panic!("expected PartialBatch, got {other:?}"),
+    }
+    assert!(
+        recv(&p, &q, 10, Duration::from_secs(1)).await.is_empty(),
+        "a receipt reported deleted was not"
+    );
+    p.delete_queue(&q).await.expect("delete_queue");
+}
+
+/// An invalid spec is refused before anything is created: no orphan dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spec_creates_no_dead_letter_queue() {
+    let Some(p) = common::provider("invalid_spec_creates_no_dead_letter_queue").await else {
+        return;
+    };
+    let q = common::unique("orphan", false);
+    let spec = QueueSpec::default().with_duplicate_detection(Duration::from_secs(60));
+    let err = p
+        .create_queue(&q, &spec)
+        .await
+        .expect_err("standard queues do not de-duplicate");
+    assert!(matches!(err, QueueError::Unsupported { .. }), "{err}");
+    for name in [q.clone(), dlq_name(&q).unwrap()] {
+        match p.check_access(&name).await {
+            Err(QueueError::QueueNotFound { .. }) => {}
+            other => panic!("`{name}` exists after a refused create_queue: {other:?}"),
+        }
+    }
+}
+
+/// On a FIFO queue with content-based de-duplication a redrive within the five-minute
+/// window is not taken for a duplicate of the original send (same body): it arrives,
+/// under a fresh id that is also its de-duplication id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_on_content_deduplicated_fifo_is_not_dropped() {
+    let test = "redrive_on_content_deduplicated_fifo_is_not_dropped";
+    let Some(endpoint) = common::endpoint(test) else {
+        return;
+    };
+    let p = common::builder(&endpoint)
+        .with_content_based_deduplication(true)
+        .build()
+        .await
+        .expect("build");
+    let q = create(
+        &p,
+        "content-redrive",
+        QueueSpec::default().with_sessions(true),
+    )
+    .await;
+    let g = sid("octo/repo#9");
+    let id = p
+        .send(&q, Message::new("same body").with_session_id(g.clone()))
+        .await
+        .expect("send");
+    let got = recv_n(&p, &q, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    p.dead_letter(&got[0].receipt, queue_core::DeadLetterReason::new("T", "t"))
+        .await
+        .expect("dead_letter");
+    let report = p
+        .redrive(&q, RedriveOptions::new().with_max_messages(1))
+        .await
+        .expect("redrive");
+    assert_eq!((report.received, report.moved), (1, 1), "{report:?}");
+    let back = recv_n(&p, &q, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        back.len(),
+        1,
+        "the redriven message was dropped as a duplicate"
+    );
+    assert_eq!(body(&back[0]), "same body");
+    assert_eq!(back[0].session_id(), Some(&g));
+    assert_eq!(
+        back[0]
+            .message
+            .attributes
+            .get(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
+            .map(String::as_str),
+        Some(id.as_str())
+    );
+    p.complete(&back[0].receipt).await.expect("complete");
+    p.delete_queue(&q).await.expect("delete_queue");
 }
