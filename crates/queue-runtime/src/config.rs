@@ -10,7 +10,10 @@
 use std::{collections::HashMap, fmt, path::Path, time::Duration};
 
 use queue_core::{ProviderSettings, QueueError, QueueName, Result, SharedQueueProvider};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+
+mod load;
+pub use load::ConfigFormat;
 
 /// The prefix of environment variables read by [`QueueRuntimeConfig::load`].
 pub const ENV_PREFIX: &str = "QUEUE_RUNTIME";
@@ -46,6 +49,10 @@ pub struct QueueRuntimeConfig {
     /// How to process it.
     #[serde(default)]
     pub processor: ProcessorSettings,
+    /// The application's own settings (the `app` table), read with
+    /// [`QueueRuntimeConfig::app`]; queue-runtime does not look inside.
+    #[serde(default)]
+    app: Option<serde_json::Value>,
 }
 
 impl QueueRuntimeConfig {
@@ -55,6 +62,7 @@ impl QueueRuntimeConfig {
             provider: ProviderSettings::default(),
             queue: queue.into(),
             processor: ProcessorSettings::default(),
+            app: None,
         }
     }
 
@@ -78,36 +86,65 @@ impl QueueRuntimeConfig {
 
     /// Like [`QueueRuntimeConfig::load`], but reads environment variables from `env`
     /// instead of the process environment (for tests and embedding).
+    ///
+    /// The file's format follows its extension: `.toml`, `.json`, `.yaml` or `.yml`. Errors
+    /// name the file, and the line and column where the file is at fault.
     pub fn load_from(file: Option<&Path>, env: Option<HashMap<String, String>>) -> Result<Self> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
-        }
-        let environment = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator(ENV_SEPARATOR)
-            .separator(ENV_SEPARATOR)
-            .try_parsing(true)
-            .source(env);
-        builder = builder.add_source(environment);
-        let cfg: Self = builder
-            .build()
-            .map_err(config_error)?
-            .try_deserialize()
-            .map_err(config_error)?;
+        let source = file.map(load::Source::read).transpose()?;
+        let cfg: Self = load::load(source.as_ref(), Some(env))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Parses TOML text (no environment overlay), then validates.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let cfg: Self = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .map_err(config_error)?
-            .try_deserialize()
-            .map_err(config_error)?;
+        Self::from_str_as(text, ConfigFormat::Toml)
+    }
+
+    /// Parses text in `format` (no environment overlay), then validates.
+    pub fn from_str_as(text: &str, format: ConfigFormat) -> Result<Self> {
+        let cfg: Self = load::load(Some(&load::Source::text(text, format)), None)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The application's settings from the `app` table of the same file (and
+    /// `QUEUE_RUNTIME__APP__...` variables), deserialized into `T`. Without an `app` table,
+    /// `T` is deserialized from an empty table (so `#[serde(default)]` types work).
+    ///
+    /// ```
+    /// use queue_runtime::QueueRuntimeConfig;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Bot { greeting: String }
+    ///
+    /// let cfg = QueueRuntimeConfig::from_toml_str(
+    ///     "queue = \"events\"\n[app]\ngreeting = \"hello\"\n",
+    /// )?;
+    /// assert_eq!(cfg.app::<Bot>()?.greeting, "hello");
+    /// # Ok::<(), queue_runtime::QueueError>(())
+    /// ```
+    pub fn app<T: DeserializeOwned>(&self) -> Result<T> {
+        let value = self
+            .app
+            .clone()
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        serde_json::from_value(value).map_err(|e| {
+            // serde_json's data errors quote no values for missing/unknown fields; type
+            // errors can, so only the kind of error is kept.
+            let text = e.to_string();
+            let field = ["missing field `", "unknown field `"]
+                .iter()
+                .find_map(|p| text.strip_prefix(p))
+                .and_then(|rest| rest.split('`').next())
+                .map_or_else(|| "app".to_owned(), |f| format!("app.{f}"));
+            let reason = if text.starts_with("invalid type") || text.starts_with("invalid value") {
+                "invalid type or value".to_owned()
+            } else {
+                text
+            };
+            QueueError::config(field, reason)
+        })
     }
 
     /// Checks every value; the error names the first bad field (`processor.retry.max_attempts`).
@@ -129,6 +166,7 @@ impl fmt::Debug for QueueRuntimeConfig {
             .field("provider", &self.provider)
             .field("queue", &self.queue)
             .field("processor", &self.processor)
+            .field("app", &self.app.as_ref().map(|_| "<application settings>"))
             .finish()
     }
 }
@@ -228,8 +266,7 @@ pub struct ProcessorSettings {
 /// ([`queue_core::SessionSupport::Locked`]). Other providers ignore it.
 ///
 /// In configuration: `session_mode = "auto" | "required" | "none"`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionMode {
     /// Session workers and a session-less receive loop side by side, for queues that hold
@@ -242,6 +279,37 @@ pub enum SessionMode {
     Required,
     /// Queue without sessions: only the session-less receive loop.
     None,
+}
+
+impl SessionMode {
+    /// The values accepted in configuration.
+    pub const VALUES: [&'static str; 3] = ["auto", "required", "none"];
+}
+
+impl std::str::FromStr for SessionMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "required" => Ok(Self::Required),
+            "none" => Ok(Self::None),
+            _ => Err(format!(
+                "unknown session mode, expected one of `{}`",
+                Self::VALUES.join("`, `")
+            )),
+        }
+    }
+}
+
+// By hand, through a string: the `config` crate's enum support reports an unknown variant
+// without the valid ones.
+impl<'de> Deserialize<'de> for SessionMode {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(de)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for ProcessorSettings {
@@ -548,6 +616,25 @@ fn de_duration<'de, D: Deserializer<'de>>(de: D) -> std::result::Result<Duration
 /// Every provider kind parses in every build; one whose feature is not compiled in yields
 /// [`QueueError::Config`] naming the feature to enable.
 pub async fn build_provider(settings: &ProviderSettings) -> Result<SharedQueueProvider> {
+    build(settings).await.map_err(provider_field)
+}
+
+/// Names a provider's settings error by the key users write (`provider.connection_string`),
+/// not the provider crate's own prefix (`service_bus.connection_string`).
+fn provider_field(err: QueueError) -> QueueError {
+    match err {
+        QueueError::Config { field, reason } => {
+            let field = ["memory.", "sqs.", "aws.", "service_bus.", "azure."]
+                .iter()
+                .find_map(|p| field.strip_prefix(p))
+                .map_or_else(|| field.clone(), |rest| format!("provider.{rest}"));
+            QueueError::config(field, reason)
+        }
+        other => other,
+    }
+}
+
+async fn build(settings: &ProviderSettings) -> Result<SharedQueueProvider> {
     match settings {
         #[cfg(feature = "memory")]
         ProviderSettings::Memory(s) => {
@@ -819,7 +906,7 @@ mod tests {
         let settings: ProviderSettings = serde_json::from_str(r#"{"kind":"service-bus"}"#).unwrap();
         let err = build_provider(&settings).await.unwrap_err();
         assert!(
-            matches!(&err, QueueError::Config { field, .. } if field == "service_bus.connection_string"),
+            matches!(&err, QueueError::Config { field, .. } if field == "provider.connection_string"),
             "{err}"
         );
         // The emulator switch is refused for a non-loopback host.

@@ -82,8 +82,8 @@ pub use queue_core::*;
 
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use config::{
-    CircuitBreakerSettings, ProcessorSettings, QueueRuntimeConfig, RetrySettings, SessionMode,
-    build_provider,
+    CircuitBreakerSettings, ConfigFormat, ProcessorSettings, QueueRuntimeConfig, RetrySettings,
+    SessionMode, build_provider,
 };
 pub use handler::{
     FnHandler, Handler, HandlerError, JsonHandler, MessageContext, Outcome, decode_json,
