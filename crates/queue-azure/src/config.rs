@@ -398,13 +398,14 @@ impl ServiceBusConfigBuilder {
         self
     }
 
-    /// **For tests only.** Trusts `der` (a DER-encoded CA certificate) in addition to the
+    /// **For tests only.** Trusts `cert` (a CA certificate, PEM or DER) in addition to the
     /// public web PKI roots, so a test broker with a certificate from a test CA can be
     /// reached over TLS. Host names are still validated. There is deliberately no
     /// configuration-file or connection-string equivalent: production code has no reason
-    /// to call this, and a deployment cannot turn it on by accident.
-    pub fn dangerous_add_test_root_certificate(mut self, der: &[u8]) -> Self {
-        self.test_roots.push(der.to_vec());
+    /// to call this, and a deployment cannot turn it on by accident. An unreadable
+    /// certificate fails [`Self::build`].
+    pub fn dangerous_add_test_root_certificate(mut self, cert: &[u8]) -> Self {
+        self.test_roots.push(cert.to_vec());
         self
     }
 

@@ -137,7 +137,7 @@ impl ServiceBusProviderBuilder {
         with_transport(transport: crate::Transport);
         /// See [`ServiceBusConfigBuilder::dangerous_add_test_root_certificate`]. **For tests
         /// only.**
-        dangerous_add_test_root_certificate(der: &[u8]);
+        dangerous_add_test_root_certificate(cert: &[u8]);
     }
 
     /// Validates the configuration. No connection is made until the first call.
@@ -265,31 +265,16 @@ impl ServiceBusProvider {
     }
 
     /// Moves up to `max` messages from the dead-letter queue back to `queue` and returns
-    /// how many moved. Each is sent first and removed from the dead-letter queue after, so
-    /// a failure in between duplicates a message rather than losing it. The dead-letter
-    /// reason properties are dropped; everything else is kept (message id included, so
-    /// duplicate detection still applies).
+    /// how many moved. The same as [`QueueProviderExt::redrive`](queue_core::QueueProviderExt::redrive)
+    /// (which also reports what did not move): each message is re-sent under a fresh id,
+    /// with its original id in `ORIGINAL_MESSAGE_ID_ATTRIBUTE`, so duplicate detection
+    /// cannot drop it, and removed from the dead-letter queue only after the send.
     pub async fn redrive_dead_letters(&self, queue: &QueueName, max: usize) -> Result<usize> {
-        let mut moved = 0;
-        while moved < max {
-            let want = (max - moved).min(self.shared.amqp.cfg.max_batch_size);
-            let batch = self
-                .receive_dead_letters(queue, ReceiveOptions::new(want, Duration::from_millis(500)))
-                .await?;
-            if batch.is_empty() {
-                break;
-            }
-            for m in batch {
-                let mut msg = m.message.clone();
-                msg.attributes.remove("DeadLetterReason");
-                msg.attributes.remove("DeadLetterErrorDescription");
-                msg.scheduled_enqueue_time = None;
-                self.send(queue, msg).await?;
-                self.complete(&m.receipt).await?;
-                moved += 1;
-            }
-        }
-        Ok(moved)
+        let options = queue_core::RedriveOptions::new()
+            .with_max_messages(max)
+            .with_wait(Duration::from_millis(500));
+        let report = queue_core::QueueProviderExt::redrive(self, queue, options).await?;
+        Ok(report.moved)
     }
 
     fn check_size(

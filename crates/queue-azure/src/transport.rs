@@ -16,7 +16,7 @@ use std::{
 
 use rustls::{
     CertificateError, ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, ServerName},
+    pki_types::{CertificateDer, ServerName, pem::PemObject},
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -82,9 +82,15 @@ impl AsyncWrite for Stream {
 pub(crate) fn tls_config(test_roots: &[Vec<u8>]) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for der in test_roots {
+    for cert in test_roots {
+        let der = if cert.starts_with(b"-----BEGIN") {
+            CertificateDer::from_pem_slice(cert)
+                .map_err(|e| format!("test root certificate is not valid PEM: {e}"))?
+        } else {
+            CertificateDer::from(cert.clone())
+        };
         roots
-            .add(CertificateDer::from(der.clone()))
+            .add(der)
             .map_err(|e| format!("test root certificate refused: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
