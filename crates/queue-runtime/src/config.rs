@@ -241,9 +241,16 @@ pub struct ProcessorSettings {
     /// Longest wait of one receive or accept-session call.
     #[serde(deserialize_with = "de_duration")]
     pub receive_wait: Duration,
-    /// How long an accepted session may stay empty before it is released for the next one.
+    /// How long the first receive of an accepted session waits for its first message. After
+    /// that a session is released as soon as it is drained (see `session_drain_wait`).
     #[serde(deserialize_with = "de_duration")]
     pub session_idle_timeout: Duration,
+    /// How long a session receive may take to find out whether the session holds more
+    /// messages: at least one broker round trip, since a receive that gives up while a
+    /// delivery is on its way hands that delivery back unhandled. No session receive waits
+    /// less. Providers that know their sessions' backlog (memory) answer at once.
+    #[serde(deserialize_with = "de_duration")]
+    pub session_drain_wait: Duration,
     /// Upper bound of the interval between lock renewals (renewal happens at half the
     /// remaining lock or this, whichever is sooner). Must be below the queue's lock duration.
     #[serde(deserialize_with = "de_duration")]
@@ -320,6 +327,7 @@ impl Default for ProcessorSettings {
             max_buffered_messages: 32,
             receive_wait: Duration::from_secs(5),
             session_idle_timeout: Duration::from_secs(1),
+            session_drain_wait: Duration::from_millis(20),
             lock_renewal_interval: Duration::from_secs(10),
             max_lock_renewal: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(30),
@@ -355,6 +363,8 @@ setters!(ProcessorSettings {
     with_receive_wait: receive_wait: Duration,
     /// Sets `session_idle_timeout`.
     with_session_idle_timeout: session_idle_timeout: Duration,
+    /// Sets `session_drain_wait`.
+    with_session_drain_wait: session_drain_wait: Duration,
     /// Sets `lock_renewal_interval`.
     with_lock_renewal_interval: lock_renewal_interval: Duration,
     /// Sets `max_lock_renewal`.
@@ -405,6 +415,11 @@ impl ProcessorSettings {
             "must be greater than zero",
         )?;
         positive(
+            "session_drain_wait",
+            !self.session_drain_wait.is_zero(),
+            "must be greater than zero",
+        )?;
+        positive(
             "lock_renewal_interval",
             self.lock_renewal_interval >= Duration::from_millis(10),
             "must be at least 10ms",
@@ -427,6 +442,7 @@ impl fmt::Debug for ProcessorSettings {
             .field("max_buffered_messages", &self.max_buffered_messages)
             .field("receive_wait", &self.receive_wait)
             .field("session_idle_timeout", &self.session_idle_timeout)
+            .field("session_drain_wait", &self.session_drain_wait)
             .field("lock_renewal_interval", &self.lock_renewal_interval)
             .field("max_lock_renewal", &self.max_lock_renewal)
             .field("shutdown_timeout", &self.shutdown_timeout)

@@ -1,0 +1,195 @@
+//! Handling one delivery: gates, the handler run, and its outcome.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use queue_core::{DeadLetterReason, ReceivedMessage};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::handler::{MessageContext, Outcome, reasons};
+
+use super::{
+    bump,
+    shared::{Disposition, HARD_STOP_GRACE, LockWatch, Settler, Shared},
+};
+
+impl Shared {
+    /// Checks, handles and settles one delivery.
+    pub(super) async fn process(
+        self: &Arc<Self>,
+        msg: &ReceivedMessage,
+        watch: &LockWatch,
+        settler: &Settler,
+    ) -> Disposition {
+        let span = tracing::info_span!(
+            "queue.handle",
+            queue = %self.queue,
+            provider = self.provider_name(),
+            message_id = %msg.message_id,
+            session_id = tracing::field::Empty,
+            delivery_count = msg.delivery_count,
+        );
+        if let Some(session) = msg.session_id() {
+            span.record("session_id", tracing::field::display(session));
+        }
+        let disposition = self
+            .process_inner(msg, watch, settler)
+            .instrument(span)
+            .await;
+        if matches!(
+            disposition,
+            Disposition::Completed | Disposition::DeadLettered
+        ) {
+            self.forget_order_abandons(msg);
+        }
+        disposition
+    }
+
+    pub(super) async fn process_inner(
+        self: &Arc<Self>,
+        msg: &ReceivedMessage,
+        watch: &LockWatch,
+        settler: &Settler,
+    ) -> Disposition {
+        if self.hard.is_cancelled() {
+            self.abandon_unhandled(settler, msg, true).await;
+            return Disposition::Abandoned;
+        }
+        let max = self.policy.settings().max_attempts;
+        let attempt = self.attempt(msg);
+        if attempt > max {
+            let reason = DeadLetterReason::new(
+                reasons::MAX_ATTEMPTS_EXCEEDED,
+                format!("attempt {attempt} of a message allowed {max} attempts"),
+            );
+            return self
+                .dead_letter(settler, msg, reason, reasons::MAX_ATTEMPTS_EXCEEDED)
+                .await;
+        }
+        for gate in &self.gates {
+            if let Err(rejection) = gate.check(msg).await {
+                bump(&self.stats.rejected);
+                self.metrics.rejected(rejection.reason);
+                tracing::warn!(reason = rejection.reason, "message rejected by a gate");
+                let reason = DeadLetterReason::new(rejection.reason, rejection.description);
+                return self
+                    .dead_letter(settler, msg, reason, rejection.reason)
+                    .await;
+            }
+        }
+
+        let token = CancellationToken::new();
+        let ctx = MessageContext::new(self.queue.clone(), msg, attempt, token.clone());
+        let handler = self.handler.clone();
+        let owned = msg.clone();
+        self.metrics.in_flight.increment(1.0);
+        let started = Instant::now();
+        // Polled inline (the caller is already its own task); a panic is caught here and
+        // becomes a retry, and dropping the future is how a stuck handler is stopped.
+        let task = std::panic::AssertUnwindSafe(async move { handler.handle(owned, ctx).await })
+            .catch_unwind();
+        tokio::pin!(task);
+        let max_timer = tokio::time::sleep(self.settings.max_lock_renewal);
+        tokio::pin!(max_timer);
+        let mut lock_lost = false;
+        let mut renewal_over = false;
+        let joined = loop {
+            tokio::select! {
+                res = &mut task => break Some(res),
+                _ = watch.lost.cancelled(), if !lock_lost => {
+                    lock_lost = true;
+                    token.cancel();
+                    tracing::warn!("lock lost while the handler runs; cancelling it");
+                }
+                _ = watch.stopped.cancelled(), if !renewal_over => {
+                    renewal_over = true;
+                    token.cancel();
+                    tracing::warn!("lock renewal reached its maximum; cancelling the handler");
+                }
+                _ = &mut max_timer, if !renewal_over => {
+                    renewal_over = true;
+                    watch.stop.cancel();
+                    watch.stopped.cancel();
+                    token.cancel();
+                    tracing::warn!("handler ran past max_lock_renewal; cancelling it");
+                }
+                _ = self.hard.cancelled() => {
+                    // Past the shutdown deadline: tell the handler, give it a moment to
+                    // return (its result is still settled), then abort it.
+                    token.cancel();
+                    tokio::select! {
+                        res = &mut task => break Some(res),
+                        _ = tokio::time::sleep(HARD_STOP_GRACE) => {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        self.metrics.in_flight.decrement(1.0);
+        let took = started.elapsed();
+
+        let Some(joined) = joined else {
+            self.metrics.handler_duration("cancelled", took);
+            if !lock_lost {
+                self.abandon_unhandled(settler, msg, true).await;
+            }
+            return Disposition::Abandoned;
+        };
+        if lock_lost || watch.lost.is_cancelled() {
+            self.metrics.handler_duration("cancelled", took);
+            bump(&self.stats.lock_lost);
+            self.metrics.lock_lost.increment(1);
+            return Disposition::LockLost;
+        }
+        match joined {
+            Err(_panic) => {
+                bump(&self.stats.handler_failures);
+                bump(&self.stats.handler_panics);
+                self.metrics.failed("panic");
+                self.metrics.handler_duration("panic", took);
+                // The panic payload may quote message data: it is not logged.
+                let why = "the handler panicked";
+                tracing::error!("{why}; the message will be retried");
+                self.retry(settler, msg, watch, None, "handler_panic", why)
+                    .await
+            }
+            Ok(Err(err)) if err.is_permanent() => {
+                bump(&self.stats.handler_failures);
+                self.metrics.failed("permanent");
+                self.metrics.handler_duration("error", took);
+                let reason = DeadLetterReason::new(reasons::PERMANENT_FAILURE, err.message());
+                self.dead_letter(settler, msg, reason, reasons::PERMANENT_FAILURE)
+                    .await
+            }
+            Ok(Err(err)) => {
+                bump(&self.stats.handler_failures);
+                self.metrics.failed("error");
+                self.metrics.handler_duration("error", took);
+                tracing::warn!(error = %err, "handler failed; the message will be retried");
+                self.retry(settler, msg, watch, None, "handler_error", err.message())
+                    .await
+            }
+            Ok(Ok(Outcome::Complete)) => {
+                self.metrics.handler_duration("complete", took);
+                self.complete(settler, msg).await
+            }
+            Ok(Ok(Outcome::Retry { delay, reason })) => {
+                self.metrics.handler_duration("retry", took);
+                self.retry(settler, msg, watch, delay, "outcome", &reason)
+                    .await
+            }
+            Ok(Ok(Outcome::DeadLetter {
+                reason,
+                description,
+            })) => {
+                self.metrics.handler_duration("dead_letter", took);
+                let label = reasons::label(&reason);
+                let reason = DeadLetterReason::new(reason, description);
+                self.dead_letter(settler, msg, reason, label).await
+            }
+        }
+    }
+}
