@@ -1224,3 +1224,162 @@ pub async fn session_state_round_trip(h: &Harness) {
     ok(r.close().await, "session close");
     q.delete().await;
 }
+
+/// The spec and session id of the redrive cases: a session queue where sessions exist (SQS
+/// de-duplicates on FIFO queues only), with duplicate detection where the provider has it.
+fn redrive_spec(h: &Harness) -> (queue_core::QueueSpec, Option<SessionId>) {
+    let caps = h.capabilities();
+    let with_sessions = caps.sessions != SessionSupport::None;
+    let mut spec = h.spec().with_sessions(with_sessions);
+    if caps.duplicate_detection {
+        spec = spec.with_duplicate_detection(Duration::from_secs(300));
+    }
+    (spec, with_sessions.then(|| sid("octo/repo#redrive")))
+}
+
+/// Receives the next `n` messages (of session `s`, if given) and dead-letters them in order.
+async fn dead_letter_n(h: &Harness, q: &QueueName, s: Option<&SessionId>, n: usize) {
+    let reason = || DeadLetterReason::new("HandlerFailed", "redrive case");
+    if let Some(s) = s.filter(|_| h.capabilities().sessions == SessionSupport::Locked) {
+        let r = accept(h, q, s).await;
+        let mut done = 0;
+        let deadline = Instant::now() + h.slack();
+        while done < n && Instant::now() < deadline {
+            for m in session_recv(r.as_ref(), h, n - done).await {
+                ok(
+                    r.dead_letter(&m.receipt, reason()).await,
+                    "session dead_letter",
+                );
+                done += 1;
+            }
+        }
+        ok(r.close().await, "session close");
+        assert_eq!(done, n, "not every message arrived to be dead-lettered");
+        return;
+    }
+    let got = h.recv_n(q, n, h.slack()).await;
+    assert_eq!(
+        got.len(),
+        n,
+        "not every message arrived to be dead-lettered"
+    );
+    for m in got {
+        ok(
+            h.provider().dead_letter(&m.receipt, reason()).await,
+            "dead_letter",
+        );
+    }
+}
+
+/// Takes `n` messages from the main queue (through the session when there is one).
+async fn take_redriven(
+    h: &Harness,
+    q: &QueueName,
+    s: Option<&SessionId>,
+    n: usize,
+) -> Vec<ReceivedMessage> {
+    match s {
+        Some(s) => take_session(h, q, s, n, 10).await,
+        None => h.take_n(q, n, 10, h.slack()).await,
+    }
+}
+
+fn redrive_options(h: &Harness) -> queue_core::RedriveOptions {
+    queue_core::RedriveOptions::new().with_wait(h.receive_wait())
+}
+
+/// One redrive run of at most `max` messages, panicking on failure.
+async fn redrive_run(h: &Harness, q: &QueueName, max: Option<usize>) -> queue_core::RedriveReport {
+    use queue_core::QueueProviderExt;
+    let mut options = redrive_options(h);
+    if let Some(max) = max {
+        options = options.with_max_messages(max);
+    }
+    match h.provider().redrive(q, options).await {
+        Ok(r) => r,
+        Err(e) => panic!("redrive failed: {e}"),
+    }
+}
+
+/// A dead letter redriven while the duplicate-detection window still holds its message id
+/// arrives again (under a fresh id, the original kept in
+/// [`ORIGINAL_MESSAGE_ID_ATTRIBUTE`](queue_core::ORIGINAL_MESSAGE_ID_ATTRIBUTE)), and the
+/// report counts it. Re-sending under the original id would be dropped by the broker
+/// while the dead-letter copy is completed: a silent loss.
+pub async fn redrive_is_not_dropped_by_duplicate_detection(h: &Harness) {
+    use queue_core::{ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueProviderExt};
+    let (spec, s) = redrive_spec(h);
+    let q = h.queue("redrive-dedup", spec).await;
+    let id = ok(MessageId::new("github-delivery-0002"), "message id");
+    let mut msg = Message::new("poison")
+        .with_message_id(id.clone())
+        .with_attribute("k", "v");
+    if let Some(s) = &s {
+        msg = msg.with_session_id(s.clone());
+    }
+    assert_eq!(send(h, q.name(), msg).await, id);
+    dead_letter_n(h, q.name(), s.as_ref(), 1).await;
+
+    let options = redrive_options(h).with_max_messages(1);
+    let report = match h.provider().redrive(q.name(), options).await {
+        Ok(r) => r,
+        Err(e) => panic!("redrive failed: {e}"),
+    };
+    assert_eq!((report.received, report.moved), (1, 1), "{report:?}");
+    assert_eq!(report.moved_ids[0].from, id);
+    let fresh = report.moved_ids[0].to.clone();
+    assert_ne!(
+        fresh, id,
+        "a redrive must not re-send under the original id"
+    );
+
+    let got = take_redriven(h, q.name(), s.as_ref(), 1).await;
+    assert_eq!(
+        bodies(&got),
+        ["poison"],
+        "the redriven message never arrived (dropped as a duplicate?)"
+    );
+    assert_eq!(got[0].message_id, fresh);
+    assert_eq!(got[0].session_id(), s.as_ref());
+    let attrs = &got[0].message.attributes;
+    assert_eq!(attrs.get("k").map(String::as_str), Some("v"));
+    assert_eq!(
+        attrs.get(ORIGINAL_MESSAGE_ID_ATTRIBUTE).map(String::as_str),
+        Some(id.as_str())
+    );
+    assert!(
+        h.recv_dead_n(q.name(), 1, h.receive_wait())
+            .await
+            .is_empty(),
+        "the dead-letter copy was not removed"
+    );
+    q.delete().await;
+}
+
+/// Redrive moves dead letters back in order, stops at `max_messages`, and a second run
+/// moves the rest; an empty dead-letter queue moves nothing.
+pub async fn redrive_keeps_order_and_limit(h: &Harness) {
+    let (spec, s) = redrive_spec(h);
+    let q = h.queue("redrive-order", spec).await;
+    for body in ["A", "B", "C"] {
+        let mut msg = Message::new(body);
+        if let Some(s) = &s {
+            msg = msg.with_session_id(s.clone());
+        }
+        send(h, q.name(), msg).await;
+    }
+    dead_letter_n(h, q.name(), s.as_ref(), 3).await;
+    let first = redrive_run(h, q.name(), Some(2)).await;
+    assert_eq!(first.moved, 2, "{first:?}");
+    let second = redrive_run(h, q.name(), None).await;
+    assert_eq!(second.moved, 1, "{second:?}");
+    let mut got = bodies(&take_redriven(h, q.name(), s.as_ref(), 3).await);
+    if s.is_none() {
+        // Without sessions the provider promises no order.
+        got.sort();
+    }
+    assert_eq!(got, ["A", "B", "C"], "redrive lost or reordered messages");
+    let empty = redrive_run(h, q.name(), None).await;
+    assert_eq!((empty.received, empty.moved), (0, 0), "{empty:?}");
+    q.delete().await;
+}

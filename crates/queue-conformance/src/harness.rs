@@ -316,7 +316,7 @@ mod tests {
     fn case_list_is_complete_and_unique() {
         let unique: std::collections::HashSet<_> = crate::CASES.iter().collect();
         assert_eq!(unique.len(), crate::CASES.len());
-        assert_eq!(crate::CASES.len(), 33);
+        assert_eq!(crate::CASES.len(), 35);
     }
 
     #[test]

@@ -56,6 +56,10 @@
 //! | `duplicate_detection` (on a session queue where sessions exist) | `duplicate_detection_drops_duplicates` |
 //! | `message_ttl` | `expired_message_is_not_delivered` |
 //!
+//! The redrive cases (`redrive_is_not_dropped_by_duplicate_detection`,
+//! `redrive_keeps_order_and_limit`) run on every provider, on a session queue where sessions
+//! exist and with duplicate detection on where the provider has it.
+//!
 //! The rest run on every provider. [`CASES`] lists them all.
 //!
 //! # Timing
@@ -151,6 +155,8 @@ macro_rules! __conformance_case_list {
             expired_message_is_not_delivered
             duplicate_detection_drops_duplicates
             session_state_round_trip
+            redrive_is_not_dropped_by_duplicate_detection
+            redrive_keeps_order_and_limit
         }
     };
 }

@@ -9,8 +9,9 @@ use std::{
 use async_trait::async_trait;
 use queue_conformance::Harness;
 use queue_core::{
-    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
-    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
+    Capabilities, DeadLetterReason, Message, MessageId, ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError,
+    QueueName, QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result,
+    SessionReceiver, SessionSelector,
 };
 use queue_memory::InMemoryProvider;
 
@@ -31,6 +32,9 @@ enum Defect {
     UnenforcedSizeLimit,
     /// Dead-lettering records a different reason.
     LosesDeadLetterReason,
+    /// A redriven message is sent under its original id again (the round-1 redrive), so
+    /// duplicate detection drops it.
+    RedrivesUnderOriginalId,
 }
 
 #[derive(Debug)]
@@ -58,6 +62,15 @@ impl QueueProvider for Faulty {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.defect == Defect::DropsEverySecondSend && n % 2 == 1 {
             return Ok(MessageId::random());
+        }
+        let mut message = message;
+        if self.defect == Defect::RedrivesUnderOriginalId
+            && let Some(original) = message.attributes.remove(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
+        {
+            let fresh = message.message_id.replace(MessageId::new(original)?);
+            self.inner.send(queue, message).await?;
+            // Report the id the caller asked for, as a broker dropping a duplicate would.
+            return Ok(fresh.unwrap_or_else(MessageId::random));
         }
         self.inner.send(queue, message).await
     }
@@ -216,6 +229,14 @@ async fn planted_defects_are_caught() {
             )
             .await,
         ),
+        (
+            Defect::RedrivesUnderOriginalId,
+            fails(
+                Defect::RedrivesUnderOriginalId,
+                case!(redrive_is_not_dropped_by_duplicate_detection),
+            )
+            .await,
+        ),
     ];
     let missed: Vec<_> = expectations
         .iter()
@@ -235,4 +256,12 @@ async fn a_faithful_wrapper_passes_the_same_cases() {
     assert!(!fails(Defect::None, case!(expired_receipt_is_rejected)).await);
     assert!(!fails(Defect::None, case!(empty_receive_returns_at_deadline)).await);
     assert!(!fails(Defect::None, case!(oversize_message_rejected)).await);
+    assert!(
+        !fails(
+            Defect::None,
+            case!(redrive_is_not_dropped_by_duplicate_detection)
+        )
+        .await
+    );
+    assert!(!fails(Defect::None, case!(redrive_keeps_order_and_limit)).await);
 }
