@@ -109,6 +109,7 @@ mod ids;
 mod profile;
 mod provider;
 mod session;
+mod slab;
 mod state;
 
 pub use profile::{Limits, Profile};

@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     fmt,
     future::Future,
+    hash::{BuildHasherDefault, Hasher},
     sync::{Arc, Mutex, RwLock, RwLockReadGuard},
     time::{Duration, SystemTime},
 };
@@ -56,7 +57,32 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     /// The queues, each behind its own mutex: operations on different queues do not
     /// contend, and no lock is ever held across an `.await`.
-    queues: RwLock<HashMap<QueueName, Mutex<Queue>>>,
+    queues: RwLock<QueueMap>,
+}
+
+/// The queue map. Queue names come from the application, not from peers, so a fast
+/// non-keyed hash (FNV-1a) is safe here.
+type QueueMap = HashMap<QueueName, Mutex<Queue>, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, 64 bits.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 impl fmt::Debug for InMemoryProvider {
@@ -154,7 +180,7 @@ impl InMemoryProviderBuilder {
                 profile: self.profile,
                 limits,
                 clock: Clock::new(),
-                queues: RwLock::new(HashMap::new()),
+                queues: RwLock::new(QueueMap::default()),
             }),
         };
         for (name, spec) in self.queues {
@@ -171,7 +197,7 @@ impl Inner {
 
     /// The queue map. A panic while holding a lock cannot leave a queue half-updated in
     /// a way later calls could not handle, so a poisoned lock is taken over.
-    fn queues(&self) -> RwLockReadGuard<'_, HashMap<QueueName, Mutex<Queue>>> {
+    fn queues(&self) -> RwLockReadGuard<'_, QueueMap> {
         self.queues.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -206,12 +232,11 @@ impl Inner {
         wait: Duration,
         mut attempt: impl FnMut(&mut Queue, Instant) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
-        let deadline = later(self.clock.now(), wait);
-        let signal = match self.with_queue(name, operation, |q, now| {
-            attempt(q, now).map(|found| found.ok_or_else(|| q.signal.clone()))
+        let (signal, deadline) = match self.with_queue(name, operation, |q, now| {
+            attempt(q, now).map(|found| found.ok_or_else(|| (q.signal.clone(), later(now, wait))))
         })?? {
             Ok(found) => return Ok(Some(found)),
-            Err(signal) => signal,
+            Err(miss) => miss,
         };
         loop {
             if self.clock.now() >= deadline {
@@ -379,8 +404,8 @@ impl InMemoryProvider {
         let clock = self.inner.clock;
         let got = self
             .inner
-            .wait_for(queue, operation, options.wait, |q, _| {
-                let batch = q.receive(store, max, &clock);
+            .wait_for(queue, operation, options.wait, |q, now| {
+                let batch = q.receive(store, max, now, &clock);
                 Ok((!batch.is_empty()).then_some(batch))
             })
             .await?;
@@ -415,9 +440,9 @@ impl QueueProvider for InMemoryProvider {
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
         let max = self.inner.limits.max_message_size;
         let clock = self.inner.clock;
-        self.inner.with_queue(queue, "send", |q, _| {
+        self.inner.with_queue(queue, "send", |q, now| {
             let prepared = q.prepare(message, max)?;
-            let id = q.store(prepared, &clock);
+            let id = q.store(prepared, now, &clock);
             q.signal.wake();
             Ok(id)
         })?
@@ -430,13 +455,16 @@ impl QueueProvider for InMemoryProvider {
     ) -> Result<Vec<MessageId>> {
         let max = self.inner.limits.max_message_size;
         let clock = self.inner.clock;
-        self.inner.with_queue(queue, "send", |q, _| {
+        self.inner.with_queue(queue, "send", |q, now| {
             // Validate everything first: a batch with one bad entry stores nothing.
             let prepared = messages
                 .into_iter()
                 .map(|m| q.prepare(m, max))
                 .collect::<Result<Vec<_>>>()?;
-            let ids = prepared.into_iter().map(|p| q.store(p, &clock)).collect();
+            let ids = prepared
+                .into_iter()
+                .map(|p| q.store(p, now, &clock))
+                .collect();
             q.signal.wake();
             Ok(ids)
         })?

@@ -100,8 +100,8 @@ impl SessionReceiver for MemorySessionReceiver {
         let clock = self.inner.clock;
         let got = self
             .inner
-            .wait_for(&self.queue, "receive", options.wait, |q, _| {
-                let batch = q.receive_session(&self.session, self.token, max, &clock)?;
+            .wait_for(&self.queue, "receive", options.wait, |q, now| {
+                let batch = q.receive_session(&self.session, self.token, max, now, &clock)?;
                 Ok((!batch.is_empty()).then_some(batch))
             })
             .await?;

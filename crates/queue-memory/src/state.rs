@@ -19,7 +19,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
-    hash::{BuildHasherDefault, Hasher},
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -35,17 +34,34 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     clock::{Clock, later},
-    ids::{fresh_message_id, write_decimal},
+    ids::{parse_hex, write_hex},
+    slab::{Key, Sequenced, Slab},
 };
 
 pub(crate) const PROVIDER: &str = "memory";
 
 /// Lock tokens are unique across every provider instance of the process, so a receipt
-/// from one provider can never settle a message of another.
+/// from one provider can never settle a message of another. Queues take them from here
+/// in blocks, so concurrent queues do not contend on one counter per delivery.
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+const TOKEN_BLOCK: u64 = 1024;
 
-fn next_token() -> u64 {
-    NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+/// A queue's current block of lock tokens.
+#[derive(Debug, Default)]
+struct Tokens {
+    next: u64,
+    end: u64,
+}
+
+impl Tokens {
+    fn take(&mut self) -> u64 {
+        if self.next == self.end {
+            self.next = NEXT_TOKEN.fetch_add(TOKEN_BLOCK, Ordering::Relaxed);
+            self.end = self.next + TOKEN_BLOCK;
+        }
+        self.next += 1;
+        self.next - 1
+    }
 }
 
 /// Which store a receipt points into.
@@ -55,67 +71,52 @@ pub(crate) enum Store {
     Dead,
 }
 
-/// A parsed receipt token: `a.<seq>.<lock>` or `d.<seq>.<lock>`.
+/// A parsed receipt token: `a.<seq>.<slot>.<lock>` or `d.<seq>.<slot>.<lock>`, in
+/// fixed-width lowercase hexadecimal.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Token {
     store: Store,
-    seq: i64,
+    seq: Key,
     lock: u64,
 }
 
 impl Token {
+    /// Length of the text form: `s.` + 16 + `.` + 8 + `.` + 16 hexadecimal digits.
+    const LEN: usize = 44;
+
     /// The token's text, built without going through `fmt` (one allocation: the `Arc`).
     fn text(self) -> Arc<str> {
-        let mut buf = [0u8; 44];
+        let mut buf = [b'.'; Self::LEN];
         buf[0] = match self.store {
             Store::Active => b'a',
             Store::Dead => b'd',
         };
-        buf[1] = b'.';
-        let mut len = 2 + write_decimal(&mut buf[2..], self.seq.unsigned_abs());
-        buf[len] = b'.';
-        len += 1;
-        len += write_decimal(&mut buf[len..], self.lock);
-        Arc::from(std::str::from_utf8(&buf[..len]).expect("a token is ASCII"))
+        write_hex(&mut buf[2..18], self.seq.seq.unsigned_abs());
+        write_hex(&mut buf[19..27], u64::from(self.seq.slot));
+        write_hex(&mut buf[28..44], self.lock);
+        Arc::from(std::str::from_utf8(&buf).expect("a token is ASCII"))
     }
 
     pub(crate) fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.split('.');
-        let store = match parts.next()? {
-            "a" => Store::Active,
-            "d" => Store::Dead,
-            _ => return None,
-        };
-        let seq = parts.next()?.parse().ok()?;
-        let lock = parts.next()?.parse().ok()?;
-        if parts.next().is_some() {
+        let b = text.as_bytes();
+        if b.len() != Self::LEN || b[1] != b'.' || b[18] != b'.' || b[27] != b'.' {
             return None;
         }
-        Some(Self { store, seq, lock })
+        let store = match b[0] {
+            b'a' => Store::Active,
+            b'd' => Store::Dead,
+            _ => return None,
+        };
+        let seq = i64::try_from(parse_hex(&b[2..18])?).ok()?;
+        let slot = u32::try_from(parse_hex(&b[19..27])?).ok()?;
+        let lock = parse_hex(&b[28..44])?;
+        Some(Self {
+            store,
+            seq: Key { seq, slot },
+            lock,
+        })
     }
 }
-
-/// Hashes sequence numbers (dense, increasing `i64`s) with one multiplication.
-#[derive(Default)]
-struct SeqHasher(u64);
-
-impl Hasher for SeqHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_i64(&mut self, n: i64) {
-        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type SeqMap<V> = HashMap<i64, V, BuildHasherDefault<SeqHasher>>;
 
 #[derive(Clone, Copy, Debug)]
 struct MsgLock {
@@ -127,14 +128,23 @@ struct MsgLock {
 
 #[derive(Debug)]
 struct Entry {
+    /// The sequence number (unique in the queue, increasing in send order).
+    seq: i64,
+    /// The message as sent; its `message_id` is always set.
     message: Message,
-    id: MessageId,
     enqueued_at: Instant,
     visible_at: Instant,
     expires_at: Option<Instant>,
     delivery_count: u32,
     lock: Option<MsgLock>,
-    dead_letter: Option<DeadLetterReason>,
+    /// Boxed: rare, and it would make every entry bigger.
+    dead_letter: Option<Box<DeadLetterReason>>,
+}
+
+impl Sequenced for Entry {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -148,13 +158,13 @@ struct Session {
     lock: Option<SessionLock>,
     state: Option<Bytes>,
     /// Available messages of this session, in order.
-    ready: BTreeSet<i64>,
+    ready: BTreeSet<Key>,
     /// Messages locked by the current session lock.
-    held: BTreeSet<i64>,
+    held: BTreeSet<Key>,
     /// Messages of this session in the active store.
     messages: usize,
     /// This session's key in [`Queue::next_sessions`], if it is there.
-    indexed: Option<i64>,
+    indexed: Option<Key>,
 }
 
 type Sessions = HashMap<SessionId, Session>;
@@ -169,7 +179,7 @@ fn session_mut<'a>(sessions: &'a mut Sessions, id: &SessionId) -> &'a mut Sessio
 
 /// Puts session `id` under its right key in `index`: its oldest available message when
 /// it is unlocked and has one, else nowhere.
-fn reindex(sessions: &mut Sessions, index: &mut BTreeSet<(i64, SessionId)>, id: &SessionId) {
+fn reindex(sessions: &mut Sessions, index: &mut BTreeSet<(Key, SessionId)>, id: &SessionId) {
     let Some(s) = sessions.get_mut(id) else {
         return;
     };
@@ -200,16 +210,92 @@ fn tidy(sessions: &mut Sessions, id: &SessionId) {
     }
 }
 
+/// Available session-less messages. Messages that were never delivered wait in send
+/// order in a deque (O(1) at both ends); messages available again (after an abandon, a
+/// lock expiry or a delay) wait in an ordered set. The next message is the smaller head.
+#[derive(Debug, Default)]
+struct Ready {
+    fresh: VecDeque<Key>,
+    again: BTreeSet<Key>,
+    /// Entries of `fresh` whose message is gone (expired); skipped when reached.
+    stale: usize,
+}
+
+impl Ready {
+    fn len(&self) -> usize {
+        self.fresh.len() - self.stale + self.again.len()
+    }
+
+    /// Adds a message stored just now (its sequence number is the highest so far).
+    fn push_fresh(&mut self, seq: Key) {
+        debug_assert!(self.fresh.back().is_none_or(|b| *b < seq));
+        self.fresh.push_back(seq);
+    }
+
+    fn insert(&mut self, seq: Key) {
+        self.again.insert(seq);
+    }
+
+    /// Removes `seq`; returns whether it was there. A message in the middle of `fresh` is
+    /// only counted as stale: its entry is about to be removed, and `pop` skips it.
+    fn remove(&mut self, seq: Key) -> bool {
+        if self.again.remove(&seq) {
+            return true;
+        }
+        if self.fresh.front() == Some(&seq) {
+            self.fresh.pop_front();
+            return true;
+        }
+        let found = self.fresh.binary_search(&seq).is_ok();
+        if found {
+            self.stale += 1;
+        }
+        found
+    }
+
+    /// The oldest available message; `exists` tells a live `fresh` entry from a stale one.
+    fn pop(&mut self, exists: impl Fn(Key) -> bool) -> Option<Key> {
+        loop {
+            match (self.fresh.front().copied(), self.again.first().copied()) {
+                (Some(f), Some(a)) if a < f => return self.again.pop_first(),
+                (Some(f), _) => {
+                    self.fresh.pop_front();
+                    if exists(f) {
+                        return Some(f);
+                    }
+                    self.stale -= 1;
+                }
+                (None, _) => return self.again.pop_first(),
+            }
+        }
+    }
+}
+
+/// The deadline of a lock taken by a plain receive.
+#[derive(Clone, Copy, Debug)]
+struct LockTimer {
+    until: Instant,
+    store: Store,
+    seq: Key,
+    token: u64,
+}
+
 /// Deadlines, each in a set ordered by time so the next one is found without a scan and
 /// a settled message's deadline is removed in O(log n).
 #[derive(Debug, Default)]
 struct Timers {
     /// Scheduled or delayed messages becoming visible.
-    visible: BTreeSet<(Instant, Store, i64)>,
-    /// Locks of messages received without a session.
-    locks: BTreeSet<(Instant, Store, i64)>,
+    visible: BTreeSet<(Instant, Store, Key)>,
+    /// Locks of messages received without a session, in deadline order: every lock lasts
+    /// the queue's lock duration from when it was taken or renewed, so deadlines come in
+    /// order and a deque suffices. A settled or renewed lock leaves its item behind (stale,
+    /// skipped when reached); stale items are dropped in bulk once they outnumber the
+    /// live locks, so each lock costs O(1) amortised.
+    locks: VecDeque<LockTimer>,
+    /// Live locks in `locks`.
+    live_locks: usize,
     /// Message time-to-live expiries.
-    ttl: BTreeSet<(Instant, i64)>,
+    ttl: BTreeSet<(Instant, Key)>,
     /// Session lock expiries.
     sessions: BTreeSet<(Instant, SessionId)>,
 }
@@ -256,19 +342,22 @@ pub(crate) struct Queue {
     pub(crate) spec: QueueSpec,
     pub(crate) signal: Arc<Signal>,
     next_seq: i64,
-    active: SeqMap<Entry>,
-    dead: SeqMap<Entry>,
+    active: Slab<Entry>,
+    dead: Slab<Entry>,
     /// Available session-less messages, in order.
-    ready: BTreeSet<i64>,
+    ready: Ready,
     /// Available dead-lettered messages, in order.
-    dead_ready: BTreeSet<i64>,
+    dead_ready: BTreeSet<Key>,
     sessions: Sessions,
     /// Unlocked sessions with an available message, by their oldest available message.
-    next_sessions: BTreeSet<(i64, SessionId)>,
+    next_sessions: BTreeSet<(Key, SessionId)>,
     timers: Timers,
     dedup: HashMap<MessageId, Instant>,
     /// `dedup`'s entries in expiry order (the window is fixed, so send order).
     dedup_order: VecDeque<(Instant, MessageId)>,
+    /// No deadline falls before this (`None`: no deadline at all).
+    next_sweep: Option<Instant>,
+    tokens: Tokens,
 }
 
 fn lock_lost(queue: &QueueName, operation: &'static str) -> QueueError {
@@ -330,39 +419,48 @@ impl Queue {
             spec,
             signal: Arc::default(),
             next_seq: 1,
-            active: SeqMap::default(),
-            dead: SeqMap::default(),
-            ready: BTreeSet::new(),
+            active: Slab::default(),
+            dead: Slab::default(),
+            ready: Ready::default(),
             dead_ready: BTreeSet::new(),
             sessions: HashMap::new(),
             next_sessions: BTreeSet::new(),
             timers: Timers::default(),
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
+            next_sweep: None,
+            tokens: Tokens::default(),
         }
     }
 
-    fn map(&self, store: Store) -> &SeqMap<Entry> {
+    fn map(&self, store: Store) -> &Slab<Entry> {
         match store {
             Store::Active => &self.active,
             Store::Dead => &self.dead,
         }
     }
 
-    fn map_mut(&mut self, store: Store) -> &mut SeqMap<Entry> {
+    fn map_mut(&mut self, store: Store) -> &mut Slab<Entry> {
         match store {
             Store::Active => &mut self.active,
             Store::Dead => &mut self.dead,
         }
     }
 
+    /// Notes a new deadline, so the next sweep comes no later than it.
+    fn note(&mut self, at: Instant) {
+        if self.next_sweep.is_none_or(|t| at < t) {
+            self.next_sweep = Some(at);
+        }
+    }
+
     /// Adds the unlocked, visible entry `seq` to its ready set.
-    fn make_ready(&mut self, store: Store, seq: i64) {
+    fn make_ready(&mut self, store: Store, seq: Key) {
         if store == Store::Dead {
             self.dead_ready.insert(seq);
             return;
         }
-        match &self.active[&seq].message.session_id {
+        match &self.active[seq].message.session_id {
             None => {
                 self.ready.insert(seq);
             }
@@ -375,12 +473,14 @@ impl Queue {
 
     /// Files the unlocked entry `seq` (in no index yet): dropped when its time to live
     /// has passed, ready when visible, else under its visibility deadline.
-    fn place(&mut self, store: Store, seq: i64, now: Instant) {
-        let entry = &self.map(store)[&seq];
+    fn place(&mut self, store: Store, seq: Key, now: Instant) {
+        let entry = &self.map(store)[seq];
+        let visible_at = entry.visible_at;
         if entry.expires_at.is_some_and(|e| e <= now) {
-            self.remove_entry(store, seq);
-        } else if entry.visible_at > now {
-            self.timers.visible.insert((entry.visible_at, store, seq));
+            self.delete_entry(store, seq);
+        } else if visible_at > now {
+            self.timers.visible.insert((visible_at, store, seq));
+            self.note(visible_at);
         } else {
             self.make_ready(store, seq);
         }
@@ -388,22 +488,21 @@ impl Queue {
 
     /// Takes the entry `seq` out of whichever ready set, timer set or held set has it
     /// (the TTL set excepted).
-    fn detach(&mut self, store: Store, seq: i64) {
+    fn detach(&mut self, store: Store, seq: Key) {
         let map = match store {
             Store::Active => &self.active,
             Store::Dead => &self.dead,
         };
-        let Some(entry) = map.get(&seq) else {
+        let Some(entry) = map.get(seq) else {
             return;
         };
         let session = entry.message.session_id.as_ref();
         match entry.lock {
             Some(MsgLock {
-                session_lock: None,
-                until,
-                ..
+                session_lock: None, ..
             }) => {
-                self.timers.locks.remove(&(until, store, seq));
+                // Its item in `timers.locks` goes stale.
+                self.timers.live_locks -= 1;
             }
             Some(_) => {
                 if let Some(s) = session.and_then(|id| self.sessions.get_mut(id)) {
@@ -413,7 +512,7 @@ impl Queue {
             None => {
                 let was_ready = match (store, session) {
                     (Store::Dead, _) => self.dead_ready.remove(&seq),
-                    (Store::Active, None) => self.ready.remove(&seq),
+                    (Store::Active, None) => self.ready.remove(seq),
                     (Store::Active, Some(id)) => {
                         let removed = self
                             .sessions
@@ -430,31 +529,45 @@ impl Queue {
         }
     }
 
-    /// Removes the entry `seq` and every index entry that points at it.
-    fn remove_entry(&mut self, store: Store, seq: i64) -> Option<Entry> {
-        self.detach(store, seq);
-        let entry = self.map_mut(store).remove(&seq)?;
-        if store == Store::Active {
-            if let Some(e) = entry.expires_at {
-                self.timers.ttl.remove(&(e, seq));
-            }
-            if let Some(id) = &entry.message.session_id {
-                if let Some(s) = self.sessions.get_mut(id) {
-                    s.messages = s.messages.saturating_sub(1);
-                }
-                tidy(&mut self.sessions, id);
-            }
+    /// Removes the entry `seq` and every index entry that points at it; returns it.
+    fn remove_entry(&mut self, store: Store, seq: Key) -> Option<Entry> {
+        self.unlink(store, seq)?;
+        self.map_mut(store).remove(seq)
+    }
+
+    /// Like [`remove_entry`](Self::remove_entry), dropping the entry where it lies.
+    fn delete_entry(&mut self, store: Store, seq: Key) {
+        if self.unlink(store, seq).is_some() {
+            self.map_mut(store).delete(seq);
         }
-        Some(entry)
+    }
+
+    /// Takes every index entry that points at `seq` away (the entry itself stays).
+    fn unlink(&mut self, store: Store, seq: Key) -> Option<()> {
+        self.detach(store, seq);
+        if store == Store::Dead {
+            return self.dead.contains_key(seq).then_some(());
+        }
+        let entry = self.active.get(seq)?;
+        if let Some(e) = entry.expires_at {
+            self.timers.ttl.remove(&(e, seq));
+        }
+        if let Some(id) = &entry.message.session_id {
+            if let Some(s) = self.sessions.get_mut(id) {
+                s.messages = s.messages.saturating_sub(1);
+            }
+            tidy(&mut self.sessions, id);
+        }
+        Some(())
     }
 
     /// Ends the lock on `seq` without settling it (abandon, lock expiry, session closed):
     /// the message is dead-lettered when it has used up its deliveries, else filed again,
     /// visible from `visible_at` when given.
-    fn release(&mut self, store: Store, seq: i64, now: Instant, visible_at: Option<Instant>) {
+    fn release(&mut self, store: Store, seq: Key, now: Instant, visible_at: Option<Instant>) {
         self.detach(store, seq);
         let max = self.spec.max_delivery_count;
-        let Some(entry) = self.map_mut(store).get_mut(&seq) else {
+        let Some(entry) = self.map_mut(store).get_mut(seq) else {
             return;
         };
         entry.lock = None;
@@ -469,14 +582,14 @@ impl Queue {
         }
     }
 
-    fn move_to_dead(&mut self, seq: i64, reason: DeadLetterReason, now: Instant) {
+    fn move_to_dead(&mut self, seq: Key, reason: DeadLetterReason, now: Instant) {
         if let Some(mut entry) = self.remove_entry(Store::Active, seq) {
             entry.lock = None;
             entry.visible_at = now;
             entry.expires_at = None;
-            entry.dead_letter = Some(reason);
-            self.dead.insert(seq, entry);
-            self.dead_ready.insert(seq);
+            entry.dead_letter = Some(Box::new(reason));
+            let dead = self.dead.insert(entry);
+            self.dead_ready.insert(dead);
         }
     }
 
@@ -484,7 +597,7 @@ impl Queue {
     fn next_deadline(&self) -> Option<Instant> {
         [
             self.timers.visible.first().map(|t| t.0),
-            self.timers.locks.first().map(|t| t.0),
+            self.timers.locks.front().map(|t| t.until),
             self.timers.ttl.first().map(|t| t.0),
             self.timers.sessions.first().map(|t| t.0),
             self.dedup_order.front().map(|t| t.0),
@@ -499,7 +612,7 @@ impl Queue {
     /// deliveries), scheduled messages becoming visible, expired TTLs and expired
     /// duplicate-detection entries. Returns whether anything became available.
     pub(crate) fn sweep(&mut self, now: Instant) -> bool {
-        if self.next_deadline().is_none_or(|t| t > now) {
+        if self.next_sweep.is_none_or(|t| t > now) {
             return false;
         }
         let mut released = false;
@@ -510,20 +623,26 @@ impl Queue {
                 released = true;
             }
         }
-        while let Some((_, store, seq)) = pop_due(&mut self.timers.locks, now, |t| t.0) {
-            self.release(store, seq, now, None);
-            released = true;
+        while let Some(t) = self.timers.locks.front().copied() {
+            if t.until > now {
+                break;
+            }
+            self.timers.locks.pop_front();
+            if self.lock_timer_live(t) {
+                self.release(t.store, t.seq, now, None);
+                released = true;
+            }
         }
         while let Some((_, store, seq)) = pop_due(&mut self.timers.visible, now, |t| t.0) {
-            if self.map(store).contains_key(&seq) {
+            if self.map(store).contains_key(seq) {
                 self.place(store, seq, now);
             }
             released = true;
         }
         while let Some((_, seq)) = pop_due(&mut self.timers.ttl, now, |t| t.0) {
             // A locked message does not expire until its lock ends (`place` checks then).
-            if self.active.get(&seq).is_some_and(|e| e.lock.is_none()) {
-                self.remove_entry(Store::Active, seq);
+            if self.active.get(seq).is_some_and(|e| e.lock.is_none()) {
+                self.delete_entry(Store::Active, seq);
             }
         }
         while let Some((until, id)) = self.dedup_order.front().cloned() {
@@ -535,7 +654,35 @@ impl Queue {
                 self.dedup.remove(&id);
             }
         }
+        self.next_sweep = self.next_deadline();
         released
+    }
+
+    /// Whether `t` is the deadline of a lock that is still held.
+    fn lock_timer_live(&self, t: LockTimer) -> bool {
+        self.map(t.store).get(t.seq).is_some_and(|e| {
+            e.lock.is_some_and(|l| {
+                l.token == t.token && l.until == t.until && l.session_lock.is_none()
+            })
+        })
+    }
+
+    /// Starts the deadline of a plain receive's lock.
+    fn add_lock_timer(&mut self, t: LockTimer) {
+        let locks = &mut self.timers.locks;
+        if locks.back().is_none_or(|b| b.until <= t.until) {
+            locks.push_back(t);
+        } else {
+            // Only if the clock went backwards; keep the deque ordered regardless.
+            let at = locks.partition_point(|x| x.until <= t.until);
+            locks.insert(at, t);
+        }
+        self.note(t.until);
+        if self.timers.locks.len() > 2 * self.timers.live_locks + 64 {
+            let mut locks = std::mem::take(&mut self.timers.locks);
+            locks.retain(|t| self.lock_timer_live(*t));
+            self.timers.locks = locks;
+        }
     }
 
     /// Validates `message` for this queue and gives it an id. Nothing is stored.
@@ -564,16 +711,15 @@ impl Queue {
         }
         let id = message
             .message_id
-            .get_or_insert_with(fresh_message_id)
+            .get_or_insert_with(MessageId::random)
             .clone();
         Ok(Prepared { message, id })
     }
 
     /// Stores a prepared message (unless it is a duplicate inside the detection window)
     /// and returns its id.
-    pub(crate) fn store(&mut self, prepared: Prepared, clock: &Clock) -> MessageId {
+    pub(crate) fn store(&mut self, prepared: Prepared, now: Instant, clock: &Clock) -> MessageId {
         let Prepared { message, id } = prepared;
-        let now = clock.now();
         if let Some(window) = self.spec.duplicate_detection_window {
             if self.dedup.get(&id).is_some_and(|until| *until > now) {
                 return id;
@@ -581,6 +727,7 @@ impl Queue {
             let until = later(now, window);
             self.dedup.insert(id.clone(), until);
             self.dedup_order.push_back((until, id.clone()));
+            self.note(until);
         }
         let visible_at = message
             .scheduled_enqueue_time
@@ -589,28 +736,29 @@ impl Queue {
             .time_to_live
             .or(self.spec.default_ttl)
             .map(|ttl| later(visible_at, ttl));
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        if let Some(e) = expires_at {
-            self.timers.ttl.insert((e, seq));
-        }
         if let Some(session) = &message.session_id {
             session_mut(&mut self.sessions, session).messages += 1;
         }
-        self.active.insert(
-            seq,
-            Entry {
-                message,
-                id: id.clone(),
-                enqueued_at: now,
-                visible_at,
-                expires_at,
-                delivery_count: 0,
-                lock: None,
-                dead_letter: None,
-            },
-        );
-        self.place(Store::Active, seq, now);
+        let seq = self.active.insert(Entry {
+            seq: self.next_seq,
+            message,
+            enqueued_at: now,
+            visible_at,
+            expires_at,
+            delivery_count: 0,
+            lock: None,
+            dead_letter: None,
+        });
+        self.next_seq += 1;
+        if let Some(e) = expires_at {
+            self.timers.ttl.insert((e, seq));
+            self.note(e);
+        }
+        if message_is_plain_and_visible(&self.active[seq], now) {
+            self.ready.push_fresh(seq);
+        } else {
+            self.place(Store::Active, seq, now);
+        }
         id
     }
 
@@ -618,16 +766,16 @@ impl Queue {
     fn deliver(
         &mut self,
         store: Store,
-        seq: i64,
+        seq: Key,
         until: Instant,
         session_lock: Option<u64>,
         clock: &Clock,
     ) -> ReceivedMessage {
-        let token = next_token();
+        let token = self.tokens.take();
         let name = self.name.clone();
         let entry = match store {
-            Store::Active => self.active.get_mut(&seq),
-            Store::Dead => self.dead.get_mut(&seq),
+            Store::Active => self.active.get_mut(seq),
+            Store::Dead => self.dead.get_mut(seq),
         }
         .expect("a ready sequence number names an entry");
         entry.delivery_count += 1;
@@ -638,7 +786,7 @@ impl Queue {
         });
         let session = match session_lock {
             None => {
-                self.timers.locks.insert((until, store, seq));
+                self.timers.live_locks += 1;
                 None
             }
             Some(_) => {
@@ -658,15 +806,27 @@ impl Queue {
         let receipt = Receipt::new(PROVIDER, name, session, text);
         let mut rm = ReceivedMessage::new(
             entry.message.clone(),
-            entry.id.clone(),
+            entry
+                .message
+                .message_id
+                .clone()
+                .expect("stored messages have an id"),
             entry.delivery_count,
             clock.to_system(entry.enqueued_at),
             receipt,
         )
         .with_locked_until(clock.to_system(until))
-        .with_sequence_number(seq);
+        .with_sequence_number(seq.seq);
         if let Some(reason) = &entry.dead_letter {
-            rm = rm.with_dead_letter(reason.clone());
+            rm = rm.with_dead_letter(DeadLetterReason::clone(reason));
+        }
+        if session_lock.is_none() {
+            self.add_lock_timer(LockTimer {
+                until,
+                store,
+                seq,
+                token,
+            });
         }
         rm
     }
@@ -677,9 +837,10 @@ impl Queue {
         &mut self,
         store: Store,
         max: usize,
+        now: Instant,
         clock: &Clock,
     ) -> Vec<ReceivedMessage> {
-        let until = clock.now() + self.spec.lock_duration;
+        let until = now + self.spec.lock_duration;
         let available = match store {
             Store::Active => self.ready.len(),
             Store::Dead => self.dead_ready.len(),
@@ -687,7 +848,10 @@ impl Queue {
         let mut out = Vec::with_capacity(max.min(available));
         while out.len() < max {
             let next = match store {
-                Store::Active => self.ready.pop_first(),
+                Store::Active => {
+                    let active = &self.active;
+                    self.ready.pop(|seq| active.contains_key(seq))
+                }
                 Store::Dead => self.dead_ready.pop_first(),
             };
             let Some(seq) = next else { break };
@@ -701,7 +865,7 @@ impl Queue {
     pub(crate) fn next_wake(&self, now: Instant) -> Option<Instant> {
         [
             self.timers.visible.first().map(|t| t.0),
-            self.timers.locks.first().map(|t| t.0),
+            self.timers.locks.front().map(|t| t.until),
             self.timers.sessions.first().map(|t| t.0),
         ]
         .into_iter()
@@ -713,7 +877,7 @@ impl Queue {
     fn entry_for(&self, token: Token, now: Instant, operation: &'static str) -> Result<&Entry> {
         // After the sweep every remaining lock is live: expired message locks were
         // released, and so were the messages of expired or closed session locks.
-        match self.map(token.store).get(&token.seq) {
+        match self.map(token.store).get(token.seq) {
             Some(e)
                 if e.lock.is_some_and(|l| {
                     l.token == token.lock && (l.session_lock.is_some() || l.until > now)
@@ -730,7 +894,7 @@ impl Queue {
         self.entry_for(token, now, how.operation())?;
         match (token.store, how) {
             (store, Settle::Complete) => {
-                self.remove_entry(store, token.seq);
+                self.delete_entry(store, token.seq);
             }
             (store, Settle::Abandon { delay }) => {
                 let visible_at = later(now, delay.unwrap_or_default());
@@ -761,16 +925,20 @@ impl Queue {
             return self.renew_session(&session, sl, now, "renew_lock");
         }
         let until = now + self.spec.lock_duration;
-        let key = (token.store, token.seq);
-        self.timers.locks.remove(&(lock.until, key.0, key.1));
-        self.timers.locks.insert((until, key.0, key.1));
         if let Some(l) = self
             .map_mut(token.store)
-            .get_mut(&token.seq)
+            .get_mut(token.seq)
             .and_then(|e| e.lock.as_mut())
         {
             l.until = until;
         }
+        // The old deadline's item goes stale; the lock stays one live lock.
+        self.add_lock_timer(LockTimer {
+            until,
+            store: token.store,
+            seq: token.seq,
+            token: lock.token,
+        });
         Ok(until)
     }
 
@@ -787,11 +955,12 @@ impl Queue {
             });
         }
         let lock = SessionLock {
-            token: next_token(),
+            token: self.tokens.take(),
             until: now + self.spec.lock_duration,
         };
         session.lock = Some(lock);
         self.timers.sessions.insert((lock.until, id.clone()));
+        self.note(lock.until);
         reindex(&mut self.sessions, &mut self.next_sessions, id);
         Ok(lock)
     }
@@ -823,9 +992,10 @@ impl Queue {
         id: &SessionId,
         token: u64,
         max: usize,
+        now: Instant,
         clock: &Clock,
     ) -> Result<Vec<ReceivedMessage>> {
-        let lock = self.check_session(id, token, clock.now(), "receive")?;
+        let lock = self.check_session(id, token, now, "receive")?;
         let mut out = Vec::new();
         while out.len() < max {
             let next = self.sessions.get_mut(id).and_then(|s| s.ready.pop_first());
@@ -847,7 +1017,7 @@ impl Queue {
         let op = how.operation();
         self.check_session(id, session_token, now, op)?;
         let belongs = token.store == Store::Active
-            && self.active.get(&token.seq).is_some_and(|e| {
+            && self.active.get(token.seq).is_some_and(|e| {
                 e.message.session_id.as_ref() == Some(id)
                     && e.lock
                         .is_some_and(|l| l.session_lock == Some(session_token))
@@ -869,6 +1039,7 @@ impl Queue {
         let until = now + self.spec.lock_duration;
         self.timers.sessions.remove(&(old.until, id.clone()));
         self.timers.sessions.insert((until, id.clone()));
+        self.note(until);
         if let Some(l) = self.sessions.get_mut(id).and_then(|s| s.lock.as_mut()) {
             l.until = until;
         }
@@ -932,6 +1103,13 @@ impl Queue {
     pub(crate) fn dead_len(&self) -> usize {
         self.dead.len()
     }
+}
+
+/// Whether a just-stored entry goes straight to the session-less ready deque.
+fn message_is_plain_and_visible(entry: &Entry, now: Instant) -> bool {
+    entry.message.session_id.is_none()
+        && entry.visible_at <= now
+        && entry.expires_at.is_none_or(|e| e > now)
 }
 
 /// Pops the first element of `set` if its deadline (`at`) has passed.
