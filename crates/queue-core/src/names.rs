@@ -151,7 +151,10 @@ impl MessageId {
 
     /// A fresh random id (a UUID v4 in its hyphenated form).
     pub fn random() -> Self {
-        Self(Arc::from(random_uuid().as_str()))
+        let text = random_uuid();
+        Self(Arc::from(
+            std::str::from_utf8(&text).expect("hex digits and hyphens are ASCII"),
+        ))
     }
 
     /// The id as a string slice.
@@ -160,34 +163,54 @@ impl MessageId {
     }
 }
 
-/// A random UUID v4 string built from the standard library's randomly seeded hasher,
-/// so `queue-core` needs no RNG dependency. Uniqueness, not secrecy, is the goal here.
-fn random_uuid() -> String {
+/// A random UUID v4 (hyphenated, as ASCII bytes), so `queue-core` needs no RNG
+/// dependency. Uniqueness, not secrecy, is the goal here: the standard library's randomly
+/// seeded hasher is read once per process, and each id is a bijective mix of a counter
+/// with that seed (unique within the process before the six version and variant bits are
+/// set, unpredictable across processes). This is on every send path, so it avoids
+/// per-call hasher seeding, clock reads and formatting.
+fn random_uuid() -> [u8; 36] {
     use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut bytes = [0u8; 16];
-    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        h.write_usize(i);
-        if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-            h.write_u128(d.as_nanos());
-        }
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    use std::hash::BuildHasher;
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    /// The splitmix64 finaliser: a bijection on `u64` that spreads every input bit.
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
+    static SEED: OnceLock<(u64, u64)> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (s0, s1) = *SEED.get_or_init(|| {
+        let state = RandomState::new();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        (state.hash_one((nanos, 1u8)), state.hash_one((nanos, 2u8)))
+    });
+    let lo = mix(COUNTER.fetch_add(1, Ordering::Relaxed) ^ s1);
+    let hi = mix(lo ^ s0);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi.to_be_bytes());
+    bytes[8..].copy_from_slice(&lo.to_be_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut text = [0u8; 36];
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text[at] = b'-';
+            at += 1;
+        }
+        text[at] = HEX[usize::from(b >> 4)];
+        text[at + 1] = HEX[usize::from(b & 0x0f)];
+        at += 2;
+    }
+    text
 }
 
 macro_rules! string_newtype_impls {
