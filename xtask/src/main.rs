@@ -179,7 +179,7 @@ fn run(ctx: &Ctx, args: &Args) -> Result<(), Failure> {
 }
 
 /// The umbrella features linted one at a time, in this order.
-const UMBRELLA_FEATURES: [&str; 4] = ["memory", "aws", "azure", "security"];
+const UMBRELLA_FEATURES: [&str; 5] = ["memory", "aws", "azure", "security", "webhook"];
 
 fn lint(ctx: &Ctx) -> Result<(), Failure> {
     cmd::section("lint: rustfmt");

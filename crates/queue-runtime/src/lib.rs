@@ -25,7 +25,10 @@
 //!   `full`, since it pulls in `azure_core`.
 //! * `security`: message signing, replay protection and GitHub webhook verification, as
 //!   `queue_runtime::security` (its gates plug into [`Processor::with_gate`]).
-//! * `full`: `memory`, `aws`, `azure` and `security`.
+//! * `webhook`: GitHub webhook intake, as `queue_runtime::webhook`: an axum `Router` that
+//!   verifies signatures against a rotating secret set, enqueues one message per delivery
+//!   and serves `/healthz`, `/readyz` and `/metrics`.
+//! * `full`: `memory`, `aws`, `azure`, `security` and `webhook`.
 //!
 //! A provider kind whose feature is off still parses in configuration; building it returns
 //! [`QueueError::Config`] naming the feature to enable.
@@ -115,3 +118,7 @@ struct ReadmeDoctests;
 #[cfg(feature = "security")]
 #[cfg_attr(docsrs, doc(cfg(feature = "security")))]
 pub use queue_security as security;
+
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub use queue_webhook as webhook;

@@ -1,0 +1,492 @@
+//! The webhook intake over real HTTP on 127.0.0.1, on the in-memory provider: GitHub's
+//! published signature example, real-looking deliveries, bad signatures, oversize bodies,
+//! redeliveries, secret rotation, an unreachable queue, health and metrics.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use queue_core::{
+    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
+    Receipt, ReceiveOptions, ReceivedMessage, SessionSelector, SharedQueueProvider,
+};
+use queue_memory::InMemoryProvider;
+use queue_webhook::{SecretString, WebhookIntake, WebhookVerifier};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "It's a Secret to Everybody";
+/// GitHub's documented example: this body signed with SECRET.
+const EXAMPLE_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&key, body).as_ref())
+    )
+}
+
+async fn serve(intake: &WebhookIntake) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = intake.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status code and body.
+async fn request(
+    addr: SocketAddr,
+    head: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut text = format!(
+        "{head} HTTP/1.1\r\nHost: bot.example\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    // The server may answer (413) and close before reading an oversize body.
+    let _ = stream.write_all(text.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("the server answers within 10 s")
+        .ok();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn deliver(
+    addr: SocketAddr,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    secret: &str,
+) -> (u16, String) {
+    let sig = sign(secret, body);
+    let headers = [
+        ("X-GitHub-Event", event),
+        ("X-GitHub-Delivery", delivery),
+        ("X-Hub-Signature-256", sig.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    request(addr, "POST /webhook", &headers, body).await
+}
+
+fn queue() -> QueueName {
+    QueueName::new("github-events").unwrap()
+}
+
+async fn memory_intake() -> (SharedQueueProvider, WebhookIntake) {
+    let provider: SharedQueueProvider = Arc::new(InMemoryProvider::new());
+    let intake = WebhookIntake::new(
+        provider.clone(),
+        queue(),
+        WebhookVerifier::new(SecretString::from(SECRET)),
+    );
+    intake.create_queue().await.unwrap();
+    (provider, intake)
+}
+
+/// Every message of session `id`, completed.
+async fn drain_session(provider: &SharedQueueProvider, id: &str) -> Vec<ReceivedMessage> {
+    let session = queue_core::SessionId::new(id).unwrap();
+    let receiver = provider
+        .accept_session(
+            &queue(),
+            SessionSelector::Named(session),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap()
+        .expect("the session exists");
+    let mut out = Vec::new();
+    loop {
+        let batch = receiver
+            .receive(ReceiveOptions::new(10, Duration::from_millis(50)))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for m in batch {
+            receiver.complete(&m.receipt).await.unwrap();
+            out.push(m);
+        }
+    }
+    receiver.close().await.unwrap();
+    out
+}
+
+const PULL_REQUEST: &str = r#"{"action":"opened","number":42,"pull_request":{"number":42,"title":"Add widgets","state":"open","head":{"ref":"feature/widgets","sha":"6dcb09b5b57875f334f61aebed695e2e4193db5e"},"base":{"ref":"main"},"user":{"login":"octocat"}},"repository":{"id":1296269,"full_name":"octo-org/widgets","private":false},"sender":{"login":"octocat"},"installation":{"id":2311213}}"#;
+const PUSH: &str = r#"{"ref":"refs/heads/main","before":"9049f1265b7d61be4a8904a9a27120d2064dab3b","after":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","repository":{"id":1296269,"full_name":"octo-org/widgets"},"pusher":{"name":"octocat"},"commits":[{"id":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","message":"Update README.md"}]}"#;
+const ISSUE_COMMENT: &str = r#"{"action":"created","issue":{"number":42,"title":"Add widgets","pull_request":{"url":"https://api.github.com/repos/octo-org/widgets/pulls/42"}},"comment":{"id":5,"body":"/retest","user":{"login":"hubot"}},"repository":{"id":1296269,"full_name":"octo-org/widgets"},"sender":{"login":"hubot"}}"#;
+
+#[tokio::test]
+async fn real_deliveries_become_one_message_each_in_their_session() {
+    let (provider, intake) = memory_intake().await;
+    let addr = serve(&intake).await;
+    let deliveries = [
+        (
+            "pull_request",
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            PULL_REQUEST,
+        ),
+        (
+            "issue_comment",
+            "8a1f5c10-cc78-11e3-81ab-4c9367dc0958",
+            ISSUE_COMMENT,
+        ),
+        ("push", "9b2e6d20-cc78-11e3-81ab-4c9367dc0958", PUSH),
+    ];
+    for (event, delivery, body) in deliveries {
+        let (status, reply) = deliver(addr, event, delivery, body.as_bytes(), SECRET).await;
+        assert_eq!(status, 202, "{event}: {reply}");
+        assert!(reply.contains(delivery), "{reply}");
+    }
+    // A redelivery (same delivery id) is accepted but not enqueued twice.
+    let (status, _) = deliver(
+        addr,
+        "pull_request",
+        deliveries[0].1,
+        PULL_REQUEST.as_bytes(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    let pr = drain_session(&provider, "octo-org/widgets#42").await;
+    let ids: Vec<&str> = pr.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [deliveries[0].1, deliveries[1].1],
+        "PR events in order, no duplicate"
+    );
+    assert_eq!(pr[0].message.body.as_ref(), PULL_REQUEST.as_bytes());
+    assert_eq!(
+        pr[0]
+            .message
+            .attributes
+            .get("github-event")
+            .map(String::as_str),
+        Some("pull_request")
+    );
+    assert_eq!(
+        pr[1]
+            .message
+            .attributes
+            .get("github-action")
+            .map(String::as_str),
+        Some("created")
+    );
+    let push = drain_session(&provider, "octo-org/widgets@refs/heads/main").await;
+    assert_eq!(push.len(), 1);
+    assert_eq!(push[0].message_id, MessageId::new(deliveries[2].1).unwrap());
+}
+
+#[tokio::test]
+async fn githubs_published_example_is_the_known_answer() {
+    let (_, intake) = memory_intake().await;
+    let addr = serve(&intake).await;
+    let headers = |sig: &'static str| {
+        [
+            ("X-GitHub-Event", "ping"),
+            ("X-GitHub-Delivery", "d-1"),
+            ("X-Hub-Signature-256", sig),
+        ]
+    };
+    // The signature matches, so the request gets past the check; the body is not JSON.
+    let (status, body) = request(
+        addr,
+        "POST /webhook",
+        &headers(EXAMPLE_SIG),
+        b"Hello, World!",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not JSON"), "{body}");
+    // One byte changed: the signature no longer matches.
+    let (status, _) = request(
+        addr,
+        "POST /webhook",
+        &headers(EXAMPLE_SIG),
+        b"Hello, World?",
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn bad_signatures_and_bad_deliveries_are_refused_with_the_right_status() {
+    let (_, intake) = memory_intake().await;
+    let addr = serve(&intake).await;
+    let body = PULL_REQUEST.as_bytes();
+    let good = sign(SECRET, body);
+    let cases: [(&[(&str, &str)], u16); 6] = [
+        (
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "a"),
+            ],
+            401,
+        ),
+        (
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "a"),
+                ("X-Hub-Signature-256", "sha1=abc"),
+            ],
+            401,
+        ),
+        (
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "a"),
+                ("X-Hub-Signature-256", EXAMPLE_SIG),
+            ],
+            401,
+        ),
+        (
+            &[
+                ("X-GitHub-Delivery", "a"),
+                ("X-Hub-Signature-256", good.as_str()),
+            ],
+            400,
+        ),
+        (
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-Hub-Signature-256", good.as_str()),
+            ],
+            400,
+        ),
+        (
+            &[
+                ("X-GitHub-Event", "Pull Request"),
+                ("X-GitHub-Delivery", "a"),
+                ("X-Hub-Signature-256", good.as_str()),
+            ],
+            400,
+        ),
+    ];
+    for (headers, expected) in cases {
+        let (status, reply) = request(addr, "POST /webhook", headers, body).await;
+        assert_eq!(status, expected, "{headers:?}: {reply}");
+        assert!(!reply.contains(SECRET), "{reply}");
+    }
+    let (status, _) = deliver(addr, "push", "b", b"[1,2", SECRET).await;
+    assert_eq!(status, 400, "a body that is not JSON");
+    let (status, _) = deliver(addr, "push", "c", PUSH.as_bytes(), "a forged secret").await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn oversize_bodies_get_413_before_the_signature_is_checked() {
+    let (provider, intake) = memory_intake().await;
+    let intake = intake.with_max_body_size(1024);
+    let addr = serve(&intake).await;
+    let big = format!(r#"{{"action":"opened","padding":"{}"}}"#, "x".repeat(4096));
+    let (status, _) = deliver(addr, "pull_request", "big-1", big.as_bytes(), SECRET).await;
+    assert_eq!(status, 413);
+    let (status, _) = request(
+        addr,
+        "POST /webhook",
+        &[("X-GitHub-Event", "push")],
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        status, 413,
+        "unsigned and oversize: the size is checked first"
+    );
+    let (status, _) = deliver(addr, "push", "small-1", PUSH.as_bytes(), SECRET).await;
+    assert_eq!(status, 202, "the limit leaves normal deliveries alone");
+    assert!(
+        provider
+            .accept_session(&queue(), SessionSelector::Next, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_secret_and_the_old_one_are_both_accepted() {
+    let provider: SharedQueueProvider = Arc::new(InMemoryProvider::new());
+    let verifier = WebhookVerifier::new(SecretString::from("new-secret"))
+        .with_secret(SecretString::from("old-secret"));
+    let intake = WebhookIntake::new(provider, queue(), verifier);
+    intake.create_queue().await.unwrap();
+    let addr = serve(&intake).await;
+    assert_eq!(
+        deliver(addr, "push", "r-1", PUSH.as_bytes(), "old-secret")
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        deliver(addr, "push", "r-2", PUSH.as_bytes(), "new-secret")
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        deliver(addr, "push", "r-3", PUSH.as_bytes(), "older-secret")
+            .await
+            .0,
+        401
+    );
+}
+
+/// A provider whose broker cannot be reached: every call is a transient connection error.
+#[derive(Debug, Default)]
+struct Unreachable {
+    sends: AtomicUsize,
+}
+
+fn down(operation: &'static str) -> QueueError {
+    QueueError::Connection {
+        provider: "down",
+        operation,
+        source: "connection refused".into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl QueueProvider for Unreachable {
+    fn name(&self) -> &'static str {
+        "down"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    async fn send(&self, _: &QueueName, _: Message) -> queue_core::Result<MessageId> {
+        self.sends.fetch_add(1, Ordering::SeqCst);
+        Err(down("send"))
+    }
+    async fn send_batch(
+        &self,
+        _: &QueueName,
+        _: Vec<Message>,
+    ) -> queue_core::Result<Vec<MessageId>> {
+        Err(down("send_batch"))
+    }
+    async fn receive(
+        &self,
+        _: &QueueName,
+        _: ReceiveOptions,
+    ) -> queue_core::Result<Vec<ReceivedMessage>> {
+        Err(down("receive"))
+    }
+    async fn complete(&self, _: &Receipt) -> queue_core::Result<()> {
+        Err(down("complete"))
+    }
+    async fn abandon(&self, _: &Receipt, _: Option<Duration>) -> queue_core::Result<()> {
+        Err(down("abandon"))
+    }
+    async fn dead_letter(&self, _: &Receipt, _: DeadLetterReason) -> queue_core::Result<()> {
+        Err(down("dead_letter"))
+    }
+    async fn renew_lock(&self, _: &Receipt) -> queue_core::Result<SystemTime> {
+        Err(down("renew_lock"))
+    }
+    async fn receive_dead_letters(
+        &self,
+        _: &QueueName,
+        _: ReceiveOptions,
+    ) -> queue_core::Result<Vec<ReceivedMessage>> {
+        Err(down("receive_dead_letters"))
+    }
+    async fn check_access(&self, _: &QueueName) -> queue_core::Result<()> {
+        Err(down("check_access"))
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_queue_is_503_after_bounded_retries() {
+    let provider = Arc::new(Unreachable::default());
+    let shared: SharedQueueProvider = provider.clone();
+    let intake = WebhookIntake::new(
+        shared,
+        queue(),
+        WebhookVerifier::new(SecretString::from(SECRET)),
+    )
+    .with_enqueue_deadline(Duration::from_secs(5));
+    let addr = serve(&intake).await;
+    let started = std::time::Instant::now();
+    let (status, body) = deliver(addr, "push", "u-1", PUSH.as_bytes(), SECRET).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        !body.contains("connection refused"),
+        "the cause is logged, not returned: {body}"
+    );
+    assert_eq!(provider.sends.load(Ordering::SeqCst), 3, "three attempts");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_routes() {
+    let (_, intake) = memory_intake().await;
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
+    let handle = queue_webhook::install_prometheus().unwrap();
+    let intake = intake
+        .with_readiness(move || {
+            if flag.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("processor starting".into())
+            }
+        })
+        .with_metrics(handle);
+    let addr = serve(&intake).await;
+    assert_eq!(request(addr, "GET /healthz", &[], b"").await.0, 200);
+    let (status, body) = request(addr, "GET /readyz", &[], b"").await;
+    assert_eq!((status, body.as_str()), (503, "processor starting"));
+    ready.store(true, Ordering::SeqCst);
+    assert_eq!(request(addr, "GET /readyz", &[], b"").await.0, 200);
+
+    assert_eq!(
+        deliver(addr, "push", "m-1", PUSH.as_bytes(), SECRET)
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        deliver(addr, "push", "m-2", PUSH.as_bytes(), "wrong")
+            .await
+            .0,
+        401
+    );
+    let (status, text) = request(addr, "GET /metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"queue_webhook_deliveries_total{outcome="accepted"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"queue_webhook_deliveries_total{outcome="unauthorized"}"#),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET));
+}
