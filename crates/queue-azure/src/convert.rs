@@ -8,7 +8,6 @@ use fe2o3_amqp_types::{
     messaging::{
         AmqpValue, ApplicationProperties, Batch, Body, Data, Header, Message as AmqpMessage,
         MessageAnnotations, MessageId as AmqpMessageId, Properties, annotations::OwnedKey,
-        message::__private::Serializable,
     },
     primitives::{Binary, OrderedMap, SimpleValue, Symbol, Timestamp, Value},
 };
@@ -95,12 +94,12 @@ pub(crate) fn to_amqp(msg: &Message, id: &MessageId) -> Outgoing {
 
 /// The encoded size of an outgoing message, compared against the entity's limit.
 pub(crate) fn encoded_len(m: &Outgoing) -> usize {
-    serde_amqp::to_vec(&Serializable(m)).map_or(usize::MAX, |v| v.len())
+    crate::wire::encode_message(m).map_or(usize::MAX, |v| v.len())
 }
 
 /// The encoded message, for `$management` `schedule-message`.
 pub(crate) fn encode(m: &Outgoing) -> Vec<u8> {
-    serde_amqp::to_vec(&Serializable(m)).unwrap_or_default()
+    crate::wire::encode_message(m).unwrap_or_default()
 }
 
 fn annotation<'a>(m: &'a Incoming, key: &str) -> Option<&'a Value> {
@@ -305,9 +304,7 @@ mod tests {
         assert_eq!(out.header.as_ref().unwrap().ttl, Some(90_000));
         // Decode what was encoded, as a receiver sees it.
         let bytes = encode(&out);
-        let back: fe2o3_amqp_types::messaging::message::__private::Deserializable<Incoming> =
-            serde_amqp::from_slice(&bytes).unwrap();
-        let mut back = back.0;
+        let mut back = crate::wire::decode_message(&bytes);
         back.header
             .get_or_insert_with(Header::default)
             .delivery_count = 2;
@@ -340,9 +337,8 @@ mod tests {
         let out = to_amqp(&Message::new("b"), &MessageId::new("m-2").unwrap());
         assert_eq!(out.properties.as_ref().unwrap().subject, None);
         let bytes = encode(&out);
-        let back: fe2o3_amqp_types::messaging::message::__private::Deserializable<Incoming> =
-            serde_amqp::from_slice(&bytes).unwrap();
-        assert_eq!(from_amqp(&back.0).message.subject, None);
+        let back = crate::wire::decode_message(&bytes);
+        assert_eq!(from_amqp(&back).message.subject, None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod guard;
 mod provider;
 mod session;
 mod transport;
+mod wire;
 mod ws;
 
 pub use config::{

@@ -27,6 +27,7 @@ use tokio_rustls::TlsConnector;
 use crate::{
     config::{Endpoint, ServiceBusConfig},
     error::Failure,
+    guard::FrameGuard,
 };
 
 /// Anything the AMQP connection can run over.
@@ -103,10 +104,14 @@ pub(crate) fn tls_config(test_roots: &[Vec<u8>]) -> Result<Arc<ClientConfig>, St
 }
 
 /// Opens the stream to `cfg`'s endpoint, TLS included, within `timeout`.
+/// Every byte read passes the frame guard (see [`crate::guard`]).
 pub(crate) async fn connect(cfg: &ServiceBusConfig, timeout: Duration) -> Result<Stream, Failure> {
-    tokio::time::timeout(timeout, connect_inner(&cfg.endpoint, &cfg.tls))
+    let stream = tokio::time::timeout(timeout, connect_inner(&cfg.endpoint, &cfg.tls))
         .await
-        .map_err(|_| Failure::Timeout(timeout))?
+        .map_err(|_| Failure::Timeout(timeout))??;
+    // Received messages carry broker annotations on top of what was sent.
+    let max_message = cfg.max_message_size.saturating_add(64 * 1024);
+    Ok(Stream::new(FrameGuard::new(stream, max_message)))
 }
 
 async fn connect_inner(ep: &Endpoint, tls: &Arc<ClientConfig>) -> Result<Stream, Failure> {
