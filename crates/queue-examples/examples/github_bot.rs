@@ -227,13 +227,23 @@ async fn main() -> Result<(), QueueError> {
         .with_settings(config.processor.clone());
     let run = tokio::spawn(processor.run(shutdown.clone()));
 
-    // 3. Stop once every event is settled (completed, or dead-lettered as poison).
+    // 3. Stop once every event is settled (completed, or dead-lettered as poison), or on
+    //    SIGTERM / Ctrl-C: the processor then drains and abandons what it holds, so the next
+    //    consumer does not wait for lock expiry.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let signal = queue_runtime::shutdown_signal();
+    tokio::pin!(signal);
     loop {
         if settled.load(Ordering::SeqCst) >= expected || Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::select! {
+            () = &mut signal => {
+                println!("shutdown signal: draining");
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
     }
     shutdown.cancel();
     let report = run

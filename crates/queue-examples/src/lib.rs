@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p queue-examples --example github_bot
 //! cargo run -p queue-examples --features security --example signed_webhooks
+//! cargo run -p queue-examples --features webhook --example webhook_bot
 //! ```
 //!
 //! Every example's heavier dependencies sit behind a feature of this crate, so running the

@@ -54,6 +54,7 @@ use queue_security::{
     github::{SIGNATURE_HEADER, WebhookHeaders},
 };
 
+pub use axum;
 pub use metrics_exporter_prometheus;
 pub use queue_security::github::WebhookVerifier;
 pub use secrecy::SecretString;
