@@ -14,6 +14,7 @@
 mod advisory;
 mod cmd;
 mod fuzz;
+mod redis;
 mod servers;
 mod tidy;
 mod venv;

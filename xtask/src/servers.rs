@@ -77,6 +77,7 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
     let venv = ensure_venv(&target)?;
     let log = target.join("xtask").join("moto_server.log");
     let moto = Moto::start(&venv, &log)?;
+    let redis = crate::redis::Redis::start(&target.join("xtask").join("redis-server.log"))?;
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let aws_dir = target.join("xtask").join("no-aws-config");
     println!("test servers:");
@@ -89,7 +90,13 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
         "  Service Bus: the emulator's tests start crates/servicebus-emulator in-process and drive it with the official Python SDK at {}",
         venv.python.display()
     );
+    println!(
+        "  Redis:       redis-server at {} (pid {})",
+        redis.url(),
+        redis.pid()
+    );
     cargo
+        .env("QUEUE_TEST_REDIS_URL", redis.url())
         .env("QUEUE_TEST_SQS_ENDPOINT", &endpoint)
         .env("QUEUE_TEST_PYTHON", &venv.python)
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -104,6 +111,7 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
     cmd::section("test: cargo test");
     let result = ctx.run(&mut cargo);
     moto.stop();
+    redis.stop();
     result
 }
 
@@ -222,7 +230,7 @@ impl Moto {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16, Failure> {
+pub(crate) fn free_port() -> Result<u16, Failure> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

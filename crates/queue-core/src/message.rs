@@ -259,6 +259,10 @@ pub struct ReceivedMessage {
     pub locked_until: Option<SystemTime>,
     /// Broker-assigned sequence number, where the provider has one.
     pub sequence_number: Option<i64>,
+    /// Broker-assigned id of this broker message (SQS `MessageId`), where the provider
+    /// has one distinct from [`message_id`](Self::message_id). The same across
+    /// redeliveries; a copy sent again gets a new one.
+    pub broker_message_id: Option<String>,
     /// Dead-letter reason, for messages read from a dead-letter queue.
     pub dead_letter: Option<DeadLetterReason>,
     /// The handle that settles this delivery.
@@ -281,6 +285,7 @@ impl ReceivedMessage {
             enqueued_at,
             locked_until: None,
             sequence_number: None,
+            broker_message_id: None,
             dead_letter: None,
             receipt,
         }
@@ -295,6 +300,12 @@ impl ReceivedMessage {
     /// Sets the sequence number.
     pub fn with_sequence_number(mut self, seq: i64) -> Self {
         self.sequence_number = Some(seq);
+        self
+    }
+
+    /// Sets the broker-assigned message id.
+    pub fn with_broker_message_id(mut self, id: impl Into<String>) -> Self {
+        self.broker_message_id = Some(id.into());
         self
     }
 
@@ -323,6 +334,7 @@ impl fmt::Debug for ReceivedMessage {
             .field("enqueued_at", &self.enqueued_at)
             .field("locked_until", &self.locked_until)
             .field("sequence_number", &self.sequence_number)
+            .field("broker_message_id", &self.broker_message_id)
             .field("dead_letter", &self.dead_letter)
             .field("receipt", &self.receipt)
             .finish()

@@ -221,6 +221,7 @@ impl Env {
         Arc::new(
             SignatureGate::new(self.ring.clone())
                 .with_max_skew(Duration::from_secs(120))
+                .expect("skew within MAX_WINDOW")
                 .with_unsigned_policy(policy)
                 .with_clock(move || clock.now()),
         )

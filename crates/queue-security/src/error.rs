@@ -19,8 +19,10 @@ pub mod reason {
     pub const UNKNOWN_KEY: &str = "UnknownKey";
     /// The signing time is too far from the time the broker accepted the message.
     pub const MESSAGE_STALE: &str = "MessageStale";
-    /// A second first-delivery of a message id already seen.
+    /// A second broker message carrying a signed message already seen (a copy sent again).
     pub const REPLAYED: &str = "Replayed";
+    /// Delivered before the scheduled time the sender signed (an early copy).
+    pub const NOT_YET_DUE: &str = "NotYetDue";
     /// The message carries no signature and the policy rejects unsigned messages.
     pub const UNSIGNED: &str = "Unsigned";
     /// The body exceeds the configured maximum.
@@ -40,6 +42,7 @@ pub mod reason {
         UNKNOWN_KEY,
         MESSAGE_STALE,
         REPLAYED,
+        NOT_YET_DUE,
         UNSIGNED,
         TOO_LARGE,
         INVALID_ATTRIBUTES,
@@ -131,11 +134,30 @@ pub enum SecurityError {
         max_skew: Duration,
     },
 
-    /// The message id was already delivered for the first time within the replay window.
+    /// Another broker message already carried this signed message within the replay window.
     #[error("message `{message_id}` was already received (replay)")]
     Replayed {
         /// The replayed message id.
         message_id: String,
+    },
+
+    /// The message was signed for scheduled delivery and arrived before that time (beyond
+    /// the allowed skew).
+    #[error("message delivered {early_by:?} before its signed scheduled time")]
+    NotYetDue {
+        /// How early, beyond the skew.
+        early_by: Duration,
+    },
+
+    /// A duration given to a security component is outside its allowed range.
+    #[error("{what} of {value:?} is outside the allowed range (at most {max:?})")]
+    InvalidWindow {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The largest allowed value.
+        max: Duration,
     },
 
     /// The replay store failed.
@@ -198,12 +220,14 @@ impl SecurityError {
             Self::SignatureInvalid | Self::UncoveredAttribute { .. } => reason::SIGNATURE_INVALID,
             Self::Stale { .. } => reason::MESSAGE_STALE,
             Self::Replayed { .. } => reason::REPLAYED,
+            Self::NotYetDue { .. } => reason::NOT_YET_DUE,
             Self::ReplayStore { .. } => reason::REPLAY_CHECK_FAILED,
             Self::NoActiveKey
             | Self::KeyConfig { .. }
             | Self::MissingHeader { .. }
             | Self::InvalidWebhook { .. }
             | Self::InvalidConnectionString { .. }
+            | Self::InvalidWindow { .. }
             | Self::Name(_) => reason::SECURITY_ERROR,
         }
     }
@@ -219,6 +243,7 @@ impl From<SecurityError> for QueueError {
             SecurityError::NoActiveKey | SecurityError::KeyConfig { .. } => {
                 QueueError::config("security.keys", err.to_string())
             }
+            SecurityError::InvalidWindow { .. } => QueueError::config("security", err.to_string()),
             SecurityError::InvalidConnectionString { .. } => {
                 QueueError::config("connection_string", err.to_string())
             }

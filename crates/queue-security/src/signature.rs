@@ -34,6 +34,22 @@ pub const MAX_COVERED_NAME_LEN: usize = 128;
 /// Default allowed distance between signing time and broker accept time.
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
+/// The largest skew, and the largest replay window, a gate accepts (30 days). Longer
+/// values are refused at construction instead of overflowing time arithmetic later.
+pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Checks that `value` is at most [`MAX_WINDOW`].
+pub(crate) fn check_window(what: &'static str, value: Duration) -> Result<Duration, SecurityError> {
+    if value > MAX_WINDOW {
+        return Err(SecurityError::InvalidWindow {
+            what,
+            value,
+            max: MAX_WINDOW,
+        });
+    }
+    Ok(value)
+}
+
 /// Signature format versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -482,6 +498,9 @@ pub struct Verified {
     pub not_before: Option<SystemTime>,
     /// Attributes the signature covers (others, if allowed, are unauthenticated).
     pub covered_attributes: Vec<String>,
+    /// The replay nonce: 32 hex digits of SHA-256 over the MAC. Every copy of a signed
+    /// message carries the same one; it reveals nothing about the MAC or the key.
+    pub nonce: String,
 }
 
 /// Checks signatures and freshness of received messages (without replay protection; see
@@ -506,10 +525,11 @@ impl SignatureVerifier {
         }
     }
 
-    /// Sets the allowed distance between signing time and broker accept time.
-    pub fn with_max_skew(mut self, skew: Duration) -> Self {
-        self.max_skew = skew;
-        self
+    /// Sets the allowed distance between signing time and broker accept time; more than
+    /// [`MAX_WINDOW`] is an error.
+    pub fn with_max_skew(mut self, skew: Duration) -> Result<Self, SecurityError> {
+        self.max_skew = check_window("max skew", skew)?;
+        Ok(self)
     }
 
     /// Sets the limits checked before verification.
@@ -590,6 +610,9 @@ impl SignatureVerifier {
             signed_at: from_unix_ms(envelope.signed_at_ms),
             not_before: envelope.not_before_ms.map(from_unix_ms),
             covered_attributes: envelope.covered,
+            nonce: hex::encode(
+                &ring::digest::digest(&ring::digest::SHA256, &envelope.mac).as_ref()[..16],
+            ),
         })
     }
 

@@ -40,6 +40,7 @@ fn fixture() -> Fixture {
     let clock = raw.clone();
     let gate = SignatureGate::new(ring)
         .with_max_skew(Duration::from_secs(120))
+        .expect("skew within MAX_WINDOW")
         .with_clock(move || clock.now());
     Fixture {
         raw,

@@ -47,6 +47,11 @@ fn deliver(msg: Message, dc: u32, enqueued_at: SystemTime) -> ReceivedMessage {
     ReceivedMessage::new(msg, id, dc, enqueued_at, receipt)
 }
 
+/// A delivery of broker message number `seq` (the broker's sequence number).
+fn deliver_seq(msg: Message, seq: i64, dc: u32, enqueued_at: SystemTime) -> ReceivedMessage {
+    deliver(msg, dc, enqueued_at).with_sequence_number(seq)
+}
+
 fn signed_sample(at: SystemTime) -> Message {
     let mut msg = sample();
     MessageSigner::new(ring())
@@ -370,7 +375,7 @@ fn signing_without_an_active_key_fails() {
 #[test]
 fn freshness_window_around_the_broker_accept_time() {
     let skew = Duration::from_secs(60);
-    let v = SignatureVerifier::new(ring()).with_max_skew(skew);
+    let v = SignatureVerifier::new(ring()).with_max_skew(skew).unwrap();
     let msg = signed_sample(t0());
     let ms = Duration::from_millis(1);
     for ok in [t0(), t0() + skew, t0() - skew] {
@@ -405,7 +410,7 @@ fn freshness_window_around_the_broker_accept_time() {
 #[test]
 fn scheduled_messages_are_fresh_at_their_scheduled_time() {
     let skew = Duration::from_secs(60);
-    let v = SignatureVerifier::new(ring()).with_max_skew(skew);
+    let v = SignatureVerifier::new(ring()).with_max_skew(skew).unwrap();
     let at = t0() + Duration::from_secs(3_600);
     let mut msg = sample().with_scheduled_enqueue_time(at);
     MessageSigner::new(ring())
@@ -423,22 +428,157 @@ fn scheduled_messages_are_fresh_at_their_scheduled_time() {
 fn gate_at(now: SystemTime) -> SignatureGate {
     SignatureGate::new(ring())
         .with_max_skew(Duration::from_secs(300))
+        .unwrap()
         .with_clock(move || now)
 }
 
 #[tokio::test]
-async fn replay_of_a_first_delivery_is_rejected_but_redeliveries_pass() {
+async fn a_copy_is_a_replay_but_redeliveries_of_the_same_broker_message_pass() {
+    let gate = gate_at(t0());
+    let msg = signed_sample(t0());
+    gate.check(&deliver_seq(msg.clone(), 1, 1, t0()))
+        .await
+        .unwrap();
+    // The broker redelivers (handler failed, lock expired): legitimate.
+    gate.check(&deliver_seq(msg.clone(), 1, 2, t0()))
+        .await
+        .unwrap();
+    gate.check(&deliver_seq(msg.clone(), 1, 7, t0()))
+        .await
+        .unwrap();
+    // An attacker re-sends the captured message within the skew: another broker message.
+    let later = t0() + Duration::from_secs(30);
+    let rejection = gate
+        .check(&deliver_seq(msg.clone(), 2, 1, later))
+        .await
+        .unwrap_err();
+    assert_eq!(rejection.reason, reason::REPLAYED);
+    assert!(rejection.description.contains("msg-1"));
+    // ... and stays one when the broker redelivers the copy.
+    let again = gate.check(&deliver_seq(msg.clone(), 2, 3, later)).await;
+    assert_eq!(again.unwrap_err().reason, reason::REPLAYED);
+    // Broker message ids (SQS) identify a broker message as well as sequence numbers.
+    let by_id = |id: &str, dc| deliver(msg.clone(), dc, t0()).with_broker_message_id(id);
+    let gate = gate_at(t0());
+    gate.check(&by_id("sqs-a", 1)).await.unwrap();
+    gate.check(&by_id("sqs-a", 2)).await.unwrap();
+    assert_eq!(
+        gate.check(&by_id("sqs-b", 1)).await.unwrap_err().reason,
+        reason::REPLAYED
+    );
+}
+
+#[tokio::test]
+async fn a_copy_checked_first_makes_the_unchecked_original_a_replay() {
+    // The original's first delivery never reached the gate (consumer crashed, lock lost);
+    // a copy arrives and is handled; then the broker redelivers the original.
+    let gate = gate_at(t0());
+    let msg = signed_sample(t0());
+    gate.check(&deliver_seq(msg.clone(), 2, 1, t0()))
+        .await
+        .unwrap();
+    let original = gate.check(&deliver_seq(msg.clone(), 1, 2, t0())).await;
+    assert_eq!(original.unwrap_err().reason, reason::REPLAYED);
+}
+
+#[tokio::test]
+async fn without_a_broker_identity_first_deliveries_are_checked() {
     let gate = gate_at(t0());
     let msg = signed_sample(t0());
     gate.check(&deliver(msg.clone(), 1, t0())).await.unwrap();
-    // The broker redelivers (handler failed, lock expired): legitimate.
     gate.check(&deliver(msg.clone(), 2, t0())).await.unwrap();
-    gate.check(&deliver(msg.clone(), 7, t0())).await.unwrap();
-    // An attacker re-sends the captured message within the skew: a second first delivery.
-    let replay = deliver(msg.clone(), 1, t0() + Duration::from_secs(30));
-    let rejection = gate.check(&replay).await.unwrap_err();
-    assert_eq!(rejection.reason, reason::REPLAYED);
-    assert!(rejection.description.contains("msg-1"));
+    let copy = gate.check(&deliver(msg, 1, t0())).await;
+    assert_eq!(copy.unwrap_err().reason, reason::REPLAYED);
+}
+
+#[tokio::test]
+async fn scheduled_messages_are_not_handled_before_their_time() {
+    let skew = Duration::from_secs(60);
+    let at = t0() + Duration::from_secs(3_600);
+    let mut msg = sample().with_scheduled_enqueue_time(at);
+    MessageSigner::new(ring())
+        .sign_at(&QueueName::new(QUEUE).unwrap(), &mut msg, t0())
+        .unwrap();
+    let gate_now = |now: SystemTime| {
+        SignatureGate::new(ring())
+            .with_max_skew(skew)
+            .unwrap()
+            .with_clock(move || now)
+    };
+    // An early copy, sent unscheduled right away: rejected, and not remembered.
+    let store = std::sync::Arc::new(queue_security::InMemoryReplayStore::new(10));
+    let early = gate_now(t0())
+        .with_replay_store(store.clone())
+        .verify(&deliver_seq(msg.clone(), 9, 1, t0()))
+        .await;
+    let err = early.unwrap_err();
+    assert_eq!(err.reason(), reason::NOT_YET_DUE);
+    assert!(matches!(err, SecurityError::NotYetDue { .. }));
+    assert_eq!(store.len(), 0, "an early copy must not claim the nonce");
+    let just_early = gate_now(at - skew - Duration::from_secs(1))
+        .verify(&deliver_seq(msg.clone(), 9, 1, at))
+        .await;
+    assert_eq!(just_early.unwrap_err().reason(), reason::NOT_YET_DUE);
+    // The real one at its time (within the skew) passes and claims the nonce ...
+    let gate = gate_now(at - skew).with_replay_store(store.clone());
+    gate.verify(&deliver_seq(msg.clone(), 1, 1, at))
+        .await
+        .unwrap();
+    assert_eq!(store.len(), 1);
+    // ... so the early copy, redelivered once due, is a replay.
+    let late_copy = gate.verify(&deliver_seq(msg, 9, 2, t0())).await;
+    assert_eq!(late_copy.unwrap_err().reason(), reason::REPLAYED);
+}
+
+#[test]
+fn windows_beyond_the_maximum_are_refused_at_construction() {
+    for huge in [
+        Duration::MAX,
+        queue_security::MAX_WINDOW + Duration::from_millis(1),
+    ] {
+        let skew = SignatureGate::new(ring()).with_max_skew(huge);
+        assert!(
+            matches!(
+                skew,
+                Err(SecurityError::InvalidWindow {
+                    what: "max skew",
+                    ..
+                })
+            ),
+            "{huge:?}"
+        );
+        let window = SignatureGate::new(ring()).with_replay_window(huge);
+        assert!(matches!(
+            window,
+            Err(SecurityError::InvalidWindow {
+                what: "replay window",
+                ..
+            })
+        ));
+        assert!(SignatureVerifier::new(ring()).with_max_skew(huge).is_err());
+        let err = SignatureGate::new(ring()).with_max_skew(huge).unwrap_err();
+        let q: queue_core::QueueError = err.into();
+        assert_eq!(q.kind_label(), "config");
+    }
+}
+
+#[tokio::test]
+async fn the_largest_windows_work_without_overflow() {
+    let max = queue_security::MAX_WINDOW;
+    // The latest signing time an envelope can carry (15 decimal digits of milliseconds).
+    let far = SystemTime::UNIX_EPOCH + Duration::from_millis(999_999_999_999_999);
+    let gate = SignatureGate::new(ring())
+        .with_max_skew(max)
+        .unwrap()
+        .with_replay_window(max)
+        .unwrap()
+        .with_clock(move || far);
+    let msg = signed_sample(far);
+    gate.check(&deliver_seq(msg.clone(), 1, 1, far))
+        .await
+        .unwrap();
+    let copy = gate.check(&deliver_seq(msg, 2, 1, far)).await;
+    assert_eq!(copy.unwrap_err().reason, reason::REPLAYED);
 }
 
 #[tokio::test]
@@ -538,10 +678,11 @@ struct BrokenStore;
 impl queue_security::ReplayStore for BrokenStore {
     async fn check_and_record(
         &self,
-        _key: &str,
+        _nonce: &str,
+        _identity: &str,
         _now: SystemTime,
         _expires_at: SystemTime,
-    ) -> Result<bool, queue_core::BoxError> {
+    ) -> Result<queue_security::ReplayVerdict, queue_core::BoxError> {
         Err("store unreachable".into())
     }
 }
@@ -558,7 +699,9 @@ async fn replay_store_failures_follow_the_policy() {
             .reason,
         reason::REPLAY_CHECK_FAILED
     );
-    // Redeliveries never consult the store.
+    let redelivery = closed.check(&deliver_seq(msg.clone(), 1, 2, t0())).await;
+    assert_eq!(redelivery.unwrap_err().reason, reason::REPLAY_CHECK_FAILED);
+    // Without a broker identity a redelivery cannot be checked, so it skips the store.
     closed.check(&deliver(msg.clone(), 2, t0())).await.unwrap();
     let open = gate_at(t0())
         .with_replay_store(std::sync::Arc::new(BrokenStore))
