@@ -14,19 +14,31 @@ pub(crate) fn write_hex(out: &mut [u8], value: u64) {
     }
 }
 
+/// The value of each byte as a lowercase hexadecimal digit, or `0xff`.
+const DIGIT: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[HEX[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Reads 1 to 16 lowercase hexadecimal digits.
 pub(crate) fn parse_hex(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 16 {
         return None;
     }
-    digits.iter().try_fold(0u64, |acc, d| {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        Some((acc << 4) | u64::from(v))
-    })
+    let mut value = 0u64;
+    let mut bad = 0u8;
+    for d in digits {
+        let v = DIGIT[usize::from(*d)];
+        bad |= v;
+        value = (value << 4) | u64::from(v & 0xf);
+    }
+    // Any invalid digit set the high bits of `bad`.
+    (bad & 0xf0 == 0).then_some(value)
 }
 
 #[cfg(test)]
