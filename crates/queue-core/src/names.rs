@@ -194,21 +194,18 @@ fn random_uuid() -> [u8; 36] {
     });
     let lo = mix(COUNTER.fetch_add(1, Ordering::Relaxed) ^ s1);
     let hi = mix(lo ^ s0);
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&hi.to_be_bytes());
-    bytes[8..].copy_from_slice(&lo.to_be_bytes());
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut text = [0u8; 36];
-    let mut at = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            text[at] = b'-';
-            at += 1;
-        }
-        text[at] = HEX[usize::from(b >> 4)];
-        text[at + 1] = HEX[usize::from(b & 0x0f)];
-        at += 2;
+    // Version 4 in the 13th hex digit, variant 10xx in the 17th.
+    let hi = (hi & !0xf000) | 0x4000;
+    let lo = (lo & !(0xc << 60)) | (0x8 << 60);
+    let bits = (u128::from(hi) << 64) | u128::from(lo);
+    // Where the 32 hex digits go between the hyphens of `8-4-4-4-12`.
+    const AT: [u8; 32] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27,
+        28, 29, 30, 31, 32, 33, 34, 35,
+    ];
+    let mut text = *b"00000000-0000-0000-0000-000000000000";
+    for (i, at) in AT.iter().enumerate() {
+        text[usize::from(*at)] = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
     }
     text
 }
