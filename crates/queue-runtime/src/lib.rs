@@ -79,6 +79,7 @@ pub mod config;
 pub mod handler;
 pub mod processor;
 pub mod retry;
+pub mod signal;
 pub mod telemetry;
 
 pub use queue_core::*;
@@ -94,6 +95,7 @@ pub use handler::{
 };
 pub use processor::{Processor, ShutdownReport};
 pub use retry::RetryPolicy;
+pub use signal::{shutdown_signal, shutdown_token};
 
 /// The tokio-util cancellation token used for shutdown and handler cancellation.
 pub use tokio_util::sync::CancellationToken;

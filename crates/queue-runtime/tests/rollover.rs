@@ -118,7 +118,19 @@ impl Seen {
             assert_eq!(got, want, "{run}: session s{s} handled {got:?}");
         }
         let total = (sc.sessions * sc.per_session) as u64;
-        assert_eq!(report.completed, total, "{run}: {report:?}");
+        // Every delivery ends completed. On a loaded machine a completion may time out after
+        // the broker applied it; its retry then finds the lock gone and the report counts a
+        // lost lock. The message was handled once and is gone (checked by the caller).
+        assert_eq!(
+            report.completed + report.lock_lost,
+            total,
+            "{run}: {report:?}"
+        );
+        assert_eq!(
+            report.retried + report.dead_lettered,
+            0,
+            "{run}: {report:?}"
+        );
         assert_eq!(
             report.received, total,
             "{run}: one delivery each: {report:?}"
