@@ -345,7 +345,7 @@ impl Broker {
         }
         for m in &messages {
             if q.cfg.requires_session && m.session_id().is_none() {
-                return Err(EmulatorError::BadRequest {
+                return Err(EmulatorError::NotAllowed {
                     reason: format!(
                         "queue `{queue}` requires sessions; the message has no session id"
                     ),
@@ -381,10 +381,17 @@ impl Broker {
             if let Some(s) = &session_id {
                 q.sessions.entry(s.clone()).or_default();
             }
+            let mut message = m.message;
+            // Service Bus gives every message an id; the JavaScript SDK relies on it.
+            let props = message.properties.get_or_insert_with(Default::default);
+            if props.message_id.is_none() {
+                let id = Uuid::new_v4().simple().to_string();
+                props.message_id = Some(fe2o3_amqp_types::messaging::MessageId::String(id));
+            }
             q.main.entries.insert(
                 seq,
                 Entry {
-                    message: Arc::new(m.message),
+                    message: Arc::new(message),
                     seq,
                     enqueued_at: now,
                     visible_at,
@@ -1199,8 +1206,11 @@ mod tests {
         let s = broker(QueueConfig::new().with_requires_session(true));
         assert!(matches!(
             s.send("q", vec![msg("a", None, None)]),
-            Err(EmulatorError::BadRequest { .. })
+            Err(EmulatorError::NotAllowed { .. })
         ));
+        // A plain queue takes a message with a session id, which stays a property only.
+        let p = broker(QueueConfig::new());
+        p.send("q", vec![msg("a", None, Some("s"))]).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -33,6 +33,12 @@ pub enum DecodeError {
         /// What is there.
         available: usize,
     },
+    /// A map whose element count is odd (keys and values come in pairs).
+    #[error("map at byte {at} has an odd element count")]
+    OddMap {
+        /// Offset of the map.
+        at: usize,
+    },
     /// Compound values nested deeper than [`MAX_DEPTH`].
     #[error("values nested deeper than {MAX_DEPTH}")]
     TooDeep,
@@ -131,7 +137,7 @@ impl Walker<'_> {
                 self.pos = end;
                 Ok(())
             }
-            0xc0 | 0xc1 | 0xd0 | 0xd1 => self.compound(wide, at, depth),
+            0xc0 | 0xc1 | 0xd0 | 0xd1 => self.compound(code, at, depth),
             0xe0 | 0xf0 => self.array(wide, at, depth),
             _ => Err(DecodeError::BadConstructor { code, at }),
         }
@@ -159,8 +165,12 @@ impl Walker<'_> {
         Ok((end, count))
     }
 
-    fn compound(&mut self, wide: bool, at: usize, depth: usize) -> Result<(), DecodeError> {
+    fn compound(&mut self, code: u8, at: usize, depth: usize) -> Result<(), DecodeError> {
+        let wide = code >= 0xd0;
         let (end, count) = self.counted(wide, at, depth)?;
+        if code & 0x0f == 1 && count % 2 == 1 {
+            return Err(DecodeError::OddMap { at });
+        }
         let mut inner = Walker {
             b: &self.b[..end],
             pos: self.pos,
@@ -260,6 +270,19 @@ mod tests {
             Err(DecodeError::Truncated { .. })
         ));
         assert!(check_values(&[0xff]).is_err());
+    }
+
+    #[test]
+    fn maps_hold_pairs() {
+        // Found by the fuzz target: an odd map count made the decoder underflow.
+        let odd = [0x00, 0x53, 0x14, 0xc0, 0x05, 0x01, 0xc1, 0x02, 0x01, 0x40];
+        assert!(check_values(&odd).is_err());
+        let crash = [
+            0x00, 0x53, 0x14, 0xc0, 0x04, 0x01, 0x43, 0x00, 0xa3, 0x00, 0x53, 0x77, 0x00, 0x53,
+            0x14, 0xc1, 0x04, 0x01, 0xa1, 0x00, 0xa3, 0x00, 0x53, 0xa3, 0x00, 0x53, 0x77, 0x41,
+        ];
+        let _ = decode_frame_body(&crash);
+        assert!(check_values(&[0xc1, 0x03, 0x02, 0x40, 0x40]).is_ok());
     }
 
     #[test]

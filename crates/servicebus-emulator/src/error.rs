@@ -57,6 +57,13 @@ pub enum EmulatorError {
         /// The queue.
         entity: String,
     },
+    /// The operation is not allowed on this entity (Service Bus: `amqp:not-allowed`, an
+    /// invalid-operation error in the SDKs), e.g. a session-less message to a session queue.
+    #[error("not allowed: {reason}")]
+    NotAllowed {
+        /// Why.
+        reason: String,
+    },
     /// The request is malformed or not allowed on this entity.
     #[error("bad request: {reason}")]
     BadRequest {

@@ -304,6 +304,53 @@ fn sasl_ok(init: &SaslInit, key: Option<(&str, &str)>) -> bool {
     }
 }
 
+/// Decodes a (size-checked) performative. rhea, the JavaScript SDK's AMQP stack, writes
+/// the keys of an error's `info` map (the dead-letter reason of a rejected outcome) as
+/// strings where the spec says symbols; such frames are re-read with those keys as symbols.
+fn decode_performative(bytes: &[u8]) -> Result<Performative, ConnError> {
+    match serde_amqp::from_slice(bytes) {
+        Ok(p) => Ok(p),
+        Err(first) => {
+            let Ok(mut v) = serde_amqp::from_slice::<Value>(bytes) else {
+                return Err(first.into());
+            };
+            symbolize_error_info(&mut v, 0);
+            serde_amqp::from_slice(&serde_amqp::to_vec(&v)?).map_err(|_| first.into())
+        }
+    }
+}
+
+/// Turns string keys of every `amqp:error` info map inside `v` into symbols.
+fn symbolize_error_info(v: &mut Value, depth: usize) {
+    use serde_amqp::descriptor::Descriptor;
+    if depth > crate::codec::MAX_DEPTH {
+        return;
+    }
+    match v {
+        Value::Described(d) => {
+            let is_error = matches!(&d.descriptor, Descriptor::Code(0x1d))
+                || matches!(&d.descriptor, Descriptor::Name(n) if n.0 == "amqp:error:list");
+            if let (true, Value::List(fields)) = (is_error, &mut d.value)
+                && let Some(Value::Map(info)) = fields.get_mut(2)
+            {
+                let entries: Vec<(Value, Value)> = std::mem::take(info).into_iter().collect();
+                for (k, val) in entries {
+                    let k = match k {
+                        Value::String(s) => Value::Symbol(Symbol::from(s)),
+                        other => other,
+                    };
+                    info.insert(k, val);
+                }
+            }
+            symbolize_error_info(&mut d.value, depth + 1);
+        }
+        Value::List(items) => items
+            .iter_mut()
+            .for_each(|i| symbolize_error_info(i, depth + 1)),
+        _ => {}
+    }
+}
+
 /// Compares two secrets in constant time: their SHA-256 digests are compared with
 /// `subtle`, so neither the position of the first difference nor the length leaks.
 fn ct_eq_hashed(a: &[u8], b: &[u8]) -> subtle::Choice {
@@ -452,6 +499,7 @@ fn broker_error(e: &EmulatorError) -> fe2o3_amqp_types::definitions::Error {
         EmulatorError::SessionCannotBeLocked { .. } => "com.microsoft:session-cannot-be-locked",
         EmulatorError::NoSessionAvailable => "com.microsoft:timeout",
         EmulatorError::QuotaExceeded { .. } => "amqp:resource-limit-exceeded",
+        EmulatorError::NotAllowed { .. } => "amqp:not-allowed",
         _ => "amqp:invalid-field",
     };
     error(cond, e.to_string())
@@ -477,6 +525,7 @@ fn management_condition_of(e: &EmulatorError) -> &'static str {
         EmulatorError::SessionCannotBeLocked { .. } => "com.microsoft:session-cannot-be-locked",
         EmulatorError::NoSessionAvailable => "com.microsoft:timeout",
         EmulatorError::QuotaExceeded { .. } => "amqp:resource-limit-exceeded",
+        EmulatorError::NotAllowed { .. } => "amqp:not-allowed",
         _ => "com.microsoft:argument-error",
     }
 }
@@ -501,7 +550,7 @@ impl Conn {
             return Ok(true);
         }
         let n = crate::codec::check_first_value(&body)?;
-        let p: Performative = serde_amqp::from_slice(&body[..n])?;
+        let p = decode_performative(&body[..n])?;
         let payload = body[n..].to_vec();
         match p {
             Performative::Open(open) => {
@@ -1137,12 +1186,24 @@ impl Conn {
         let Some(s) = self.sessions.get_mut(&ch) else {
             return Ok(());
         };
+        // The response goes to the node's receiver whose target address is the request's
+        // reply-to; rhea (the JavaScript SDK) leaves the target empty and names the link
+        // instead, so a link of that name (or, failing that, one with no target) serves too.
+        let rank = |l: &Link| match &reply_to {
+            None => Some(0),
+            Some(r) if l.reply_to.as_ref() == Some(r) => Some(0),
+            Some(r) if &l.name == r => Some(1),
+            Some(_) if l.reply_to.is_none() => Some(2),
+            Some(_) => None,
+        };
         let target = s
             .links
             .values_mut()
             .filter(|l| matches!(l.kind, LinkKind::NodeOut { .. }))
             .filter(|l| l.address.eq_ignore_ascii_case(&node_addr))
-            .find(|l| reply_to.is_none() || l.reply_to == reply_to);
+            .filter_map(|l| rank(l).map(|r| (r, l)))
+            .min_by_key(|(r, _)| *r)
+            .map(|(_, l)| l);
         if let Some(LinkKind::NodeOut { pending }) = target.map(|l| &mut l.kind) {
             pending.push_back(bytes);
         }
