@@ -1328,16 +1328,16 @@ pub async fn redrive_is_not_dropped_by_duplicate_detection(h: &Harness) {
     assert_eq!((report.received, report.moved), (1, 1), "{report:?}");
     assert_eq!(report.moved_ids[0].from, id);
     let fresh = report.moved_ids[0].to.clone();
-    assert_ne!(
-        fresh, id,
-        "a redrive must not re-send under the original id"
-    );
 
     let got = take_redriven(h, q.name(), s.as_ref(), 1).await;
     assert_eq!(
         bodies(&got),
         ["poison"],
         "the redriven message never arrived (dropped as a duplicate?)"
+    );
+    assert_ne!(
+        fresh, id,
+        "a redrive must not re-send under the original id"
     );
     assert_eq!(got[0].message_id, fresh);
     assert_eq!(got[0].session_id(), s.as_ref());
