@@ -1,14 +1,22 @@
-//! Cost of signing and verifying, against a baseline measured in the same run.
+//! Cost of signing and verifying, against baselines measured in the same run, with the
+//! ratios printed at the end.
 //!
-//! Baseline `hmac_body` = one HMAC-SHA256 over the body alone with `ring` (the least any
-//! body signature costs). `sign` = `MessageSigner::sign_at` (limits, canonical encoding,
-//! envelope); `verify` = `SignatureVerifier::verify` (limits, envelope parsing, canonical
-//! encoding, constant-time check, freshness). Their ratios to the baseline show what the
-//! envelope and the covered metadata add, for a small (1 KiB) and a large (64 KiB) body.
+//! Baselines: `hmac_body` = one HMAC-SHA256 over the body alone with `ring` and a key
+//! schedule computed once (the least any body signature costs); `two_hmacs` = two of
+//! them (what a sender plus a receiver cannot go below). `sign` =
+//! `MessageSigner::sign_at` (limits, canonical encoding, envelope; the message clone it
+//! needs is included); `verify` = `SignatureVerifier::verify` (limits, envelope parsing,
+//! canonical encoding, constant-time check, freshness, replay nonce); `sign_verify` = both,
+//! the end-to-end cost of one signed message. Printed: `sign_verify / two_hmacs` (target
+//! at most 1.5 for 1 KiB) for a small (1 KiB) and a large (64 KiB) body.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant, UNIX_EPOCH},
+};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Bencher, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use queue_core::{Message, MessageId, QueueName, Receipt, ReceivedMessage, SessionId};
 use queue_security::{KeyRing, MessageSigner, SignatureVerifier};
 use secrecy::SecretSlice;
@@ -24,6 +32,35 @@ fn message(size: usize) -> Message {
         .with_attribute("github-action", "opened")
 }
 
+/// Mean time per call of each benchmark (ns), for the ratio lines.
+static RESULTS: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
+
+/// Times `f` like `Bencher::iter`, and keeps the per-call time for the report.
+fn timed<T>(b: &mut Bencher<'_>, id: String, mut f: impl FnMut() -> T) {
+    b.iter_custom(|iters| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(f());
+        }
+        let total = start.elapsed();
+        let per_call = total.as_nanos() as f64 / iters as f64;
+        let mut results = RESULTS.lock().expect("results");
+        results.entry(id.clone()).or_default().push(per_call);
+        total
+    });
+}
+
+fn median(id: &str) -> Option<f64> {
+    let mut v = RESULTS.lock().expect("results").get(id)?.clone();
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+#[expect(clippy::print_stdout, reason = "the ratios are the benchmark's report")]
+fn report(line: &str) {
+    println!("{line}");
+}
+
 fn bench(c: &mut Criterion) {
     let ring = KeyRing::new();
     ring.insert("k1", SecretSlice::from(KEY.to_vec()))
@@ -34,32 +71,79 @@ fn bench(c: &mut Criterion) {
     let queue = QueueName::new("events").expect("queue");
     let at = UNIX_EPOCH + Duration::from_secs(1_764_470_000);
     let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, KEY);
+    let sizes = [1024usize, 64 * 1024];
 
     let mut group = c.benchmark_group("signature");
-    for size in [1024usize, 64 * 1024] {
+    for size in sizes {
         group.throughput(Throughput::Bytes(size as u64));
         let msg = message(size);
+        let receipt = Receipt::new("bench", queue.clone(), None, "t");
+        let received = |m: Message| {
+            let id = m.message_id.clone().expect("id");
+            ReceivedMessage::new(m, id, 1, at, receipt.clone())
+        };
         group.bench_with_input(BenchmarkId::new("hmac_body", size), &msg, |b, m| {
-            b.iter(|| ring::hmac::sign(&hmac_key, &m.body))
+            timed(b, format!("hmac_body/{size}"), || {
+                ring::hmac::sign(&hmac_key, &m.body)
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("two_hmacs", size), &msg, |b, m| {
+            timed(b, format!("two_hmacs/{size}"), || {
+                let tag = ring::hmac::sign(&hmac_key, &m.body);
+                ring::hmac::verify(&hmac_key, &m.body, tag.as_ref())
+            });
         });
         group.bench_with_input(BenchmarkId::new("sign", size), &msg, |b, m| {
-            b.iter(|| {
+            timed(b, format!("sign/{size}"), || {
                 let mut m = m.clone();
                 signer.sign_at(&queue, &mut m, at).expect("sign");
                 m
-            })
+            });
         });
         let mut signed = msg.clone();
         signer.sign_at(&queue, &mut signed, at).expect("sign");
-        let id = signed.message_id.clone().expect("id");
-        let receipt = Receipt::new("bench", queue.clone(), None, "t");
-        let received = ReceivedMessage::new(signed, id, 1, at, receipt);
-        group.bench_with_input(BenchmarkId::new("verify", size), &received, |b, r| {
-            b.iter(|| verifier.verify(r).expect("verify"))
+        let signed = received(signed);
+        group.bench_with_input(BenchmarkId::new("verify", size), &signed, |b, r| {
+            timed(b, format!("verify/{size}"), || {
+                verifier.verify(r).expect("verify")
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("sign_verify", size), &msg, |b, m| {
+            timed(b, format!("sign_verify/{size}"), || {
+                let mut m = m.clone();
+                signer.sign_at(&queue, &mut m, at).expect("sign");
+                verifier.verify(&received(m)).expect("verify")
+            });
         });
     }
     group.finish();
+    report("\nsignature ratios (target: sign_verify / two_hmacs <= 1.5 at 1 KiB):");
+    for size in sizes {
+        let get = |name: &str| median(&format!("{name}/{size}"));
+        let (Some(one), Some(two), Some(sign), Some(verify), Some(both)) = (
+            get("hmac_body"),
+            get("two_hmacs"),
+            get("sign"),
+            get("verify"),
+            get("sign_verify"),
+        ) else {
+            continue;
+        };
+        report(&format!(
+            "  {size:>6} B: hmac {one:>7.0} ns  two hmacs {two:>7.0}  sign {sign:>7.0} ({:.2}x hmac)  verify {verify:>7.0} ({:.2}x hmac)  sign+verify {both:>7.0} = {:.2}x two hmacs",
+            sign / one,
+            verify / one,
+            both / two
+        ));
+    }
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    targets = bench
+}
 criterion_main!(benches);

@@ -86,6 +86,10 @@ impl fmt::Debug for KeyId {
 #[derive(Default)]
 struct Inner {
     keys: BTreeMap<KeyId, SecretSlice<u8>>,
+    /// The HMAC key schedule of each key (its padded inner and outer hash states),
+    /// computed once at insert so signing and verifying do not redo it per message.
+    /// `ring` does not zero it on drop; it goes with the key on retire.
+    macs: BTreeMap<KeyId, ring::hmac::Key>,
     active: Option<KeyId>,
     retired: BTreeSet<KeyId>,
 }
@@ -153,6 +157,9 @@ impl KeyRing {
                 reason: format!("key `{id}` is already in the key ring"),
             });
         }
+        inner
+            .macs
+            .insert(id.clone(), hmac_key(material.expose_secret()));
         inner.keys.insert(id, material);
         Ok(())
     }
@@ -185,6 +192,7 @@ impl KeyRing {
     pub fn retire(&self, id: &str) -> Result<(), SecurityError> {
         let id = KeyId::new(id)?;
         let mut inner = self.write();
+        inner.macs.remove(&id);
         if inner.keys.remove(&id).is_none() {
             return Err(SecurityError::UnknownKey {
                 key_id: id.to_string(),
@@ -219,25 +227,24 @@ impl KeyRing {
     ) -> Result<T, SecurityError> {
         let inner = self.read();
         let id = inner.active.as_ref().ok_or(SecurityError::NoActiveKey)?;
-        let material = inner.keys.get(id).ok_or(SecurityError::NoActiveKey)?;
-        let key = hmac_key(material.expose_secret());
-        Ok(f(id, &key))
+        let key = inner.macs.get(id).ok_or(SecurityError::NoActiveKey)?;
+        Ok(f(id, key))
     }
 
     /// Runs `f` with the HMAC key of `id`, or fails with [`SecurityError::UnknownKey`].
-    pub(crate) fn with_key<T>(
+    pub(crate) fn with_key_id<T>(
         &self,
-        id: &str,
+        id: &KeyId,
         f: impl FnOnce(&ring::hmac::Key) -> T,
     ) -> Result<T, SecurityError> {
-        let unknown = || SecurityError::UnknownKey {
-            key_id: sanitize_label(id),
-        };
-        let id = KeyId::new(id).map_err(|_| unknown())?;
         let inner = self.read();
-        let material = inner.keys.get(&id).ok_or_else(unknown)?;
-        let key = hmac_key(material.expose_secret());
-        Ok(f(&key))
+        let key = inner
+            .macs
+            .get(id)
+            .ok_or_else(|| SecurityError::UnknownKey {
+                key_id: id.to_string(),
+            })?;
+        Ok(f(key))
     }
 
     /// Parses a key specification (the format of [`DEFAULT_KEYS_ENV`]).
@@ -408,7 +415,7 @@ mod tests {
         ring.retire("a").unwrap();
         assert!(ring.is_retired("a"));
         assert!(matches!(
-            ring.with_key("a", |_| ()),
+            ring.with_key_id(&KeyId::new("a").unwrap(), |_| ()),
             Err(SecurityError::UnknownKey { .. })
         ));
         assert!(ring.insert("a", generate_key().unwrap()).is_err());

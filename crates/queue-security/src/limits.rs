@@ -116,9 +116,10 @@ impl Limits {
 /// and `.`, starting with a letter, without `..`, and not starting with `AWS.` or
 /// `Amazon.` (any case), which SQS reserves.
 pub fn validate_attribute_name(name: &str, max_len: usize) -> Result<(), SecurityError> {
-    let shown = crate::error::sanitize_label(name);
+    // The label is built only for an error: this runs for every attribute of every
+    // signed or verified message.
     let bad = |why: &str| SecurityError::InvalidAttribute {
-        reason: format!("name `{shown}` {why}"),
+        reason: format!("name `{}` {why}", crate::error::sanitize_label(name)),
     };
     if name.is_empty() {
         return Err(SecurityError::InvalidAttribute {
@@ -142,8 +143,11 @@ pub fn validate_attribute_name(name: &str, max_len: usize) -> Result<(), Securit
     if name.contains("..") {
         return Err(bad("must not contain `..`"));
     }
-    let lower = name.to_ascii_lowercase();
-    if lower.starts_with("aws.") || lower.starts_with("amazon.") {
+    let has_prefix = |prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    if has_prefix("aws.") || has_prefix("amazon.") {
         return Err(bad("uses a prefix reserved by SQS"));
     }
     Ok(())
@@ -157,11 +161,12 @@ pub fn validate_attribute_value(
     value: &str,
     max_len: usize,
 ) -> Result<(), SecurityError> {
-    let shown = crate::error::sanitize_label(name);
+    let shown = || crate::error::sanitize_label(name);
     if value.len() > max_len {
         return Err(SecurityError::InvalidAttribute {
             reason: format!(
-                "value of `{shown}` is {} bytes, more than {max_len}",
+                "value of `{}` is {} bytes, more than {max_len}",
+                shown(),
                 value.len()
             ),
         });
@@ -170,7 +175,10 @@ pub fn validate_attribute_value(
         (c.is_control() && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}'
     }) {
         return Err(SecurityError::InvalidAttribute {
-            reason: format!("value of `{shown}` has a forbidden character at position {pos}"),
+            reason: format!(
+                "value of `{}` has a forbidden character at position {pos}",
+                shown()
+            ),
         });
     }
     Ok(())
