@@ -93,7 +93,9 @@ pub use handler::{
     FnHandler, Handler, HandlerError, JsonHandler, MessageContext, Outcome, decode_json,
     handler_fn, json_handler,
 };
-pub use processor::{Processor, ShutdownReport};
+pub use processor::{
+    Processor, ProcessorError, ProcessorHandle, ProcessorState, SHUTDOWN_GRACE, ShutdownReport,
+};
 pub use retry::RetryPolicy;
 pub use signal::{shutdown_signal, shutdown_token};
 

@@ -235,15 +235,25 @@ mod emulator {
         provider.send(&queue, Message::new("x")).await.unwrap();
         let started = Arc::new(AtomicUsize::new(0));
         let shutdown = CancellationToken::new();
-        let run = tokio::spawn(
-            stuck_processor(provider.clone(), queue, started.clone()).run(shutdown.clone()),
-        );
-        assert!(
-            common::wait_until(Duration::from_secs(10), || started.load(Ordering::SeqCst)
-                == 1)
-            .await
-        );
+        let processor = stuck_processor(provider.clone(), queue, started.clone());
+        let handle = processor.handle();
+        let run = tokio::spawn(processor.run(shutdown.clone()));
+        let running = || started.load(Ordering::SeqCst) == 1;
+        assert!(common::wait_until(Duration::from_secs(10), running).await);
+        assert!(handle.is_ready());
         drop(emu);
+        // The handle shows the outage (a readiness probe turns red).
+        let degraded = || {
+            matches!(
+                handle.state(),
+                queue_runtime::ProcessorState::Degraded { .. }
+            )
+        };
+        assert!(
+            common::wait_until(Duration::from_secs(20), degraded).await,
+            "{:?}",
+            handle.state()
+        );
         let asked = Instant::now();
         shutdown.cancel();
         let report = run.await.unwrap().unwrap();

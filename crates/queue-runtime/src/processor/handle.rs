@@ -70,7 +70,7 @@ impl Shared {
         }
         for gate in &self.gates {
             if let Err(rejection) = gate.check(msg).await {
-                bump(&self.stats.rejected);
+                bump(&self.status.stats.rejected);
                 self.metrics.rejected(rejection.reason);
                 tracing::warn!(reason = rejection.reason, "message rejected by a gate");
                 let reason = DeadLetterReason::new(rejection.reason, rejection.description);
@@ -140,14 +140,15 @@ impl Shared {
         };
         if lock_lost || watch.lost.is_cancelled() {
             self.metrics.handler_duration("cancelled", took);
-            bump(&self.stats.lock_lost);
+            bump(&self.status.stats.lock_lost);
             self.metrics.lock_lost.increment(1);
             return Disposition::LockLost;
         }
         match joined {
             Err(_panic) => {
-                bump(&self.stats.handler_failures);
-                bump(&self.stats.handler_panics);
+                bump(&self.status.stats.handler_failures);
+                bump(&self.status.stats.handler_panics);
+                self.status.handler_failed("the handler panicked");
                 self.metrics.failed("panic");
                 self.metrics.handler_duration("panic", took);
                 // The panic payload may quote message data: it is not logged.
@@ -157,16 +158,18 @@ impl Shared {
                     .await
             }
             Ok(Err(err)) if err.is_permanent() => {
-                bump(&self.stats.handler_failures);
+                bump(&self.status.stats.handler_failures);
                 self.metrics.failed("permanent");
+                self.status.handler_failed(err.message());
                 self.metrics.handler_duration("error", took);
                 let reason = DeadLetterReason::new(reasons::PERMANENT_FAILURE, err.message());
                 self.dead_letter(settler, msg, reason, reasons::PERMANENT_FAILURE)
                     .await
             }
             Ok(Err(err)) => {
-                bump(&self.stats.handler_failures);
+                bump(&self.status.stats.handler_failures);
                 self.metrics.failed("error");
+                self.status.handler_failed(err.message());
                 self.metrics.handler_duration("error", took);
                 tracing::warn!(error = %err, "handler failed; the message will be retried");
                 self.retry(settler, msg, watch, None, "handler_error", err.message())

@@ -61,6 +61,7 @@ pub struct Processor {
     handler: Arc<dyn Handler>,
     settings: ProcessorSettings,
     gates: Vec<Arc<dyn MessageGate>>,
+    status: Arc<Status>,
 }
 
 impl fmt::Debug for Processor {
@@ -83,6 +84,7 @@ impl Processor {
             handler: Arc::new(handler),
             settings: ProcessorSettings::default(),
             gates: Vec::new(),
+            status: Arc::default(),
         }
     }
 
@@ -112,6 +114,14 @@ impl Processor {
         &self.settings
     }
 
+    /// A handle on this processor's state, errors and counters, valid before, during and
+    /// after `run`.
+    pub fn handle(&self) -> ProcessorHandle {
+        ProcessorHandle {
+            status: self.status.clone(),
+        }
+    }
+
     /// Checks access to the queue, then consumes until `shutdown` fires and everything in
     /// flight is settled or abandoned.
     ///
@@ -123,6 +133,17 @@ impl Processor {
     /// Returns within `shutdown_timeout` + [`SHUTDOWN_GRACE`] of `shutdown` firing, broker
     /// up or down; [`ShutdownReport::unsettled`] counts deliveries still unsettled then.
     pub async fn run(self, shutdown: CancellationToken) -> Result<ShutdownReport> {
+        let status = self.status.clone();
+        status.set(ProcessorState::Starting);
+        let res = self.start(shutdown).await;
+        if let Err(err) = &res {
+            status.fatal(err);
+        }
+        status.set(ProcessorState::Stopped);
+        res
+    }
+
+    async fn start(self, shutdown: CancellationToken) -> Result<ShutdownReport> {
         self.settings.validate()?;
         let started = Instant::now();
         let metrics = Metrics::new(&self.queue, self.provider.name());
@@ -140,9 +161,11 @@ impl Processor {
             "processor started"
         );
         shared.spawn_workers();
+        shared.status.set(ProcessorState::Running);
         shared.shutdown.cancelled().await;
+        shared.status.set(ProcessorState::Stopping);
         let drained = shared.drain().await;
-        let report = shared.stats.report(drained, started.elapsed());
+        let report = shared.status.stats.report(drained, started.elapsed());
         let fatal = shared
             .fatal
             .lock()
@@ -189,7 +212,7 @@ impl Processor {
             settings: self.settings,
             gates: self.gates,
             metrics,
-            stats: Stats::default(),
+            status: self.status,
             shutdown,
             hard: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -349,3 +372,7 @@ mod renew;
 mod sessions;
 mod settle;
 mod shared;
+mod status;
+
+use status::Status;
+pub use status::{ProcessorError, ProcessorHandle, ProcessorState};

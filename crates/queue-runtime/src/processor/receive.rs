@@ -60,7 +60,7 @@ impl Shared {
             match res {
                 Ok(batch) => {
                     errors = 0;
-                    self.breaker.record_success();
+                    self.provider_ok();
                     for msg in batch {
                         let permit = permits.pop();
                         self.dispatch(msg, permit, &lanes);
@@ -146,7 +146,7 @@ impl Shared {
         permit: Option<OwnedSemaphorePermit>,
         lanes: &Lanes,
     ) {
-        bump(&self.stats.received);
+        bump(&self.status.stats.received);
         self.metrics.received.increment(1);
         let (watch, renew) = self.renewer(
             RenewTarget::Message(msg.receipt.clone()),
@@ -231,7 +231,7 @@ impl Shared {
         slots: Arc<Semaphore>,
     ) {
         let _slot = slots.acquire_owned().await;
-        bump(&self.stats.sessions);
+        bump(&self.status.stats.sessions);
         self.metrics.active_sessions.increment(1.0);
         loop {
             let next = {
@@ -256,7 +256,7 @@ impl Shared {
             }
             if next.watch.lost.is_cancelled() {
                 // Its lock is gone: the broker redelivers it; later ones must wait for it.
-                bump(&self.stats.lock_lost);
+                bump(&self.status.stats.lock_lost);
                 self.metrics.lock_lost.increment(1);
                 drop(next);
                 self.drain_group(&key, &groups, false).await;

@@ -28,11 +28,11 @@ impl Shared {
             match res {
                 Ok(None) => {
                     errors = 0;
-                    self.breaker.record_success();
+                    self.provider_ok();
                 }
                 Ok(Some(session)) => {
                     errors = 0;
-                    self.breaker.record_success();
+                    self.provider_ok();
                     self.run_session(session).await;
                 }
                 Err(err) => {
@@ -105,7 +105,7 @@ impl Shared {
             session_id = %session.session_id()
         );
         async {
-            bump(&self.stats.sessions);
+            bump(&self.status.stats.sessions);
             self.metrics.active_sessions.increment(1.0);
             let watch = self.spawn_renewer(
                 RenewTarget::Session(session.clone()),
@@ -179,7 +179,7 @@ impl Shared {
     ) -> bool {
         let mut rest = batch.into_iter();
         while let Some(msg) = rest.next() {
-            bump(&self.stats.received);
+            bump(&self.status.stats.received);
             self.metrics.received.increment(1);
             if self.shutdown.is_cancelled() {
                 self.abandon_unhandled(settler, &msg, true).await;
@@ -191,7 +191,7 @@ impl Shared {
             }
             let at_shutdown = disposition == Disposition::Abandoned;
             for later in rest.by_ref() {
-                bump(&self.stats.received);
+                bump(&self.status.stats.received);
                 self.metrics.received.increment(1);
                 self.abandon_unhandled(settler, &later, at_shutdown).await;
             }

@@ -57,13 +57,13 @@ impl Shared {
     pub(super) fn settle_failed(&self, operation: &'static str, err: &QueueError) -> Disposition {
         match err {
             QueueError::LockLost { .. } | QueueError::SessionLockLost { .. } => {
-                bump(&self.stats.lock_lost);
+                bump(&self.status.stats.lock_lost);
                 self.metrics.lock_lost.increment(1);
                 tracing::warn!(operation, error = %err, "lock lost before settlement; the broker will redeliver");
                 Disposition::LockLost
             }
             _ => {
-                bump(&self.stats.settle_failures);
+                bump(&self.status.stats.settle_failures);
                 tracing::warn!(operation, error = %err, "settlement failed; the broker will redeliver after the lock expires");
                 Disposition::SettleFailed
             }
@@ -83,7 +83,7 @@ impl Shared {
         };
         match res {
             Ok(()) => {
-                bump(&self.stats.completed);
+                bump(&self.status.stats.completed);
                 self.metrics.completed.increment(1);
                 if let Ok(latency) = SystemTime::now().duration_since(msg.enqueued_at) {
                     self.metrics.end_to_end.record(latency);
@@ -119,7 +119,7 @@ impl Shared {
         };
         match res {
             Ok(()) => {
-                bump(&self.stats.dead_lettered);
+                bump(&self.status.stats.dead_lettered);
                 self.metrics.dead_lettered(label);
                 Disposition::DeadLettered
             }
@@ -151,9 +151,9 @@ impl Shared {
         match self.abandon(settler, msg).await {
             Ok(()) => {
                 if at_shutdown {
-                    bump(&self.stats.abandoned_at_shutdown);
+                    bump(&self.status.stats.abandoned_at_shutdown);
                 } else {
-                    bump(&self.stats.abandoned_for_order);
+                    bump(&self.status.stats.abandoned_for_order);
                     self.note_order_abandon(msg);
                 }
                 self.metrics.abandoned(reason);
@@ -219,7 +219,7 @@ impl Shared {
         };
         match res {
             Ok(()) => {
-                bump(&self.stats.retried);
+                bump(&self.status.stats.retried);
                 self.metrics.retried(label);
                 Disposition::Retried
             }

@@ -21,7 +21,7 @@ use crate::{
     telemetry::Metrics,
 };
 
-use super::Stats;
+use super::status::Status;
 
 /// How one delivery ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub(super) struct Shared {
     pub(super) policy: RetryPolicy,
     pub(super) breaker: CircuitBreaker,
     pub(super) metrics: Metrics,
-    pub(super) stats: Stats,
+    pub(super) status: Arc<Status>,
     /// Soft shutdown: take no new messages.
     pub(super) shutdown: CancellationToken,
     /// Shutdown deadline passed: cancel handlers, abandon.
@@ -170,7 +170,14 @@ impl Shared {
         self.shutdown.cancel();
     }
 
+    /// A receive or accept call succeeded.
+    pub(super) fn provider_ok(&self) {
+        self.breaker.record_success();
+        self.status.provider_ok();
+    }
+
     pub(super) fn record_error(&self, operation: &'static str, err: &QueueError) {
+        self.status.provider_failed(operation, err);
         self.metrics.provider_error(operation, err);
         if self.breaker.record_failure(err) {
             self.metrics.circuit_opened.increment(1);
