@@ -177,44 +177,8 @@ pub(crate) fn encode(
     now: SystemTime,
 ) -> Result<Encoded> {
     // Ordering key and schedule first: they depend on the queue type.
-    let group_id = match (&msg.session_id, limits.fifo) {
-        (Some(s), true) => Some(s.as_str().to_owned()),
-        (None, false) => None,
-        (Some(_), false) => {
-            return Err(invalid(format!(
-                "a session id needs a FIFO queue (a name ending in `.fifo`); `{queue}` is a standard SQS queue"
-            )));
-        }
-        (None, true) => {
-            return Err(invalid(format!(
-                "FIFO queue `{queue}` needs a session id (MessageGroupId) on every message"
-            )));
-        }
-    };
-    let delay_seconds = match msg.scheduled_enqueue_time {
-        Some(at) => match at.duration_since(now) {
-            Ok(d) if !d.is_zero() => {
-                if limits.fifo {
-                    return Err(QueueError::unsupported(
-                        PROVIDER,
-                        "scheduled delivery on a FIFO queue (SQS FIFO has no per-message delay)",
-                    ));
-                }
-                // Round up: never deliver before the scheduled time.
-                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-                if secs > MAX_DELAY.as_secs() {
-                    return Err(invalid(format!(
-                        "scheduled {secs} s ahead; SQS delays messages by at most {} s (15 minutes)",
-                        MAX_DELAY.as_secs()
-                    )));
-                }
-                Some(i32::try_from(secs).unwrap_or(i32::MAX))
-            }
-            _ => None,
-        },
-        None => None,
-    };
-
+    let group_id = group_id(&msg, queue, limits)?;
+    let delay_seconds = delay_seconds(&msg, limits, now)?;
     let given_id = msg.message_id.clone();
     let message_id = given_id.clone().unwrap_or_else(MessageId::random);
     let dedup_id = match (limits.fifo, &given_id, limits.content_dedup) {
@@ -223,7 +187,6 @@ pub(crate) fn encode(
         (true, None, true) => None,
         (true, None, false) => Some(message_id.as_str().to_owned()),
     };
-
     let mut meta = Meta {
         id: Some(message_id.as_str().to_owned()),
         ct: msg.content_type.clone(),
@@ -232,7 +195,82 @@ pub(crate) fn encode(
         exp: msg.time_to_live.map(|ttl| unix_millis(now + ttl)),
         ..Meta::default()
     };
+    let mut attributes = app_attributes(&msg, &mut meta)?;
+    let body = body_text(&msg, &mut meta);
+    let meta_text = serde_json::to_string(&meta)
+        .map_err(|e| invalid(format!("cannot encode message metadata: {e}")))?;
+    if !sqs_text_ok(&meta_text) {
+        return Err(invalid(
+            "the content type, correlation id or subject has characters SQS does not accept",
+        ));
+    }
+    attributes.insert(META_ATTRIBUTE.to_owned(), string_attr(meta_text)?);
+    let size = sqs_size(&body, &attributes);
+    if size > limits.max_size {
+        return Err(QueueError::MessageTooLarge {
+            provider: PROVIDER,
+            queue: queue.as_str().to_owned(),
+            size,
+            max: limits.max_size,
+        });
+    }
+    Ok(Encoded {
+        body,
+        attributes,
+        group_id,
+        dedup_id,
+        delay_seconds,
+        message_id,
+        size,
+    })
+}
 
+/// `MessageGroupId`: the session id, required on FIFO queues and refused elsewhere.
+fn group_id(msg: &Message, queue: &QueueName, limits: Limits) -> Result<Option<String>> {
+    match (&msg.session_id, limits.fifo) {
+        (Some(s), true) => Ok(Some(s.as_str().to_owned())),
+        (None, false) => Ok(None),
+        (Some(_), false) => Err(invalid(format!(
+            "a session id needs a FIFO queue (a name ending in `.fifo`); `{queue}` is a standard SQS queue"
+        ))),
+        (None, true) => Err(invalid(format!(
+            "FIFO queue `{queue}` needs a session id (MessageGroupId) on every message"
+        ))),
+    }
+}
+
+/// `DelaySeconds` for a scheduled message (standard queues, at most 15 minutes).
+fn delay_seconds(msg: &Message, limits: Limits, now: SystemTime) -> Result<Option<i32>> {
+    let Some(at) = msg.scheduled_enqueue_time else {
+        return Ok(None);
+    };
+    let d = match at.duration_since(now) {
+        Ok(d) if !d.is_zero() => d,
+        _ => return Ok(None),
+    };
+    if limits.fifo {
+        return Err(QueueError::unsupported(
+            PROVIDER,
+            "scheduled delivery on a FIFO queue (SQS FIFO has no per-message delay)",
+        ));
+    }
+    // Round up: never deliver before the scheduled time.
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    if secs > MAX_DELAY.as_secs() {
+        return Err(invalid(format!(
+            "scheduled {secs} s ahead; SQS delays messages by at most {} s (15 minutes)",
+            MAX_DELAY.as_secs()
+        )));
+    }
+    Ok(Some(i32::try_from(secs).unwrap_or(i32::MAX)))
+}
+
+/// Application attributes as SQS `String` attributes; empty values and a redrive's
+/// original id go into the metadata instead.
+fn app_attributes(
+    msg: &Message,
+    meta: &mut Meta,
+) -> Result<HashMap<String, MessageAttributeValue>> {
     let mut attributes = HashMap::with_capacity(msg.attributes.len() + 1);
     for (name, value) in &msg.attributes {
         if name == ORIGINAL_MESSAGE_ID_ATTRIBUTE {
@@ -257,8 +295,12 @@ pub(crate) fn encode(
             attributes.len()
         )));
     }
+    Ok(attributes)
+}
 
-    let body = match std::str::from_utf8(&msg.body) {
+/// The body as SQS text: as is, base64 (flagged) or a placeholder for an empty body.
+fn body_text(msg: &Message, meta: &mut Meta) -> String {
+    match std::str::from_utf8(&msg.body) {
         Ok(text) if !text.is_empty() && sqs_text_ok(text) => text.to_owned(),
         Ok("") => {
             meta.enc = Some("empty".to_owned());
@@ -268,35 +310,7 @@ pub(crate) fn encode(
             meta.enc = Some("b64".to_owned());
             base64::engine::general_purpose::STANDARD.encode(&msg.body)
         }
-    };
-
-    let meta_text = serde_json::to_string(&meta)
-        .map_err(|e| invalid(format!("cannot encode message metadata: {e}")))?;
-    if !sqs_text_ok(&meta_text) {
-        return Err(invalid(
-            "the content type, correlation id or subject has characters SQS does not accept",
-        ));
     }
-    attributes.insert(META_ATTRIBUTE.to_owned(), string_attr(meta_text)?);
-
-    let size = sqs_size(&body, &attributes);
-    if size > limits.max_size {
-        return Err(QueueError::MessageTooLarge {
-            provider: PROVIDER,
-            queue: queue.as_str().to_owned(),
-            size,
-            max: limits.max_size,
-        });
-    }
-    Ok(Encoded {
-        body,
-        attributes,
-        group_id,
-        dedup_id,
-        delay_seconds,
-        message_id,
-        size,
-    })
 }
 
 /// Reads the metadata attribute; a message from another producer has none.

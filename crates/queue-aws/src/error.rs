@@ -331,30 +331,9 @@ fn is_send(operation: &str) -> bool {
 /// Maps a reduced failure to the queue error a caller sees. The only classification of
 /// SQS failures in this crate.
 pub(crate) fn map_failure(failure: &Failure, ctx: Ctx<'_>) -> QueueError {
-    let queue = ctx.queue.to_owned();
     let op = ctx.operation;
-    let provider_err = |class: RetryClass| QueueError::Provider {
-        provider: PROVIDER,
-        operation: op,
-        class,
-        source: Box::new(Redacted(describe(failure))) as BoxError,
-    };
-    let too_large = || {
-        let (size, max) = ctx.size.unwrap_or((0, crate::codec::MAX_MESSAGE_SIZE));
-        QueueError::MessageTooLarge {
-            provider: PROVIDER,
-            queue: queue.clone(),
-            size,
-            max,
-        }
-    };
     match failure {
-        Failure::Timeout => QueueError::Timeout {
-            provider: PROVIDER,
-            operation: op,
-            after: ctx.timeout,
-        },
-        Failure::Transport { timeout: true, .. } => QueueError::Timeout {
+        Failure::Timeout | Failure::Transport { timeout: true, .. } => QueueError::Timeout {
             provider: PROVIDER,
             operation: op,
             after: ctx.timeout,
@@ -362,7 +341,7 @@ pub(crate) fn map_failure(failure: &Failure, ctx: Ctx<'_>) -> QueueError {
         Failure::Transport {
             cause: TransportCause::Tls(_),
             ..
-        } => provider_err(RetryClass::Permanent),
+        } => provider_err(failure, op, RetryClass::Permanent),
         Failure::Transport { .. } => QueueError::Connection {
             provider: PROVIDER,
             operation: op,
@@ -381,112 +360,153 @@ pub(crate) fn map_failure(failure: &Failure, ctx: Ctx<'_>) -> QueueError {
             detail: "the request could not be signed or built; check that credentials and a region are configured".to_owned(),
         },
         Failure::Response { status } => match status {
-            Some(s) if *s == 429 => QueueError::Throttled {
-                provider: PROVIDER,
-                operation: op,
-                retry_after: None,
-            },
-            Some(s) if *s >= 500 => provider_err(RetryClass::Transient),
+            Some(429) => throttled(op),
+            Some(s) if *s >= 500 => provider_err(failure, op, RetryClass::Transient),
             // An unreadable 2xx/4xx answer: often a proxy or a wrong endpoint.
-            _ => provider_err(RetryClass::Permanent),
+            _ => provider_err(failure, op, RetryClass::Permanent),
         },
-        Failure::Service {
-            code,
-            status,
-            sender_fault,
-            hint,
-        } => {
-            let code = code.as_deref().unwrap_or_default();
-            let is = |table: &[&str]| table.contains(&code);
-            if is(THROTTLING) {
-                QueueError::Throttled {
-                    provider: PROVIDER,
-                    operation: op,
-                    retry_after: None,
-                }
-            } else if is(NOT_FOUND) {
-                QueueError::QueueNotFound {
-                    provider: PROVIDER,
-                    queue,
-                    operation: op,
-                }
-            } else if is(AUTHORIZATION) {
-                QueueError::Auth {
-                    provider: PROVIDER,
-                    operation: op,
-                    kind: AuthFailure::Authorization,
-                    detail: format!("SQS denied the call ({code}); check the IAM policy"),
-                }
-            } else if is(AUTHENTICATION) {
-                QueueError::Auth {
-                    provider: PROVIDER,
-                    operation: op,
-                    kind: AuthFailure::Authentication,
-                    detail: format!("SQS rejected the credentials ({code})"),
-                }
-            } else if is(LOCK_LOST) {
-                QueueError::LockLost {
-                    provider: PROVIDER,
-                    queue,
-                    operation: op,
-                }
-            } else if is(TOO_LARGE) {
-                too_large()
-            } else if is(BAD_MESSAGE) {
-                QueueError::InvalidMessage {
-                    provider: PROVIDER,
-                    reason: format!("SQS rejected the message ({code})"),
-                }
-            } else if is(UNSUPPORTED) {
-                QueueError::Unsupported {
-                    provider: PROVIDER,
-                    operation: op,
-                }
-            } else if is(SERVER) || sender_fault == &Some(false) {
-                provider_err(RetryClass::Transient)
-            } else if is(INVALID_PARAMETER) {
-                match hint {
-                    Hint::Receipt => QueueError::LockLost {
-                        provider: PROVIDER,
-                        queue,
-                        operation: op,
-                    },
-                    Hint::TooLarge if is_send(op) => too_large(),
-                    _ if is_send(op) => QueueError::InvalidMessage {
-                        provider: PROVIDER,
-                        reason: match hint {
-                            Hint::Attributes => {
-                                format!("SQS rejected the message attributes ({code})")
-                            }
-                            _ => format!("SQS rejected a message parameter ({code})"),
-                        },
-                    },
-                    _ => provider_err(RetryClass::Permanent),
-                }
-            } else {
-                match status {
-                    Some(429) => QueueError::Throttled {
-                        provider: PROVIDER,
-                        operation: op,
-                        retry_after: None,
-                    },
-                    Some(401) => QueueError::Auth {
-                        provider: PROVIDER,
-                        operation: op,
-                        kind: AuthFailure::Authentication,
-                        detail: format!("SQS answered 401 ({code})"),
-                    },
-                    Some(403) => QueueError::Auth {
-                        provider: PROVIDER,
-                        operation: op,
-                        kind: AuthFailure::Authorization,
-                        detail: format!("SQS answered 403 ({code})"),
-                    },
-                    Some(s) if *s >= 500 => provider_err(RetryClass::Transient),
-                    _ => provider_err(RetryClass::Permanent),
-                }
-            }
+        Failure::Service { .. } => map_service(failure, ctx),
+    }
+}
+
+fn provider_err(failure: &Failure, op: &'static str, class: RetryClass) -> QueueError {
+    QueueError::Provider {
+        provider: PROVIDER,
+        operation: op,
+        class,
+        source: Box::new(Redacted(describe(failure))) as BoxError,
+    }
+}
+
+fn throttled(op: &'static str) -> QueueError {
+    QueueError::Throttled {
+        provider: PROVIDER,
+        operation: op,
+        retry_after: None,
+    }
+}
+
+fn too_large(ctx: Ctx<'_>) -> QueueError {
+    let (size, max) = ctx.size.unwrap_or((0, crate::codec::MAX_MESSAGE_SIZE));
+    QueueError::MessageTooLarge {
+        provider: PROVIDER,
+        queue: ctx.queue.to_owned(),
+        size,
+        max,
+    }
+}
+
+fn lock_lost(ctx: Ctx<'_>) -> QueueError {
+    QueueError::LockLost {
+        provider: PROVIDER,
+        queue: ctx.queue.to_owned(),
+        operation: ctx.operation,
+    }
+}
+
+/// An error answer of the service: by code first, then by HTTP status.
+fn map_service(failure: &Failure, ctx: Ctx<'_>) -> QueueError {
+    let Failure::Service {
+        code,
+        status,
+        sender_fault,
+        hint,
+    } = failure
+    else {
+        return provider_err(failure, ctx.operation, RetryClass::Permanent);
+    };
+    let op = ctx.operation;
+    let code = code.as_deref().unwrap_or_default();
+    let is = |table: &[&str]| table.contains(&code);
+    if let Some(err) = map_known_code(code, ctx) {
+        err
+    } else if is(SERVER) || sender_fault == &Some(false) {
+        provider_err(failure, op, RetryClass::Transient)
+    } else if is(INVALID_PARAMETER) {
+        match hint {
+            Hint::Receipt => lock_lost(ctx),
+            Hint::TooLarge if is_send(op) => too_large(ctx),
+            _ if is_send(op) => QueueError::InvalidMessage {
+                provider: PROVIDER,
+                reason: match hint {
+                    Hint::Attributes => format!("SQS rejected the message attributes ({code})"),
+                    _ => format!("SQS rejected a message parameter ({code})"),
+                },
+            },
+            _ => provider_err(failure, op, RetryClass::Permanent),
         }
+    } else {
+        map_status(failure, *status, code, op)
+    }
+}
+
+/// Codes with one meaning whatever the operation.
+fn map_known_code(code: &str, ctx: Ctx<'_>) -> Option<QueueError> {
+    let op = ctx.operation;
+    let is = |table: &[&str]| table.contains(&code);
+    let auth = |kind, detail| QueueError::Auth {
+        provider: PROVIDER,
+        operation: op,
+        kind,
+        detail,
+    };
+    Some(if is(THROTTLING) {
+        throttled(op)
+    } else if is(NOT_FOUND) {
+        QueueError::QueueNotFound {
+            provider: PROVIDER,
+            queue: ctx.queue.to_owned(),
+            operation: op,
+        }
+    } else if is(AUTHORIZATION) {
+        auth(
+            AuthFailure::Authorization,
+            format!("SQS denied the call ({code}); check the IAM policy"),
+        )
+    } else if is(AUTHENTICATION) {
+        auth(
+            AuthFailure::Authentication,
+            format!("SQS rejected the credentials ({code})"),
+        )
+    } else if is(LOCK_LOST) {
+        lock_lost(ctx)
+    } else if is(TOO_LARGE) {
+        too_large(ctx)
+    } else if is(BAD_MESSAGE) {
+        QueueError::InvalidMessage {
+            provider: PROVIDER,
+            reason: format!("SQS rejected the message ({code})"),
+        }
+    } else if is(UNSUPPORTED) {
+        QueueError::Unsupported {
+            provider: PROVIDER,
+            operation: op,
+        }
+    } else {
+        return None;
+    })
+}
+
+/// An unknown code: the HTTP status decides.
+fn map_status(failure: &Failure, status: Option<u16>, code: &str, op: &'static str) -> QueueError {
+    let auth = |kind, detail| QueueError::Auth {
+        provider: PROVIDER,
+        operation: op,
+        kind,
+        detail,
+    };
+    match status {
+        Some(429) => throttled(op),
+        Some(401) => auth(
+            AuthFailure::Authentication,
+            format!("SQS answered 401 ({code})"),
+        ),
+        Some(403) => auth(
+            AuthFailure::Authorization,
+            format!("SQS answered 403 ({code})"),
+        ),
+        Some(s) if s >= 500 => provider_err(failure, op, RetryClass::Transient),
+        _ => provider_err(failure, op, RetryClass::Permanent),
     }
 }
 
