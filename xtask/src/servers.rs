@@ -6,14 +6,18 @@
 //!    answers HTTP, for the SQS provider's tests (`QUEUE_TEST_SQS_ENDPOINT`).
 //! 3. `cargo test --workspace --all-features --no-fail-fast` with the endpoint, dummy AWS credentials and
 //!    `QUEUE_TEST_PYTHON` (the venv's Python with `azure-servicebus`, which the Service Bus
-//!    emulator's tests use to drive the emulator they start in-process).
+//!    emulator's tests use to drive the emulator they start in-process), `QUEUE_TEST_NODE_DIR`
+//!    (`<target-dir>/js-sdk`, where `npm ci` installed the JavaScript SDK pinned by
+//!    `crates/servicebus-emulator/tests/js/package-lock.json`, for the scenarios that drive
+//!    the emulator binary) and `QUEUE_TEST_SDK_SUMMARY` (the file those scenarios report
+//!    to; printed after the tests as the SDKs' pass counts).
 //! 4. moto is stopped afterwards, also when the tests fail. moto runs under a small Python
 //!    watchdog that stops it when its stdin closes, which happens when xtask exits for any
 //!    reason (including Ctrl-C or a kill), so no server outlives the run.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -95,6 +99,20 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
         redis.url(),
         redis.pid()
     );
+    let js_sdk = ensure_js_sdk(&target)?;
+    // One file per run: several `cargo xtask test` runs may share a target dir.
+    let sdk_summary = target
+        .join("xtask")
+        .join(format!("sdk-scenarios-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&sdk_summary);
+    cargo.env("QUEUE_TEST_SDK_SUMMARY", &sdk_summary);
+    if let Some(dir) = &js_sdk {
+        println!(
+            "  Service Bus: the emulator's tests also run its binary under the official JavaScript SDK from {}",
+            dir.display()
+        );
+        cargo.env("QUEUE_TEST_NODE_DIR", dir);
+    }
     cargo
         .env("QUEUE_TEST_REDIS_URL", redis.url())
         .env("QUEUE_TEST_SQS_ENDPOINT", &endpoint)
@@ -112,7 +130,94 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
     let result = ctx.run(&mut cargo);
     moto.stop();
     redis.stop();
+    print_sdk_summary(&sdk_summary);
+    let _ = std::fs::remove_file(&sdk_summary);
     result
+}
+
+/// The official JavaScript SDK's pinned packages (`npm ci` installs exactly the lock).
+const JS_PACKAGE: &str = include_str!("../../crates/servicebus-emulator/tests/js/package.json");
+const JS_LOCK: &str = include_str!("../../crates/servicebus-emulator/tests/js/package-lock.json");
+
+/// Installs `@azure/service-bus` (pinned by the emulator's package-lock.json) into
+/// `<target>/js-sdk` with `npm ci`, once (again only when the lock changes). Without Node
+/// and npm this is a skip note, except under `CI`, where it fails.
+fn ensure_js_sdk(target: &Path) -> Result<Option<PathBuf>, Failure> {
+    let dir = target.join("js-sdk");
+    let stamp = dir.join("xtask-package-lock.json");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == JS_LOCK)
+        && dir
+            .join("node_modules/@azure/service-bus/package.json")
+            .exists()
+    {
+        println!("test: reusing the JavaScript SDK in {}", dir.display());
+        return Ok(Some(dir));
+    }
+    let npm_ok = Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !npm_ok {
+        let why = "npm (Node 20+) is not installed: the JavaScript SDK scenarios cannot run";
+        if std::env::var_os("CI").is_some() {
+            return Err(Failure::new(why));
+        }
+        println!("test: {why}; they skip");
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
+    for (name, text) in [("package.json", JS_PACKAGE), ("package-lock.json", JS_LOCK)] {
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| Failure::new(format!("cannot write {}: {e}", dir.join(name).display())))?;
+    }
+    println!(
+        "test: installing @azure/service-bus into {} (from the npm registry; first run only)",
+        dir.display()
+    );
+    let started = Instant::now();
+    let mut npm = Command::new("npm");
+    npm.args([
+        "ci",
+        "--no-audit",
+        "--no-fund",
+        "--ignore-scripts",
+        "--loglevel=error",
+    ])
+    .current_dir(&dir);
+    let out = npm
+        .output()
+        .map_err(|e| Failure::new(format!("could not run `{}`: {e}", cmd::display(&npm))))?;
+    if !out.status.success() {
+        return Err(Failure::new(format!(
+            "`npm ci` in {} failed (it needs to reach the npm registry):\n{}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    std::fs::write(&stamp, JS_LOCK)
+        .map_err(|e| Failure::new(format!("cannot write {}: {e}", stamp.display())))?;
+    println!(
+        "test: JavaScript SDK installed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Some(dir))
+}
+
+/// Prints what the official-SDK scenarios reported (pass counts per SDK and transport).
+fn print_sdk_summary(path: &Path) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    let passed = lines.iter().filter(|l| l.ends_with(": passed")).count();
+    cmd::section("test: official Service Bus SDK scenarios against the emulator");
+    for l in &lines {
+        println!("  {l}");
+    }
+    println!("  ({passed} of {} runs green)", lines.len());
 }
 
 /// Creates or reuses `<target>/test-venv` with the packages of `requirements-test.txt`.
@@ -285,6 +390,26 @@ mod tests {
             !http_answers(free_port().expect("port")),
             "nothing listening"
         );
+    }
+
+    #[test]
+    fn javascript_sdk_is_pinned_exactly() {
+        // Every dependency of package.json names one exact version (no ^, ~, ranges).
+        let deps = JS_PACKAGE
+            .split("\"dependencies\"")
+            .nth(1)
+            .and_then(|d| d.split('}').next())
+            .expect("dependencies");
+        assert!(deps.contains("\"@azure/service-bus\": \""), "{deps}");
+        for line in deps.lines().skip(1).filter(|l| l.contains(':')) {
+            let version = line.rsplit(':').next().unwrap_or_default();
+            let version = version.trim().trim_end_matches(',').trim_matches('"');
+            assert!(
+                !version.is_empty() && version.chars().all(|c| c.is_ascii_digit() || c == '.'),
+                "not pinned: {line}"
+            );
+        }
+        assert!(JS_LOCK.contains("\"node_modules/@azure/service-bus\""));
     }
 
     #[test]

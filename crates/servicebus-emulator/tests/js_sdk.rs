@@ -185,14 +185,18 @@ async fn run(mode: Mode) {
         count(&tap, "cancelled").unwrap_or(0),
     );
     let total = count(&tap, "tests").unwrap_or(0);
-    let line = format!("@azure/service-bus over {mode:?}: {pass}/{total} scenarios passed");
+    let green = out.status.success() && fail == 0 && cancelled == 0 && pass > 0 && pass == total;
+    let verdict = if green { "passed" } else { "FAILED" };
+    let line = format!(
+        "@azure/service-bus scenarios.test.mjs over {mode:?}: {pass}/{total} scenarios: {verdict}"
+    );
     report(&line);
     #[allow(clippy::print_stderr)]
     {
         eprintln!("{line}");
     }
     assert!(
-        out.status.success() && fail == 0 && cancelled == 0 && pass > 0 && pass == total,
+        green,
         "{line}\n--- stdout\n{tap}\n--- stderr\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
