@@ -1,18 +1,109 @@
-//! Throughput of queue-azure against the official Python SDK doing the same work (send a
-//! batch of messages, receive and complete them all) against the same in-process emulator,
-//! in the same run. The Python side runs only when `QUEUE_TEST_PYTHON` names a Python with
-//! `azure-servicebus`; compare the two lines of the `send_receive_complete` group.
+//! Throughput of queue-azure against the official Python SDK doing the same work against
+//! the same in-process emulator, in the same run. The Python side runs only when
+//! `QUEUE_TEST_PYTHON` names a Python with `azure-servicebus` (`cargo xtask test` sets one
+//! up); compare the lines of each group.
+//!
+//! - `receive_complete_1k`: per iteration, send 100 messages of 1 KiB in one batch, then
+//!   receive and complete them all. `queue_azure` completes one message after the other,
+//!   as the Python SDK does; `queue_azure_concurrent` completes each received batch
+//!   concurrently (as the runtime's processor does), so the completions are coalesced.
+//! - `sessions_20x50`: per iteration, 20 sessions of 50 messages of 1 KiB each: send, then
+//!   accept each session in turn, receive and complete its messages.
 
 use std::{path::PathBuf, time::Duration};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use queue_azure::ServiceBusProvider;
-use queue_core::{Message, QueueName, QueueProvider, ReceiveOptions};
+use queue_core::{
+    Message, QueueName, QueueProvider, ReceiveOptions, ReceivedMessage, SessionId, SessionSelector,
+};
 use servicebus_emulator::{Emulator, EmulatorConfig, QueueConfig};
 
 const N: usize = 100;
 const SIZE: usize = 1024;
+const SESSIONS: usize = 20;
+const PER_SESSION: usize = 50;
 const KEY: &str = "bench-key";
+
+async fn complete_all(p: &ServiceBusProvider, msgs: &[ReceivedMessage], concurrent: bool) {
+    if concurrent {
+        let done = futures::future::join_all(msgs.iter().map(|m| p.complete(&m.receipt))).await;
+        done.into_iter().for_each(|r| r.expect("complete"));
+    } else {
+        for m in msgs {
+            p.complete(&m.receipt).await.expect("complete");
+        }
+    }
+}
+
+async fn plain_round(p: &ServiceBusProvider, queue: &QueueName, concurrent: bool) {
+    let batch = (0..N).map(|_| Message::new(vec![b'x'; SIZE])).collect();
+    p.send_batch(queue, batch).await.expect("send");
+    let mut got = 0;
+    while got < N {
+        let msgs = p
+            .receive(queue, ReceiveOptions::new(N - got, Duration::from_secs(5)))
+            .await
+            .expect("receive");
+        assert!(!msgs.is_empty(), "stalled at {got}");
+        complete_all(p, &msgs, concurrent).await;
+        got += msgs.len();
+    }
+}
+
+async fn sessions_round(p: &ServiceBusProvider, queue: &QueueName, round: u64) {
+    for s in 0..SESSIONS {
+        let sid = SessionId::new(format!("rs-{round}-{s}")).expect("session id");
+        let batch = (0..PER_SESSION)
+            .map(|_| Message::new(vec![b'x'; SIZE]).with_session_id(sid.clone()))
+            .collect();
+        p.send_batch(queue, batch).await.expect("send");
+    }
+    for _ in 0..SESSIONS {
+        let r = p
+            .accept_session(queue, SessionSelector::Next, Duration::from_secs(5))
+            .await
+            .expect("accept")
+            .expect("a session");
+        let mut got = 0;
+        while got < PER_SESSION {
+            let msgs = r
+                .receive(ReceiveOptions::new(
+                    PER_SESSION - got,
+                    Duration::from_secs(5),
+                ))
+                .await
+                .expect("receive");
+            assert!(!msgs.is_empty(), "stalled at {got}");
+            let done = futures::future::join_all(msgs.iter().map(|m| r.complete(&m.receipt))).await;
+            done.into_iter().for_each(|d| d.expect("complete"));
+            got += msgs.len();
+        }
+        r.close().await.expect("close");
+    }
+}
+
+/// Runs a Python SDK script and returns the seconds it reports.
+fn python(py: &str, script: &str, args: &[String]) -> Duration {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("benches")
+        .join(script);
+    let out = std::process::Command::new(py)
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secs: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("seconds");
+    Duration::from_secs_f64(secs)
+}
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -21,10 +112,13 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let emu = rt.block_on(async {
+        let sessions = || QueueConfig::new().with_requires_session(true);
         let cfg = EmulatorConfig::new()
             .with_key("RootManageSharedAccessKey", KEY)
             .with_queue("rust", QueueConfig::new())
-            .with_queue("python", QueueConfig::new());
+            .with_queue("python", QueueConfig::new())
+            .with_queue("rust-sessions", sessions())
+            .with_queue("python-sessions", sessions());
         Emulator::start(cfg, "127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("emulator")
@@ -35,71 +129,84 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("provider");
     let queue = QueueName::new("rust").expect("name");
+    let squeue = QueueName::new("rust-sessions").expect("name");
     rt.block_on(provider.check_access(&queue)).expect("access");
+    let py = std::env::var("QUEUE_TEST_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty());
 
-    let mut group = c.benchmark_group("send_receive_complete");
+    let mut group = c.benchmark_group("receive_complete_1k");
     group.throughput(Throughput::Elements(N as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
+    for (name, concurrent) in [("queue_azure", false), ("queue_azure_concurrent", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        plain_round(&provider, &queue, concurrent).await;
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
+    if let Some(py) = &py {
+        group.bench_function("python_sdk", |b| {
+            b.iter_custom(|iters| {
+                let args = [
+                    &conn,
+                    "python",
+                    &iters.to_string(),
+                    &N.to_string(),
+                    &SIZE.to_string(),
+                ];
+                python(py, "bench_sdk.py", &args.map(|a| a.to_string()))
+            });
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("sessions_20x50");
+    group.throughput(Throughput::Elements((SESSIONS * PER_SESSION) as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(15));
+    let mut round = 0u64;
     group.bench_function("queue_azure", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
-                    let batch = (0..N).map(|_| Message::new(vec![b'x'; SIZE])).collect();
-                    provider.send_batch(&queue, batch).await.expect("send");
-                    let mut got = 0;
-                    while got < N {
-                        let msgs = provider
-                            .receive(&queue, ReceiveOptions::new(N - got, Duration::from_secs(5)))
-                            .await
-                            .expect("receive");
-                        assert!(!msgs.is_empty(), "stalled at {got}");
-                        for m in &msgs {
-                            provider.complete(&m.receipt).await.expect("complete");
-                        }
-                        got += msgs.len();
-                    }
+                    round += 1;
+                    sessions_round(&provider, &squeue, round).await;
                 }
                 start.elapsed()
             })
         });
     });
-    match std::env::var("QUEUE_TEST_PYTHON") {
-        Ok(py) if !py.is_empty() => {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/bench_sdk.py");
-            group.bench_function("python_sdk", |b| {
-                b.iter_custom(|iters| {
-                    let out = std::process::Command::new(&py)
-                        .arg(&script)
-                        .arg(&conn)
-                        .arg("python")
-                        .arg(iters.to_string())
-                        .arg(N.to_string())
-                        .arg(SIZE.to_string())
-                        .output()
-                        .expect("run python");
-                    assert!(
-                        out.status.success(),
-                        "bench_sdk.py failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    let secs: f64 = String::from_utf8_lossy(&out.stdout)
-                        .trim()
-                        .parse()
-                        .expect("seconds");
-                    Duration::from_secs_f64(secs)
-                });
+    if let Some(py) = &py {
+        group.bench_function("python_sdk", |b| {
+            b.iter_custom(|iters| {
+                let args = [
+                    conn.clone(),
+                    "python-sessions".to_owned(),
+                    iters.to_string(),
+                    SESSIONS.to_string(),
+                    PER_SESSION.to_string(),
+                    SIZE.to_string(),
+                ];
+                python(py, "bench_sdk_sessions.py", &args)
             });
-        }
-        _ => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("python_sdk baseline skipped: QUEUE_TEST_PYTHON is not set");
-            }
-        }
+        });
     }
     group.finish();
+    if py.is_none() {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("python_sdk baselines skipped: QUEUE_TEST_PYTHON is not set");
+        }
+    }
     drop(emu);
 }
 

@@ -10,6 +10,7 @@ mod error;
 mod guard;
 mod provider;
 mod session;
+mod settle;
 mod transport;
 mod wire;
 mod ws;

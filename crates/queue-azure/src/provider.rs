@@ -26,10 +26,13 @@ use crate::{
     convert::{self, encoded_len, from_amqp, lock_token, system_time, to_amqp},
     error::{Ctx, Failure, PROVIDER, map_failure},
     session::ServiceBusSessionReceiver,
+    settle::{Coalescer, Group},
 };
 
 /// After the first message of a receive arrives, how long to wait for more.
 const GATHER: Duration = Duration::from_millis(20);
+/// Scheduler turns spent collecting deliveries that arrived after a drain.
+const STRAGGLER_TURNS: usize = 4;
 /// How many times a send is tried when it fails with a transient error.
 const SEND_ATTEMPTS: u32 = 3;
 /// First pause before a send is retried; it doubles up to [`SEND_RETRY_MAX`].
@@ -59,6 +62,7 @@ pub(crate) struct LockEntry {
 
 pub(crate) struct Shared {
     pub(crate) amqp: Arc<Amqp>,
+    settler: Arc<Coalescer>,
     locks: Mutex<HashMap<uuid::Uuid, LockEntry>>,
 }
 
@@ -146,7 +150,7 @@ impl ServiceBusProviderBuilder {
     }
 }
 
-fn uuid_value(u: uuid::Uuid) -> Value {
+pub(crate) fn uuid_value(u: uuid::Uuid) -> Value {
     Value::Uuid(fe2o3_amqp::types::primitives::Uuid::from(*u.as_bytes()))
 }
 
@@ -165,6 +169,7 @@ impl ServiceBusProvider {
         Self {
             shared: Arc::new(Shared {
                 amqp: Amqp::new(config),
+                settler: Arc::default(),
                 locks: Mutex::new(HashMap::new()),
             }),
         }
@@ -519,6 +524,37 @@ impl Shared {
         Ok(got)
     }
 
+    /// Deliveries that reached `link` after a receive gave up and drained its credit:
+    /// called once a round trip on the same connection has completed after the drain, so
+    /// whatever the broker sent before answering is in (or about to reach) the link buffer.
+    /// The few scheduler turns let fe2o3's session task hand those over.
+    pub(crate) async fn stragglers(
+        &self,
+        link: &Arc<ReceiverLink>,
+        queue: &QueueName,
+        session: &SessionId,
+        max: usize,
+    ) -> Result<Vec<ReceivedMessage>, Failure> {
+        let mut guard = link.receiver.lock().await;
+        let Some(r) = guard.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut got = Vec::new();
+        for _ in 0..STRAGGLER_TURNS {
+            while got.len() < max {
+                match poll_once(r.recv::<Body<Value>>()).await {
+                    None => break,
+                    Some(Ok(d)) => {
+                        self.admit(link, queue.as_str(), queue, Some(session), d, &mut got)
+                    }
+                    Some(Err(e)) => return Err(recv_failure(&e)),
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(got)
+    }
+
     fn admit(
         &self,
         link: &Arc<ReceiverLink>,
@@ -607,44 +643,62 @@ impl Shared {
         // `update-disposition`, so `Ok` is the broker's verdict. A disposition on the receive
         // link would be faster, but fe2o3-amqp 0.18 returns as soon as the frame is queued
         // and offers no way to await the broker's settling reply: a completion lost with the
-        // connection would still be reported done.
+        // connection would still be reported done. Completions and abandons are coalesced
+        // (see `settle`); dead-letterings carry their own reason and go alone.
+        let status = match how {
+            Disposition::Complete => "completed",
+            Disposition::Abandon => "abandoned",
+            Disposition::DeadLetter(r) => {
+                return self
+                    .dead_letter_now(&entity, token, r, session, associated)
+                    .await
+                    .map_err(|f| map_failure(f, ctx));
+            }
+        };
+        let group = Group {
+            entity,
+            status,
+            session,
+            associated_link: associated,
+        };
+        self.settler
+            .settle(&self.amqp, group, token)
+            .await
+            .map_err(|f| map_failure(f, ctx))
+    }
+
+    async fn dead_letter_now(
+        &self,
+        entity: &str,
+        token: uuid::Uuid,
+        reason: &DeadLetterReason,
+        session: Option<String>,
+        associated: Option<String>,
+    ) -> Result<(), Failure> {
         let mut body = vec![
-            (
-                "disposition-status",
-                Value::String(
-                    match how {
-                        Disposition::Complete => "completed",
-                        Disposition::Abandon => "abandoned",
-                        Disposition::DeadLetter(_) => "suspended",
-                    }
-                    .into(),
-                ),
-            ),
+            ("disposition-status", Value::String("suspended".into())),
             (
                 "lock-tokens",
                 Value::Array(Array::from(vec![uuid_value(token)])),
             ),
-        ];
-        if let Disposition::DeadLetter(r) = how {
-            body.push(("deadletter-reason", Value::String(r.reason.clone())));
-            body.push((
+            ("deadletter-reason", Value::String(reason.reason.clone())),
+            (
                 "deadletter-description",
-                Value::String(r.description.clone()),
-            ));
-        }
-        if let Some(s) = &session {
-            body.push(("session-id", Value::String(s.clone())));
+                Value::String(reason.description.clone()),
+            ),
+        ];
+        if let Some(s) = session {
+            body.push(("session-id", Value::String(s)));
         }
         self.amqp
             .manage(
-                &entity,
+                entity,
                 "com.microsoft:update-disposition",
                 body,
                 associated.as_deref(),
             )
             .await
             .map(|_| ())
-            .map_err(|f| map_failure(f, ctx))
     }
 
     pub(crate) async fn manage_ctx(

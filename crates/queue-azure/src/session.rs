@@ -219,6 +219,23 @@ impl SessionReceiver for ServiceBusSessionReceiver {
         )
         .await
         .unwrap_or(Err(Failure::Timeout(options.wait)));
+        let res = match res {
+            // Nothing came in time: the credit was drained, but a delivery the broker sent
+            // before it saw the drain may still be on its way. A session lock renewal is a
+            // round trip on the same connection (and keeps the lock fresh): once it is
+            // answered, such a delivery has arrived, and it is returned rather than left in
+            // the link buffer to be released unhandled when the session is closed.
+            Ok(v) if v.is_empty() => {
+                self.renew().await?;
+                let max = options
+                    .max_messages
+                    .clamp(1, self.shared.amqp.cfg.max_batch_size);
+                self.shared
+                    .stragglers(&self.link, &self.queue, &self.session, max)
+                    .await
+            }
+            other => other,
+        };
         res.map_err(|f| {
             self.shared.amqp.note_failure(&self.live, &f);
             let f = match f {

@@ -2,11 +2,13 @@
 //! `QUEUE_TEST_SERVICEBUS_CONNECTION_STRING` (a SAS connection string) and
 //! `QUEUE_TEST_SERVICEBUS_QUEUE` (an existing queue, without sessions), plus optionally
 //! `QUEUE_TEST_SERVICEBUS_SESSION_QUEUE` (an existing session queue). Unset: the test says
-//! so and passes, also in CI (CI has no cloud namespace).
+//! so and passes, also in CI (CI has no cloud namespace). The round trip runs twice: over
+//! AMQP with TLS on port 5671, and over AMQP over WebSockets (TLS, port 443), with the
+//! public web PKI roots and host-name validation, exactly as in production.
 
 use std::time::Duration;
 
-use queue_azure::ServiceBusProvider;
+use queue_azure::{ServiceBusProvider, Transport};
 use queue_core::{Message, QueueName, QueueProvider, ReceiveOptions, SessionId, SessionSelector};
 
 fn var(name: &str) -> Option<String> {
@@ -28,11 +30,19 @@ async fn live_namespace_round_trip() {
         }
         return;
     };
-    let p = ServiceBusProvider::builder()
-        .with_connection_string(&conn)
-        .build()
-        .expect("connection string");
-    let queue = QueueName::new(&queue).unwrap();
+    for transport in [Transport::Amqp, Transport::AmqpWebSockets] {
+        let p = ServiceBusProvider::builder()
+            .with_connection_string(&conn)
+            .with_transport(transport)
+            .build()
+            .expect("connection string");
+        round_trip(&p, &queue).await;
+        p.close().await;
+    }
+}
+
+async fn round_trip(p: &ServiceBusProvider, queue: &str) {
+    let queue = QueueName::new(queue).unwrap();
     p.check_access(&queue).await.expect("check_access");
     let marker = format!("live-{}", uuid::Uuid::new_v4());
     p.send(&queue, Message::new(marker.clone())).await.unwrap();
