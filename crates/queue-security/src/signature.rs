@@ -399,6 +399,17 @@ fn envelope_text(
     text
 }
 
+/// The replay nonce of a MAC: 32 hex digits of SHA-256 over it (one allocation, the
+/// `String` itself).
+fn replay_nonce(mac: &[u8; 32]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, mac);
+    let mut hex = [0u8; 32];
+    hex::encode_to_slice(&digest.as_ref()[..16], &mut hex).expect("32 digits for 16 bytes");
+    std::str::from_utf8(&hex)
+        .expect("hex digits are ASCII")
+        .to_owned()
+}
+
 /// Milliseconds since the Unix epoch (0 for earlier times).
 pub(crate) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
@@ -675,9 +686,7 @@ impl SignatureVerifier {
             signed_at: from_unix_ms(envelope.signed_at_ms),
             not_before: envelope.not_before_ms.map(from_unix_ms),
             covered_attributes: envelope.covered,
-            nonce: hex::encode(
-                &ring::digest::digest(&ring::digest::SHA256, &envelope.mac).as_ref()[..16],
-            ),
+            nonce: replay_nonce(&envelope.mac),
         })
     }
 
