@@ -232,7 +232,7 @@ async fn check(
 
 fn capability_table(provider: &DynQueueProvider) -> Table {
     let c = provider.capabilities();
-    let mut table = Table::new();
+    let mut table = new_table();
     table.set_header(["capability", "value"]);
     let sessions = match c.sessions {
         SessionSupport::Locked => "locked sessions",
@@ -246,6 +246,12 @@ fn capability_table(provider: &DynQueueProvider) -> Table {
     table.add_row(["dead-letter queue", yes_no(c.native_dead_letter)]);
     table.add_row(["duplicate detection", yes_no(c.duplicate_detection)]);
     table.add_row(["scheduled delivery", yes_no(c.scheduled_delivery)]);
+    table
+}
+
+fn new_table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED);
     table
 }
 
@@ -265,8 +271,7 @@ async fn stats(
     } else {
         letters.len().to_string()
     };
-    let mut table = Table::new();
-    table.set_header(["", ""]);
+    let mut table = new_table();
     table.add_row(["provider", provider.name()]);
     table.add_row(["queue", queue.as_str()]);
     table.add_row(["dead letters", &depth]);
@@ -336,7 +341,7 @@ async fn release(provider: &DynQueueProvider, messages: &[ReceivedMessage]) {
 }
 
 fn letter_table(letters: &[ReceivedMessage]) -> Table {
-    let mut table = Table::new();
+    let mut table = new_table();
     table.set_header(["message id", "session", "reason", "deliveries", "bytes"]);
     for m in letters {
         let reason = m.dead_letter.as_ref().map_or("-", |r| r.reason.as_str());
