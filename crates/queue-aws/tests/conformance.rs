@@ -6,6 +6,12 @@
 //!
 //! SQS has no session lock (`SessionSupport::Grouped`), so the session-lock cases skip
 //! themselves; the ordering cases run on FIFO queues through the plain receive.
+//!
+//! moto departure seen here: moto 5.2.5 de-duplicates a FIFO send only against messages
+//! still in the queue, while real SQS drops any repeat of a `MessageDeduplicationId` for five
+//! minutes, deleted or not. So on moto a redrive under the original id would still arrive;
+//! `redrive_is_not_dropped_by_duplicate_detection` therefore also asserts that the redriven
+//! id differs from the original, which holds on moto and real SQS alike.
 
 mod common;
 
