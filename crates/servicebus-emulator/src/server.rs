@@ -10,7 +10,7 @@ use std::{
 };
 
 use fe2o3_amqp_types::{
-    definitions::{DeliveryTag, ErrorCondition, Handle, Role, SenderSettleMode},
+    definitions::{DeliveryTag, ErrorCondition, Fields, Handle, Role, SenderSettleMode},
     messaging::{
         Accepted, AmqpValue, Body, Data, DeliveryState, Header, Message, MessageAnnotations,
         Properties, Rejected,
@@ -453,6 +453,46 @@ fn session_wait(attach: &Attach) -> Duration {
     Duration::from_millis(ms.min(600_000))
 }
 
+/// The address a link names (target for a client sender, source for a client receiver)
+/// and, for a receiver, its target address (where `$cbs`/`$management` replies go).
+fn link_addresses(attach: &Attach) -> (String, Option<String>) {
+    let target = attach.target.as_ref().and_then(|t| match t.as_ref() {
+        fe2o3_amqp_types::messaging::TargetArchetype::Target(t) => t.address.clone(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    });
+    if attach.role == Role::Sender {
+        return (target.unwrap_or_default(), None);
+    }
+    let source = attach.source.as_ref().and_then(|s| s.address.clone());
+    (source.unwrap_or_default(), target)
+}
+
+/// The refusal of a receiver whose kind does not match the entity, if it does not.
+fn kind_mismatch(
+    sessionful: bool,
+    has_filter: bool,
+    path: &str,
+) -> Option<fe2o3_amqp_types::definitions::Error> {
+    match (sessionful, has_filter) {
+        (true, false) => Some(error(
+            "amqp:not-allowed",
+            format!(
+                "The entity `{path}` requires sessions: a receiver without a session \
+                 filter (a non-sessionful receiver) cannot attach to it."
+            ),
+        )),
+        (false, true) => Some(error(
+            "amqp:not-allowed",
+            format!(
+                "The entity `{path}` does not require sessions: a sessionful receiver \
+                 (one with a session filter) cannot attach to it."
+            ),
+        )),
+        _ => None,
+    }
+}
+
 fn parse_address(addr: &str) -> String {
     let mut a = addr;
     if let Some(i) = a.find("://") {
@@ -688,31 +728,10 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_attach(&mut self, ch: u16, mut attach: Attach) -> Result<(), ConnError> {
-        let handle = attach.handle.0;
+    async fn on_attach(&mut self, ch: u16, attach: Attach) -> Result<(), ConnError> {
         let client_sends = attach.role == Role::Sender;
-        let (address, reply_to) = if client_sends {
-            let t = attach.target.as_ref().and_then(|t| match t.as_ref() {
-                fe2o3_amqp_types::messaging::TargetArchetype::Target(t) => t.address.clone(),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            });
-            (t.unwrap_or_default(), None)
-        } else {
-            let s = attach
-                .source
-                .as_ref()
-                .and_then(|s| s.address.clone())
-                .unwrap_or_default();
-            let t = attach.target.as_ref().and_then(|t| match t.as_ref() {
-                fe2o3_amqp_types::messaging::TargetArchetype::Target(t) => t.address.clone(),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            });
-            (s, t)
-        };
+        let (address, reply_to) = link_addresses(&attach);
         let path = parse_address(&address);
-        let mut properties = None;
         if path != "$cbs" && !self.authorized {
             let err = error(
                 "amqp:unauthorized-access",
@@ -720,24 +739,11 @@ impl Conn {
             );
             return self.refuse_attach(ch, attach, err).await;
         }
-        let kind = if path == "$cbs" || path.ends_with("/$management") || path == "$management" {
-            let node = if path == "$cbs" {
-                Node::Cbs
-            } else {
-                match entity_of(path.trim_end_matches("/$management")) {
-                    Some(e) if self.shared.broker.has_queue(&e.queue) => Node::Management(e),
-                    _ => {
-                        let err = error("amqp:not-found", format!("no entity at `{path}`"));
-                        return self.refuse_attach(ch, attach, err).await;
-                    }
-                }
-            };
-            if client_sends {
-                LinkKind::NodeIn { node }
-            } else {
-                LinkKind::NodeOut {
-                    pending: VecDeque::new(),
-                }
+        let is_node = path == "$cbs" || path.ends_with("/$management") || path == "$management";
+        let (kind, properties, attach) = if is_node {
+            match self.node_kind(&path, client_sends) {
+                Ok(kind) => (kind, None, attach),
+                Err(err) => return self.refuse_attach(ch, attach, err).await,
             }
         } else {
             let Some(entity) = entity_of(&path).filter(|e| self.shared.broker.has_queue(&e.queue))
@@ -753,109 +759,161 @@ impl Conn {
                     let err = error("amqp:not-allowed", "cannot send to a dead-letter queue");
                     return self.refuse_attach(ch, attach, err).await;
                 }
-                LinkKind::QueueIn {
-                    queue: entity.queue,
-                }
+                let queue = entity.queue;
+                (LinkKind::QueueIn { queue }, None, attach)
             } else {
-                let (owner, deadline) = match self.retrying.take() {
-                    Some((owner, deadline)) => (owner, Some(deadline)),
-                    None => {
-                        let owner = self.shared.next_owner.fetch_add(1, Ordering::Relaxed);
-                        self.owners.push(owner);
-                        (owner, None)
-                    }
-                };
-                let peek_lock = attach.snd_settle_mode != SenderSettleMode::Settled;
-                let cfg = self
-                    .shared
-                    .broker
-                    .queue_config(&entity.queue)
-                    .unwrap_or_default();
-                let filter = attach
-                    .source
-                    .as_ref()
-                    .and_then(|s| s.filter.as_ref())
-                    .and_then(|f| f.get(&Symbol::from(SESSION_FILTER)).cloned());
-                // Service Bus refuses a receiver whose kind does not match the entity, with
-                // `amqp:not-allowed` on the detach (the SDKs raise an invalid-operation
-                // error): only the main queue of an entity that requires sessions is
-                // sessionful, and a receiver there must name a session filter.
-                let sessionful = cfg.requires_session && entity.sub == SubQueue::Main;
-                if sessionful && filter.is_none() {
-                    let err = error(
-                        "amqp:not-allowed",
-                        format!(
-                            "The entity `{path}` requires sessions: a receiver without a \
-                             session filter (a non-sessionful receiver) cannot attach to it."
-                        ),
-                    );
-                    return self.refuse_attach(ch, attach, err).await;
-                }
-                if !sessionful && filter.is_some() {
-                    let err = error(
-                        "amqp:not-allowed",
-                        format!(
-                            "The entity `{path}` does not require sessions: a sessionful \
-                             receiver (one with a session filter) cannot attach to it."
-                        ),
-                    );
-                    return self.refuse_attach(ch, attach, err).await;
-                }
-                let mut session = None;
-                if sessionful {
-                    let wanted = match &filter {
-                        None | Some(Value::Null) => None,
-                        Some(v) => filter_string(v),
-                    };
-                    match self
-                        .shared
-                        .broker
-                        .accept_session(&entity.queue, wanted.as_deref(), owner)
-                    {
-                        Ok(lock) => {
-                            let ticks = unix_to_ticks(lock.locked_until);
-                            let mut props = OrderedMap::new();
-                            props.insert(Symbol::from(LOCKED_UNTIL_UTC), Value::Long(ticks));
-                            properties = Some(props);
-                            if let Some(src) = attach.source.as_mut() {
-                                let set = src.filter.get_or_insert_with(OrderedMap::new);
-                                set.insert(
-                                    Symbol::from(SESSION_FILTER),
-                                    Value::String(lock.session_id.clone()),
-                                );
-                            }
-                            session = Some(lock.session_id);
-                        }
-                        // "Next available" waits for a session, up to the client's
-                        // `com.microsoft:timeout` (60 s when it names none).
-                        Err(EmulatorError::NoSessionAvailable) if wanted.is_none() => {
-                            let deadline =
-                                deadline.unwrap_or_else(|| Instant::now() + session_wait(&attach));
-                            if Instant::now() < deadline {
-                                self.pending.push(PendingAttach {
-                                    ch,
-                                    attach,
-                                    deadline,
-                                    owner,
-                                });
-                                return Ok(());
-                            }
-                            let e = EmulatorError::NoSessionAvailable;
-                            return self.refuse_attach(ch, attach, broker_error(&e)).await;
-                        }
-                        Err(e) => {
-                            return self.refuse_attach(ch, attach, broker_error(&e)).await;
-                        }
-                    }
-                }
-                LinkKind::QueueOut {
-                    entity,
-                    session,
-                    peek_lock,
-                    owner,
+                match self.receiver_kind(ch, attach, entity, &path).await? {
+                    Some(accepted) => accepted,
+                    // Refused, or waiting for a session.
+                    None => return Ok(()),
                 }
             }
         };
+        self.accept_attach(ch, attach, kind, properties, path, reply_to)
+            .await
+    }
+
+    /// The link kind of a `$cbs` or `$management` node link, or why it is refused.
+    fn node_kind(
+        &self,
+        path: &str,
+        client_sends: bool,
+    ) -> Result<LinkKind, fe2o3_amqp_types::definitions::Error> {
+        let node = if path == "$cbs" {
+            Node::Cbs
+        } else {
+            match entity_of(path.trim_end_matches("/$management")) {
+                Some(e) if self.shared.broker.has_queue(&e.queue) => Node::Management(e),
+                _ => return Err(error("amqp:not-found", format!("no entity at `{path}`"))),
+            }
+        };
+        Ok(if client_sends {
+            LinkKind::NodeIn { node }
+        } else {
+            LinkKind::NodeOut {
+                pending: VecDeque::new(),
+            }
+        })
+    }
+
+    /// Sets up a receiver on a queue: checks its kind against the entity and, on a
+    /// session queue, locks a session. `None` when the attach was refused or is waiting
+    /// for a session (next available).
+    async fn receiver_kind(
+        &mut self,
+        ch: u16,
+        mut attach: Attach,
+        entity: EntityRef,
+        path: &str,
+    ) -> Result<Option<(LinkKind, Option<Fields>, Attach)>, ConnError> {
+        let (owner, deadline) = match self.retrying.take() {
+            Some((owner, deadline)) => (owner, Some(deadline)),
+            None => {
+                let owner = self.shared.next_owner.fetch_add(1, Ordering::Relaxed);
+                self.owners.push(owner);
+                (owner, None)
+            }
+        };
+        let peek_lock = attach.snd_settle_mode != SenderSettleMode::Settled;
+        let cfg = self
+            .shared
+            .broker
+            .queue_config(&entity.queue)
+            .unwrap_or_default();
+        let filter = attach
+            .source
+            .as_ref()
+            .and_then(|s| s.filter.as_ref())
+            .and_then(|f| f.get(&Symbol::from(SESSION_FILTER)).cloned());
+        // Service Bus refuses a receiver whose kind does not match the entity, with
+        // `amqp:not-allowed` on the detach (the SDKs raise an invalid-operation error):
+        // only the main queue of an entity that requires sessions is sessionful, and a
+        // receiver there must name a session filter.
+        let sessionful = cfg.requires_session && entity.sub == SubQueue::Main;
+        if let Some(err) = kind_mismatch(sessionful, filter.is_some(), path) {
+            self.refuse_attach(ch, attach, err).await?;
+            return Ok(None);
+        }
+        let mut session = None;
+        let mut properties = None;
+        if sessionful {
+            let wanted = match &filter {
+                None | Some(Value::Null) => None,
+                Some(v) => filter_string(v),
+            };
+            let locked = self
+                .shared
+                .broker
+                .accept_session(&entity.queue, wanted.as_deref(), owner);
+            match locked {
+                Ok(lock) => {
+                    let ticks = unix_to_ticks(lock.locked_until);
+                    let mut props = OrderedMap::new();
+                    props.insert(Symbol::from(LOCKED_UNTIL_UTC), Value::Long(ticks));
+                    properties = Some(props);
+                    if let Some(src) = attach.source.as_mut() {
+                        let set = src.filter.get_or_insert_with(OrderedMap::new);
+                        let sid = Value::String(lock.session_id.clone());
+                        set.insert(Symbol::from(SESSION_FILTER), sid);
+                    }
+                    session = Some(lock.session_id);
+                }
+                // "Next available" waits for a session, up to the client's
+                // `com.microsoft:timeout` (60 s when it names none).
+                Err(EmulatorError::NoSessionAvailable) if wanted.is_none() => {
+                    self.wait_for_session(ch, attach, owner, deadline).await?;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.refuse_attach(ch, attach, broker_error(&e)).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        let kind = LinkKind::QueueOut {
+            entity,
+            session,
+            peek_lock,
+            owner,
+        };
+        Ok(Some((kind, properties, attach)))
+    }
+
+    /// Parks a next-available session receiver until its deadline, or refuses it when the
+    /// deadline has passed.
+    async fn wait_for_session(
+        &mut self,
+        ch: u16,
+        attach: Attach,
+        owner: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), ConnError> {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + session_wait(&attach));
+        if Instant::now() < deadline {
+            self.pending.push(PendingAttach {
+                ch,
+                attach,
+                deadline,
+                owner,
+            });
+            return Ok(());
+        }
+        let e = EmulatorError::NoSessionAvailable;
+        self.refuse_attach(ch, attach, broker_error(&e)).await
+    }
+
+    /// Answers an accepted attach and registers the link (granting credit to senders).
+    async fn accept_attach(
+        &mut self,
+        ch: u16,
+        attach: Attach,
+        kind: LinkKind,
+        properties: Option<Fields>,
+        path: String,
+        reply_to: Option<String>,
+    ) -> Result<(), ConnError> {
+        let handle = attach.handle.0;
+        let client_sends = attach.role == Role::Sender;
         let presettle = attach.snd_settle_mode == SenderSettleMode::Settled;
         let reply = Attach {
             name: attach.name.clone(),
@@ -880,7 +938,7 @@ impl Conn {
         self.send(perf(ch, &reply)?).await?;
         let initial = attach.initial_delivery_count.unwrap_or(0);
         let link = Link {
-            name: attach.name.clone(),
+            name: attach.name,
             address: path,
             reply_to,
             kind,
