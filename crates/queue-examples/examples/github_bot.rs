@@ -101,6 +101,9 @@ fn load_config() -> Result<QueueRuntimeConfig, QueueError> {
 
 #[tokio::main]
 async fn main() -> Result<(), QueueError> {
+    // The one way to install a subscriber: SDK targets that log credentials stay capped and
+    // every line is redacted (docs/security.md, "Logs").
+    let _ = queue_runtime::telemetry::init_logging(queue_runtime::telemetry::LevelFilter::INFO);
     let config = load_config()?;
     let provider = build_provider(&config.provider).await?;
     let queue = config.queue_name()?;

@@ -51,6 +51,9 @@ fn pull_request(action: &str, number: u32) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The one way to install a subscriber: SDK targets that log credentials stay capped and
+    // every line is redacted (docs/security.md, "Logs").
+    let _ = queue_runtime::telemetry::init_logging(queue_runtime::telemetry::LevelFilter::INFO);
     let secret =
         std::env::var("GITHUB_WEBHOOK_SECRET").unwrap_or_else(|_| "demo-webhook-secret".to_owned());
     let ring = if std::env::var_os(DEFAULT_KEYS_ENV).is_some() {

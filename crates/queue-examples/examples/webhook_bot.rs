@@ -31,6 +31,9 @@ struct Event {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The one way to install a subscriber: SDK targets that log credentials stay capped and
+    // every line is redacted (docs/security.md, "Logs").
+    let _ = queue_runtime::telemetry::init_logging(queue_runtime::telemetry::LevelFilter::INFO);
     let file = std::env::args().nth(1).map(PathBuf::from);
     let config = QueueRuntimeConfig::load(file.as_deref())?;
     let bot: Bot = config.app()?;

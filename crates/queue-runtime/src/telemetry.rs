@@ -4,8 +4,26 @@
 //! them. Every metric carries the labels `queue` and `provider`; some add `outcome`,
 //! `operation`, `reason` or `kind`, all from small fixed sets. Message ids, session ids and
 //! bodies are never labels.
+//!
+//! Logs (feature `telemetry`): install the subscriber with `init_logging`, or compose
+//! `SecretGuard` and `redacting` into your own; either keeps the credentials that SDKs
+//! log at `DEBUG`/`TRACE` (AWS access keys and session tokens, SAS tokens, AMQP frames)
+//! out of the output, whatever level the rest of the subscriber allows.
 
 use std::time::Duration;
+
+#[cfg(feature = "telemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
+mod logs;
+#[cfg(feature = "telemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
+pub use logs::{
+    Redacting, RedactingWriter, SDK_TARGET_CAPS, SecretGuard, init as init_logging, redacting,
+};
+/// The level type [`init_logging`] takes (re-exported from `tracing-subscriber`).
+#[cfg(feature = "telemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
+pub use tracing_subscriber::filter::LevelFilter;
 
 use metrics::{Counter, Gauge, Histogram, Label};
 use queue_core::{QueueError, QueueName};
