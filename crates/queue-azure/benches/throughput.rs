@@ -9,6 +9,9 @@
 //!   concurrently (as the runtime's processor does), so the completions are coalesced.
 //! - `sessions_20x50`: per iteration, 20 sessions of 50 messages of 1 KiB each: send, then
 //!   accept each session in turn, receive and complete its messages.
+//! - `session_handoff`: 200 messages in one session, received one at a time and completed:
+//!   the time per message is the per-key hand-off latency of a consumer (receive N+1 after
+//!   N is settled).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -24,6 +27,7 @@ const SIZE: usize = 1024;
 const SESSIONS: usize = 20;
 const PER_SESSION: usize = 50;
 const KEY: &str = "bench-key";
+const HANDOFF: usize = 200;
 
 async fn complete_all(p: &ServiceBusProvider, msgs: &[ReceivedMessage], concurrent: bool) {
     if concurrent {
@@ -81,6 +85,35 @@ async fn sessions_round(p: &ServiceBusProvider, queue: &QueueName, round: u64) {
         }
         r.close().await.expect("close");
     }
+}
+
+/// Sends the hand-off session's messages (set-up, not timed).
+async fn handoff_fill(p: &ServiceBusProvider, queue: &QueueName, round: u64) -> SessionId {
+    let sid = SessionId::new(format!("handoff-{round}")).expect("session id");
+    let batch: Vec<Message> = (0..HANDOFF)
+        .map(|_| Message::new(vec![b'x'; SIZE]).with_session_id(sid.clone()))
+        .collect();
+    for chunk in batch.chunks(100) {
+        p.send_batch(queue, chunk.to_vec()).await.expect("send");
+    }
+    sid
+}
+
+/// Accepts the session and consumes it one message at a time.
+async fn handoff_drain(p: &ServiceBusProvider, queue: &QueueName, sid: SessionId) {
+    let r = p
+        .accept_session(queue, SessionSelector::Named(sid), Duration::from_secs(5))
+        .await
+        .expect("accept")
+        .expect("the session");
+    for _ in 0..HANDOFF {
+        let m = r
+            .receive(ReceiveOptions::new(1, Duration::from_secs(5)))
+            .await
+            .expect("receive");
+        r.complete(&m[0].receipt).await.expect("complete");
+    }
+    r.close().await.expect("close");
 }
 
 /// Runs a Python SDK script and returns the seconds it reports.
@@ -200,6 +233,26 @@ fn bench(c: &mut Criterion) {
             });
         });
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("session_handoff");
+    group.throughput(Throughput::Elements(HANDOFF as u64));
+    group.sample_size(10);
+    group.bench_function("queue_azure", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    round += 1;
+                    let sid = handoff_fill(&provider, &squeue, round).await;
+                    let start = std::time::Instant::now();
+                    handoff_drain(&provider, &squeue, sid).await;
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    });
     group.finish();
     if py.is_none() {
         #[allow(clippy::print_stderr)]
