@@ -1124,3 +1124,87 @@ fn pop_due<T: Ord + Clone>(
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn queue(spec: QueueSpec) -> (Queue, Clock) {
+        (Queue::new(QueueName::new("q").unwrap(), spec), Clock::new())
+    }
+
+    fn send(q: &mut Queue, clock: &Clock, message: Message) {
+        let now = clock.now();
+        q.sweep(now);
+        let prepared = q.prepare(message, usize::MAX).unwrap();
+        q.store(prepared, now, clock);
+    }
+
+    fn settle(q: &mut Queue, clock: &Clock, rm: &ReceivedMessage, how: Settle) {
+        let token = Token::parse(rm.receipt.token()).unwrap();
+        q.settle(token, how, clock.now()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settled_locks_do_not_pile_up_in_the_deadline_deque() {
+        let (mut q, clock) = queue(QueueSpec::default());
+        for i in 0..10_000 {
+            send(&mut q, &clock, Message::new(format!("{i}")));
+            let got = q.receive(Store::Active, 1, clock.now(), &clock);
+            settle(&mut q, &clock, &got[0], Settle::Complete);
+        }
+        assert_eq!(q.timers.live_locks, 0);
+        assert!(q.timers.locks.len() <= 64, "{}", q.timers.locks.len());
+        assert_eq!(q.active_len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_message_in_the_middle_of_the_fresh_deque_is_skipped() {
+        let (mut q, clock) = queue(QueueSpec::default());
+        send(&mut q, &clock, Message::new("a"));
+        send(
+            &mut q,
+            &clock,
+            Message::new("b").with_time_to_live(Duration::from_secs(1)),
+        );
+        send(&mut q, &clock, Message::new("c"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!q.sweep(clock.now()), "an expiry makes nothing available");
+        assert_eq!(q.active_len(), 2);
+        assert_eq!(q.ready.len(), 2);
+        let got = q.receive(Store::Active, 10, clock.now(), &clock);
+        let bodies: Vec<_> = got.iter().map(|m| m.body().clone()).collect();
+        assert_eq!(bodies, ["a", "c"]);
+        // An abandoned message comes back before later ones.
+        send(&mut q, &clock, Message::new("d"));
+        settle(&mut q, &clock, &got[1], Settle::Abandon { delay: None });
+        let again = q.receive(Store::Active, 10, clock.now(), &clock);
+        let bodies: Vec<_> = again.iter().map(|m| m.body().clone()).collect();
+        assert_eq!(bodies, ["c", "d"]);
+        assert_eq!(q.ready.len(), 0);
+    }
+
+    #[test]
+    fn tokens_round_trip_and_reject_other_spellings() {
+        let t = Token {
+            store: Store::Dead,
+            seq: Key { seq: 42, slot: 7 },
+            lock: u64::MAX,
+        };
+        let text = t.text();
+        let back = Token::parse(&text).unwrap();
+        assert_eq!((back.store, back.seq, back.lock), (t.store, t.seq, t.lock));
+        for bad in [
+            "",
+            "a",
+            "x.0000000000000001.00000000.0000000000000001",
+            &text[1..],
+        ] {
+            assert!(Token::parse(bad).is_none(), "{bad}");
+        }
+        let upper = text.to_uppercase();
+        assert!(Token::parse(&upper).is_none());
+    }
+}
