@@ -17,7 +17,24 @@
 //! ```
 //!
 //! The commands are plain functions over a provider ([`run`]), so tests and other tools can
-//! drive them in-process.
+//! drive them in-process:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), queue_cli::CliError> {
+//! use clap::Parser;
+//! use queue_runtime::{QueueName, QueueProvider, memory::InMemoryProvider};
+//!
+//! let provider = InMemoryProvider::new();
+//! let queue = QueueName::new("events")?;
+//! provider.create_queue(&queue, &Default::default()).await?;
+//! let cli = queue_cli::Cli::try_parse_from(["queue", "send", "--id", "evt-1"]).unwrap();
+//! let mut out = Vec::new();
+//! queue_cli::run(&cli.command, &provider, &queue, || Ok(b"{}".to_vec()), &mut out).await?;
+//! assert_eq!(String::from_utf8_lossy(&out), "sent evt-1 to `events`\n");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{io::Write, time::Duration};
 

@@ -6,6 +6,31 @@
 //! or `QUEUE_RUNTIME__PROVIDER__KIND=sqs`). Every value is checked by
 //! [`QueueRuntimeConfig::validate`], whose errors name the field. Durations are written as
 //! `"250ms"`, `"5s"`, `"2m"`, `"1h"` or a number of seconds.
+//!
+//! Errors name the key as written and, for files, `path:line:column`; the application's own
+//! settings live in the `app` table of the same file:
+//!
+//! ```
+//! use queue_runtime::{ConfigFormat, QueueError, QueueRuntimeConfig};
+//!
+//! let yaml = "queue: pull-requests\nprocessor:\n  max_concurrent_sessions: 4\napp:\n  greeting: hi\n";
+//! let cfg = QueueRuntimeConfig::from_str_as(yaml, ConfigFormat::Yaml)?;
+//! assert_eq!(cfg.processor.max_concurrent_sessions, 4);
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Bot { greeting: String }
+//! assert_eq!(cfg.app::<Bot>()?.greeting, "hi");
+//!
+//! let typo = QueueRuntimeConfig::from_toml_str("queue = \"q\"\n[processor]\nmax_sesions = 4\n");
+//! match typo {
+//!     Err(QueueError::Config { field, reason }) => {
+//!         assert_eq!(field, "processor.max_sesions");
+//!         assert!(reason.ends_with("(at <toml text>:3:1)"));
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok::<(), QueueError>(())
+//! ```
 
 use std::{collections::HashMap, fmt, path::Path, time::Duration};
 
