@@ -1081,6 +1081,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn release_keeps_the_count_abandon_raises_it_and_ids_are_assigned() {
+        let b = broker(QueueConfig::new());
+        b.send("q", vec![msg("a", None, None)]).unwrap();
+        let d = b.receive(&main("q"), None, 1, true).unwrap().unwrap();
+        let id = d
+            .message
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.clone());
+        assert!(id.is_some(), "the broker assigns a message id");
+        b.settle(d.lock_token, Settlement::Release).unwrap();
+        let d = b.receive(&main("q"), None, 1, true).unwrap().unwrap();
+        assert_eq!(d.delivery_count, 0, "released is not a delivery");
+        b.settle(d.lock_token, Settlement::Abandon { properties: vec![] })
+            .unwrap();
+        let d = b.receive(&main("q"), None, 1, true).unwrap().unwrap();
+        assert_eq!(d.delivery_count, 1, "abandon is");
+        let again = d
+            .message
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.clone());
+        assert_eq!(again, id, "the id is kept");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn lock_expiry_returns_the_message_with_a_higher_count() {
         let b = broker(QueueConfig::new().with_lock_duration(Duration::from_secs(10)));
         b.send("q", vec![msg("a", None, None)]).unwrap();
