@@ -111,26 +111,31 @@ async fn run_processor(t: &Target) -> (Duration, Vec<Span>) {
     (took, spans)
 }
 
-/// The baseline: bare accept / receive / complete / drained-check loops.
+/// The baseline: bare accept / receive / complete / drained-check loops, stopping as soon
+/// as every message is completed (no trailing accept wait).
 async fn run_bare(t: &Target) -> Duration {
     let started = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENT {
-        let (provider, queue) = (t.provider.clone(), t.queue.clone());
+        let (provider, queue, done) = (t.provider.clone(), t.queue.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let mut done = 0;
-            while let Some(s) = provider
-                .accept_session(&queue, SessionSelector::Next, Duration::from_millis(200))
-                .await
-                .unwrap()
-            {
+            use std::sync::atomic::Ordering::SeqCst;
+            while done.load(SeqCst) < MESSAGES {
+                let Some(s) = provider
+                    .accept_session(&queue, SessionSelector::Next, Duration::from_millis(5))
+                    .await
+                    .unwrap()
+                else {
+                    continue;
+                };
                 let mut batch = s
                     .receive(ReceiveOptions::new(1, Duration::from_millis(200)))
                     .await
                     .unwrap();
                 while let Some(m) = batch.pop() {
                     s.complete(&m.receipt).await.unwrap();
-                    done += 1;
+                    done.fetch_add(1, SeqCst);
                     batch = s
                         .receive_available(ReceiveOptions::new(1, Duration::from_millis(20)))
                         .await
@@ -138,14 +143,12 @@ async fn run_bare(t: &Target) -> Duration {
                 }
                 s.close().await.unwrap();
             }
-            done
         }));
     }
-    let mut total = 0;
     for t in tasks {
-        total += t.await.unwrap();
+        t.await.unwrap();
     }
-    assert_eq!(total, MESSAGES);
+    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), MESSAGES);
     started.elapsed()
 }
 

@@ -6,9 +6,8 @@
 mod common;
 
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -16,7 +15,7 @@ use std::{
 
 use queue_runtime::{
     CancellationToken, Message, Outcome, Processor, ProcessorSettings, QueueName, QueueSpec,
-    SessionId, SessionMode, SharedQueueProvider, handler_fn, processor::SHUTDOWN_GRACE,
+    SharedQueueProvider, handler_fn, processor::SHUTDOWN_GRACE,
 };
 
 /// A handler that never returns unless cancelled late: it ignores its cancellation token.
@@ -100,7 +99,9 @@ async fn shutdown_of_an_idle_processor_is_prompt_on_memory() {
 mod emulator {
     use super::*;
     use queue_runtime::{QueueError, QueueProvider, QueueRuntimeConfig, build_provider};
+    use queue_runtime::{SessionId, SessionMode};
     use servicebus_emulator::{Emulator, EmulatorConfig, QueueConfig};
+    use std::{collections::HashMap, sync::Mutex};
 
     /// An emulator with a session queue `prs` and a plain queue `plain`.
     async fn bus() -> (Emulator, SharedQueueProvider) {

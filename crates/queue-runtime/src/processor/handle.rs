@@ -8,12 +8,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::handler::{MessageContext, Outcome, reasons};
+use crate::handler::{HandlerError, MessageContext, Outcome, reasons};
 
 use super::{
     bump,
     shared::{Disposition, HARD_STOP_GRACE, LockWatch, Settler, Shared},
 };
+
+/// A handler's result, or the panic it raised.
+type Joined = std::thread::Result<std::result::Result<Outcome, HandlerError>>;
 
 impl Shared {
     /// Checks, handles and settles one delivery.
@@ -34,10 +37,16 @@ impl Shared {
         if let Some(session) = msg.session_id() {
             span.record("session_id", tracing::field::display(session));
         }
-        let disposition = self
-            .process_inner(msg, watch, settler)
-            .instrument(span)
-            .await;
+        let disposition = async {
+            loop {
+                match self.process_inner(msg, watch, settler).await {
+                    Disposition::RetryNow => continue,
+                    other => break other,
+                }
+            }
+        }
+        .instrument(span)
+        .await;
         if matches!(
             disposition,
             Disposition::Completed | Disposition::DeadLettered
@@ -53,9 +62,35 @@ impl Shared {
         watch: &LockWatch,
         settler: &Settler,
     ) -> Disposition {
+        if let Some(done) = self.precheck(msg, settler).await {
+            return done;
+        }
+        let attempt = self.attempt(msg);
+        let started = Instant::now();
+        let (joined, lock_lost) = self.run_handler(msg, watch, attempt).await;
+        let took = started.elapsed();
+        let Some(joined) = joined else {
+            self.metrics.handler_duration("cancelled", took);
+            if !lock_lost {
+                self.abandon_unhandled(settler, msg, true).await;
+            }
+            return Disposition::Abandoned;
+        };
+        if lock_lost || watch.lost.is_cancelled() {
+            self.metrics.handler_duration("cancelled", took);
+            bump(&self.status.stats.lock_lost);
+            self.metrics.lock_lost.increment(1);
+            return Disposition::LockLost;
+        }
+        self.settle_outcome(joined, msg, watch, settler, took).await
+    }
+
+    /// What ends a delivery before its handler runs: the shutdown deadline, spent attempts,
+    /// a gate's rejection.
+    async fn precheck(&self, msg: &ReceivedMessage, settler: &Settler) -> Option<Disposition> {
         if self.hard.is_cancelled() {
             self.abandon_unhandled(settler, msg, true).await;
-            return Disposition::Abandoned;
+            return Some(Disposition::Abandoned);
         }
         let max = self.policy.settings().max_attempts;
         let attempt = self.attempt(msg);
@@ -64,9 +99,8 @@ impl Shared {
                 reasons::MAX_ATTEMPTS_EXCEEDED,
                 format!("attempt {attempt} of a message allowed {max} attempts"),
             );
-            return self
-                .dead_letter(settler, msg, reason, reasons::MAX_ATTEMPTS_EXCEEDED)
-                .await;
+            let label = reasons::MAX_ATTEMPTS_EXCEEDED;
+            return Some(self.dead_letter(settler, msg, reason, label).await);
         }
         for gate in &self.gates {
             if let Err(rejection) = gate.check(msg).await {
@@ -74,18 +108,29 @@ impl Shared {
                 self.metrics.rejected(rejection.reason);
                 tracing::warn!(reason = rejection.reason, "message rejected by a gate");
                 let reason = DeadLetterReason::new(rejection.reason, rejection.description);
-                return self
-                    .dead_letter(settler, msg, reason, rejection.reason)
-                    .await;
+                return Some(
+                    self.dead_letter(settler, msg, reason, rejection.reason)
+                        .await,
+                );
             }
         }
+        None
+    }
 
+    /// Runs the handler, cancelling it when the lock is lost, renewal ends or the shutdown
+    /// deadline passes. Returns its result (`None` if it had to be dropped) and whether the
+    /// lock was lost meanwhile.
+    async fn run_handler(
+        &self,
+        msg: &ReceivedMessage,
+        watch: &LockWatch,
+        attempt: u32,
+    ) -> (Option<Joined>, bool) {
         let token = CancellationToken::new();
         let ctx = MessageContext::new(self.queue.clone(), msg, attempt, token.clone());
         let handler = self.handler.clone();
         let owned = msg.clone();
         self.metrics.in_flight.increment(1.0);
-        let started = Instant::now();
         // Polled inline (the caller is already its own task); a panic is caught here and
         // becomes a retry, and dropping the future is how a stuck handler is stopped.
         let task = std::panic::AssertUnwindSafe(async move { handler.handle(owned, ctx).await })
@@ -121,29 +166,24 @@ impl Shared {
                     token.cancel();
                     tokio::select! {
                         res = &mut task => break Some(res),
-                        _ = tokio::time::sleep(HARD_STOP_GRACE) => {
-                            break None;
-                        }
+                        _ = tokio::time::sleep(HARD_STOP_GRACE) => break None,
                     }
                 }
             }
         };
         self.metrics.in_flight.decrement(1.0);
-        let took = started.elapsed();
+        (joined, lock_lost)
+    }
 
-        let Some(joined) = joined else {
-            self.metrics.handler_duration("cancelled", took);
-            if !lock_lost {
-                self.abandon_unhandled(settler, msg, true).await;
-            }
-            return Disposition::Abandoned;
-        };
-        if lock_lost || watch.lost.is_cancelled() {
-            self.metrics.handler_duration("cancelled", took);
-            bump(&self.status.stats.lock_lost);
-            self.metrics.lock_lost.increment(1);
-            return Disposition::LockLost;
-        }
+    /// Settles what the handler returned.
+    async fn settle_outcome(
+        &self,
+        joined: Joined,
+        msg: &ReceivedMessage,
+        watch: &LockWatch,
+        settler: &Settler,
+        took: std::time::Duration,
+    ) -> Disposition {
         match joined {
             Err(_panic) => {
                 bump(&self.status.stats.handler_failures);

@@ -218,6 +218,7 @@ impl Processor {
             tracker: TaskTracker::new(),
             fatal: Mutex::default(),
             order_abandons: Mutex::default(),
+            held_retries: Mutex::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The session-less receive loop, dispatch and SQS FIFO group workers.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, future::Future, sync::Arc};
 
 use queue_core::{QueueError, ReceiveOptions, ReceivedMessage, Result, SessionId, SessionSupport};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -116,9 +116,14 @@ impl Shared {
     /// Logs and records a failed receive. Returns whether the loop goes on; a refusal that
     /// shows the queue needs sessions stops it (and the processor, unless `auto` mode).
     fn receive_failed(&self, err: QueueError) -> bool {
-        self.record_error("receive", &err);
         let refused = matches!(err, QueueError::Unsupported { .. })
             || (self.caps.sessions == SessionSupport::Locked && self.auto_refused(&err));
+        if refused && self.settings.session_mode == SessionMode::Auto {
+            // Expected on a session queue: not an outage.
+            self.metrics.provider_error("receive", &err);
+        } else {
+            self.record_error("receive", &err);
+        }
         if !refused {
             tracing::warn!(error = %err, "receive failed; backing off");
             return true;
@@ -168,59 +173,70 @@ impl Shared {
             _permit: permit,
         };
         match key {
-            Some(key) => {
-                let start = {
-                    let mut map = lanes.groups.lock().unwrap_or_else(|e| e.into_inner());
-                    match map.get_mut(&key) {
-                        Some(queue) => {
-                            queue.push_back(held);
-                            false
-                        }
-                        None => {
-                            map.insert(key.clone(), VecDeque::from([held]));
-                            true
-                        }
-                    }
-                };
-                if start {
-                    let shared = self.clone();
-                    let groups = lanes.groups.clone();
-                    let slots = lanes.sessions.clone();
-                    self.tracker
-                        .spawn(async move { shared.group_worker(key, groups, slots).await });
+            Some(key) => self.enqueue_keyed(key, held, lanes),
+            None => self.spawn_unkeyed(held, renew, lanes),
+        }
+    }
+
+    /// Queues `held` behind its key; starts the key's worker if it has none.
+    fn enqueue_keyed(self: &Arc<Self>, key: SessionId, held: Held, lanes: &Lanes) {
+        let start = {
+            let mut map = lanes.groups.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get_mut(&key) {
+                Some(queue) => {
+                    queue.push_back(held);
+                    false
+                }
+                None => {
+                    map.insert(key.clone(), VecDeque::from([held]));
+                    true
                 }
             }
-            _ => {
-                let shared = self.clone();
-                let slots = lanes.messages.clone();
-                self.tracker.spawn(async move {
-                    let work = async {
-                        let _slot = slots.acquire_owned().await;
-                        if shared.shutdown.is_cancelled() {
-                            shared
-                                .abandon_unhandled(&Settler::Provider, &held.msg, true)
-                                .await;
-                            return;
-                        }
-                        shared
-                            .process(&held.msg, &held.watch, &Settler::Provider)
-                            .await;
-                    };
-                    // Renew in this task, next to the work, until the work is done.
-                    let renew = async move {
-                        if let Some(renew) = renew {
-                            renew.await;
-                        }
-                        std::future::pending::<()>().await;
-                    };
-                    tokio::select! {
-                        biased;
-                        _ = work => {}
-                        _ = renew => {}
-                    }
-                });
-            }
+        };
+        if start {
+            let shared = self.clone();
+            let groups = lanes.groups.clone();
+            let slots = lanes.sessions.clone();
+            self.tracker
+                .spawn(async move { shared.group_worker(key, groups, slots).await });
         }
+    }
+
+    /// Handles `held` in its own task once a handler slot is free, renewing its lock there.
+    fn spawn_unkeyed(
+        self: &Arc<Self>,
+        held: Held,
+        renew: Option<impl Future<Output = ()> + Send + 'static>,
+        lanes: &Lanes,
+    ) {
+        let shared = self.clone();
+        let slots = lanes.messages.clone();
+        self.tracker.spawn(async move {
+            let work = async {
+                let _slot = slots.acquire_owned().await;
+                if shared.shutdown.is_cancelled() {
+                    shared
+                        .abandon_unhandled(&Settler::Provider, &held.msg, true)
+                        .await;
+                    return;
+                }
+                shared
+                    .process(&held.msg, &held.watch, &Settler::Provider)
+                    .await;
+            };
+            // Renew in this task, next to the work, until the work is done.
+            let renew = async move {
+                if let Some(renew) = renew {
+                    renew.await;
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                biased;
+                _ = work => {}
+                _ = renew => {}
+            }
+        });
     }
 
     /// Processes one message group (SQS FIFO) sequentially until its buffer is empty.

@@ -73,8 +73,14 @@ impl Shared {
 
     /// Logs and records a failed accept. Returns whether the worker goes on.
     fn accept_failed(&self, err: QueueError) -> bool {
-        self.record_error("accept_session", &err);
-        if matches!(err, QueueError::Unsupported { .. }) || self.auto_refused(&err) {
+        let refused = matches!(err, QueueError::Unsupported { .. }) || self.auto_refused(&err);
+        if refused && self.settings.session_mode == SessionMode::Auto {
+            // Expected on a queue without sessions: not an outage.
+            self.metrics.provider_error("accept_session", &err);
+        } else {
+            self.record_error("accept_session", &err);
+        }
+        if refused {
             if self.settings.session_mode == SessionMode::Auto {
                 // Expected on a queue without sessions: only this worker stops.
                 tracing::info!(error = %err, "the queue has no sessions; a session worker stops");

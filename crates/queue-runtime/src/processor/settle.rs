@@ -10,6 +10,10 @@ use tracing::Instrument;
 
 use crate::handler::reasons;
 
+/// Longest retry delay spent holding the delivery and running the handler again in
+/// process; longer delays abandon the delivery (with the delay where the provider can).
+pub(super) const IN_PROCESS_RETRY_LIMIT: Duration = Duration::from_secs(30);
+
 use super::{
     bump,
     shared::{Disposition, LockWatch, SETTLE_ATTEMPTS, Settler, Shared},
@@ -166,6 +170,44 @@ impl Shared {
 
     /// Retries `msg`: dead-letters it if attempts are spent, else abandons it after the
     /// delay (natively delayed where the provider can, otherwise holding the lock).
+    /// Holds the delivery for `delay` (its lock keeps being renewed), then asks for the
+    /// handler to run again on the same delivery: the broker sees no release, so neither this
+    /// message nor the ones behind it in its group spend a delivery. Abandons instead if
+    /// shutdown comes first.
+    async fn retry_in_process(
+        &self,
+        settler: &Settler,
+        msg: &ReceivedMessage,
+        watch: &LockWatch,
+        delay: Duration,
+        label: &'static str,
+    ) -> Disposition {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.shutdown.cancelled() => {}
+            _ = watch.lost.cancelled() => {}
+        }
+        if watch.lost.is_cancelled() {
+            let err = QueueError::LockLost {
+                provider: self.provider_name(),
+                queue: self.queue.to_string(),
+                operation: "retry",
+            };
+            return self.settle_failed("retry", &err);
+        }
+        bump(&self.status.stats.retried);
+        self.metrics.retried(label);
+        if self.shutdown.is_cancelled() {
+            // The retry still happens, on the next delivery.
+            return match self.abandon(settler, msg).await {
+                Ok(()) => Disposition::Retried,
+                Err(err) => self.settle_failed("abandon", &err),
+            };
+        }
+        self.note_held_retry(msg);
+        Disposition::RetryNow
+    }
+
     pub(super) async fn retry(
         &self,
         settler: &Settler,
@@ -190,6 +232,11 @@ impl Shared {
         }
         let delay = delay.unwrap_or_else(|| self.policy.delay(attempt, msg.message_id.as_str()));
         tracing::info!(reason = label, delay = ?delay, "retrying");
+        if delay <= IN_PROCESS_RETRY_LIMIT.min(self.settings.max_lock_renewal) {
+            return self
+                .retry_in_process(settler, msg, watch, delay, label)
+                .await;
+        }
         let native = matches!(settler, Settler::Provider) && self.caps.delayed_abandon;
         let res = if native && !delay.is_zero() {
             self.settle_call("abandon", || {

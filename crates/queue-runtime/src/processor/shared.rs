@@ -32,6 +32,8 @@ pub(super) enum Disposition {
     LockLost,
     Abandoned,
     SettleFailed,
+    /// Held for its retry delay; the handler runs again on the same delivery.
+    RetryNow,
 }
 
 impl Disposition {
@@ -100,6 +102,9 @@ pub(super) struct Shared {
     pub(super) fatal: Mutex<Option<QueueError>>,
     /// Per message id: deliveries abandoned unhandled to keep order (they are not attempts).
     pub(super) order_abandons: Mutex<HashMap<queue_core::MessageId, u32>>,
+    /// Per message id: handler runs retried in process on one delivery (attempts the
+    /// delivery count does not show).
+    pub(super) held_retries: Mutex<HashMap<queue_core::MessageId, u32>>,
 }
 
 /// Bound of the `order_abandons` map (entries are removed on settlement; this caps leaks
@@ -118,12 +123,22 @@ impl Shared {
     /// The handler attempt this delivery is: the delivery count minus deliveries that were
     /// abandoned unhandled to keep order.
     pub(super) fn attempt(&self, msg: &ReceivedMessage) -> u32 {
-        let map = self
-            .order_abandons
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let skipped = map.get(&msg.message_id).copied().unwrap_or(0);
-        msg.delivery_count.saturating_sub(skipped).max(1)
+        let get = |m: &Mutex<HashMap<queue_core::MessageId, u32>>| {
+            let map = m.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&msg.message_id).copied().unwrap_or(0)
+        };
+        let skipped = get(&self.order_abandons);
+        let held = get(&self.held_retries);
+        msg.delivery_count.saturating_sub(skipped).max(1) + held
+    }
+
+    /// Counts a handler run retried in process on the same delivery.
+    pub(super) fn note_held_retry(&self, msg: &ReceivedMessage) {
+        let mut map = self.held_retries.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= ORDER_ABANDONS_CAP {
+            map.clear();
+        }
+        *map.entry(msg.message_id.clone()).or_default() += 1;
     }
 
     pub(super) fn note_order_abandon(&self, msg: &ReceivedMessage) {
@@ -138,11 +153,11 @@ impl Shared {
     }
 
     pub(super) fn forget_order_abandons(&self, msg: &ReceivedMessage) {
-        let mut map = self
-            .order_abandons
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.remove(&msg.message_id);
+        for m in [&self.order_abandons, &self.held_retries] {
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&msg.message_id);
+        }
     }
 
     /// Records a provider call failure in metrics and the breaker.
