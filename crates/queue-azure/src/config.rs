@@ -105,39 +105,14 @@ impl ConnectionString {
     /// `SharedAccessSignature=..` instead of the key pair), with optional `EntityPath` and
     /// `UseDevelopmentEmulator=true`. Errors never quote the key or the token.
     pub fn parse(text: &str) -> Result<Self> {
-        let (mut endpoint, mut key_name, mut key, mut sas, mut entity, mut emulator) =
-            (None, None, None, None, None, false);
-        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((k, v)) = part.split_once('=') else {
-                return Err(cs_err("every part must be `Name=value`"));
-            };
-            match k.trim().to_ascii_lowercase().as_str() {
-                "endpoint" => endpoint = Some(v.trim().to_owned()),
-                "sharedaccesskeyname" => key_name = Some(v.trim().to_owned()),
-                "sharedaccesskey" => key = Some(SecretString::from(v.trim().to_owned())),
-                "sharedaccesssignature" => sas = Some(SecretString::from(v.trim().to_owned())),
-                "entitypath" => entity = Some(v.trim().to_owned()),
-                "usedevelopmentemulator" => {
-                    emulator = match v.trim().to_ascii_lowercase().as_str() {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err(cs_err("UseDevelopmentEmulator must be true or false")),
-                    }
-                }
-                // Unknown names are not echoed: a typo could hold a secret.
-                _ => {
-                    return Err(cs_err(
-                        "unknown part (expected Endpoint, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, EntityPath, UseDevelopmentEmulator)",
-                    ));
-                }
-            }
-        }
-        let endpoint = endpoint.ok_or_else(|| cs_err("Endpoint is missing"))?;
-        let rest = endpoint
-            .strip_prefix("sb://")
-            .ok_or_else(|| cs_err("Endpoint must start with sb://"))?;
-        let authority = rest.split('/').next().unwrap_or_default();
-        let (host, port) = split_host_port(authority)?;
+        // The one strict parser (also the fuzz target's): a key given twice, an unknown
+        // key, an empty host or a malformed port is an error, never silently resolved.
+        let parsed =
+            queue_security::ServiceBusConnectionString::parse(&SecretString::from(text.to_owned()))
+                .map_err(|e| cs_err(e.to_string()))?;
+        let (host, port) = (parsed.host, parsed.port);
+        let (key_name, key, sas) = (parsed.key_name, parsed.key, parsed.signature);
+        let (entity, emulator) = (parsed.entity_path, parsed.use_development_emulator);
         let credential = match (key_name, key, sas) {
             (Some(key_name), Some(key), None) => {
                 if key_name.is_empty() || key.expose_secret().is_empty() {
@@ -191,36 +166,6 @@ impl ConnectionString {
             tls: true,
             transport: Transport::Amqp,
         })
-    }
-}
-
-fn split_host_port(authority: &str) -> Result<(String, Option<u16>)> {
-    if authority.is_empty() {
-        return Err(cs_err("Endpoint has no host"));
-    }
-    // [::1]:5672
-    if let Some(rest) = authority.strip_prefix('[') {
-        let (h, tail) = rest
-            .split_once(']')
-            .ok_or_else(|| cs_err("Endpoint host has an unclosed `[`"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => Some(
-                p.parse()
-                    .map_err(|_| cs_err("Endpoint port is not a number"))?,
-            ),
-            None => None,
-        };
-        return Ok((h.to_owned(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Ok((
-            h.to_owned(),
-            Some(
-                p.parse()
-                    .map_err(|_| cs_err("Endpoint port is not a number"))?,
-            ),
-        )),
-        _ => Ok((authority.to_owned(), None)),
     }
 }
 
@@ -501,8 +446,21 @@ impl TryFrom<&ServiceBusSettings> for ServiceBusConfig {
     type Error = QueueError;
 
     fn try_from(s: &ServiceBusSettings) -> Result<Self> {
+        let transport = match s.transport.as_deref().map(str::trim) {
+            None | Some("amqp") => Transport::Amqp,
+            Some("amqp-websockets") => Transport::AmqpWebSockets,
+            Some(_) => {
+                return Err(QueueError::config(
+                    "service_bus.transport",
+                    "expected \"amqp\" or \"amqp-websockets\"",
+                ));
+            }
+        };
         match (&s.connection_string, &s.namespace) {
-            (Some(cs), _) => Self::from_connection_string(cs.expose_secret()),
+            (Some(cs), _) => Self::builder()
+                .with_connection_string(cs.expose_secret())
+                .with_transport(transport)
+                .build(),
             (None, Some(_)) => Err(QueueError::config(
                 "service_bus.namespace",
                 "a namespace alone needs a token credential: build the provider with \
@@ -521,6 +479,48 @@ mod tests {
     use super::*;
 
     const CANARY: &str = "CANARY-k3y-5b1d";
+
+    #[test]
+    fn settings_choose_the_transport() {
+        let mut settings = ServiceBusSettings::default();
+        settings.connection_string = Some(SecretString::from(
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=b"
+                .to_owned(),
+        ));
+        let plain = ServiceBusConfig::try_from(&settings).unwrap();
+        assert_eq!(
+            (plain.endpoint.transport, plain.endpoint.port),
+            (Transport::Amqp, 5671)
+        );
+        settings.transport = Some("amqp-websockets".into());
+        let ws = ServiceBusConfig::try_from(&settings).unwrap();
+        assert_eq!(
+            (ws.endpoint.transport, ws.endpoint.port),
+            (Transport::AmqpWebSockets, 443)
+        );
+        settings.transport = Some("carrier-pigeon".into());
+        let e = ServiceBusConfig::try_from(&settings).unwrap_err();
+        assert!(e.to_string().contains("transport"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_keys_empty_hosts_and_stray_ports_are_errors() {
+        for bad in [
+            "Endpoint=sb://a/;Endpoint=sb://b/;SharedAccessKeyName=k;SharedAccessKey=CANARY",
+            "Endpoint=sb://a/;SharedAccessKeyName=k;SharedAccessKey=x;SharedAccessKey=CANARY",
+            "Endpoint=sb://:5671/;SharedAccessKeyName=k;SharedAccessKey=CANARY",
+            "Endpoint=sb://host:5671:1/;SharedAccessKeyName=k;SharedAccessKey=CANARY",
+            "Endpoint=sb://host:/;SharedAccessKeyName=k;SharedAccessKey=CANARY",
+        ] {
+            let err = ConnectionString::parse(bad).expect_err(bad);
+            assert!(!err.to_string().contains("CANARY"), "{bad}: {err}");
+        }
+        let cs = ConnectionString::parse(
+            "Endpoint=sb://h:7000/;SharedAccessKeyName=k;SharedAccessKey=v",
+        )
+        .unwrap();
+        assert_eq!(cs.port, Some(7000));
+    }
 
     #[test]
     fn parses_shared_key_strings() {

@@ -144,6 +144,135 @@ impl fmt::Debug for ConnectionString {
     }
 }
 
+/// A Service Bus connection string, parsed strictly: the one parser behind
+/// `queue_azure::ConnectionString::parse` and the `connection_string` fuzz target.
+///
+/// On top of [`ConnectionString::parse`] (pairs, key syntax, a key given twice is an
+/// error): only the Service Bus keys are accepted (an unknown key is an error that does not
+/// echo it), and `Endpoint` must be `sb://<host>[:<port>][/]` with a non-empty host (a DNS
+/// name, an IPv4 address or a bracketed IPv6 address) and, if a `:` follows the host, a
+/// port of 1 to 65535. Anything else in the endpoint is an error, never silently dropped.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ServiceBusConnectionString {
+    /// Host of the endpoint (without brackets for IPv6).
+    pub host: String,
+    /// Port of the endpoint, if given.
+    pub port: Option<u16>,
+    /// `SharedAccessKeyName`, if given.
+    pub key_name: Option<String>,
+    /// `SharedAccessKey`, if given.
+    pub key: Option<SecretString>,
+    /// `SharedAccessSignature`, if given.
+    pub signature: Option<SecretString>,
+    /// `EntityPath`, if given and not empty.
+    pub entity_path: Option<String>,
+    /// `UseDevelopmentEmulator` (`true` or `false`, default `false`).
+    pub use_development_emulator: bool,
+}
+
+const SERVICE_BUS_KEYS: &[&str] = &[
+    "Endpoint",
+    "SharedAccessKeyName",
+    "SharedAccessKey",
+    "SharedAccessSignature",
+    "EntityPath",
+    "UseDevelopmentEmulator",
+];
+
+impl ServiceBusConnectionString {
+    /// Parses and validates; errors name the problem, never a value.
+    pub fn parse(raw: &SecretString) -> Result<Self, SecurityError> {
+        let cs = ConnectionString::parse(raw)?;
+        if let Some(n) = cs
+            .keys()
+            .position(|k| !SERVICE_BUS_KEYS.iter().any(|s| s.eq_ignore_ascii_case(k)))
+        {
+            return Err(invalid(format!(
+                "segment {} has an unknown key (expected {})",
+                n + 1,
+                SERVICE_BUS_KEYS.join(", ")
+            )));
+        }
+        let endpoint = cs
+            .public("Endpoint")
+            .ok_or_else(|| invalid("Endpoint is missing"))?;
+        let (host, port) = parse_sb_endpoint(endpoint)?;
+        let use_development_emulator = match cs.public("UseDevelopmentEmulator") {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(_) => return Err(invalid("UseDevelopmentEmulator must be true or false")),
+        };
+        Ok(Self {
+            host,
+            port,
+            key_name: cs.public("SharedAccessKeyName").map(str::to_owned),
+            key: cs.secret("SharedAccessKey").cloned(),
+            signature: cs.secret("SharedAccessSignature").cloned(),
+            entity_path: cs
+                .public("EntityPath")
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned),
+            use_development_emulator,
+        })
+    }
+}
+
+/// `sb://<host>[:<port>][/]` → host and port; see [`ServiceBusConnectionString`].
+pub fn parse_sb_endpoint(endpoint: &str) -> Result<(String, Option<u16>), SecurityError> {
+    let rest = endpoint
+        .strip_prefix("sb://")
+        .ok_or_else(|| invalid("Endpoint must start with sb://"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(invalid(
+            "Endpoint must be sb://<host>[:<port>]/ with nothing after the host and port",
+        ));
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (h, tail) = bracketed
+            .split_once(']')
+            .ok_or_else(|| invalid("Endpoint host has an unclosed `[`"))?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(invalid("Endpoint host in brackets is not an IPv6 address"));
+        }
+        (h, port_after(tail)?)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, port_after(&format!(":{p}"))?),
+            None => (authority, None),
+        }
+    };
+    let valid_name = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+        && !host.starts_with(['.', '-'])
+        && !host.ends_with(['.', '-']);
+    if !valid_name {
+        return Err(invalid("Endpoint has an empty or invalid host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// `""` → no port; `":<1..=65535>"` → the port; anything else is an error.
+fn port_after(tail: &str) -> Result<Option<u16>, SecurityError> {
+    if tail.is_empty() {
+        return Ok(None);
+    }
+    let digits = tail
+        .strip_prefix(':')
+        .ok_or_else(|| invalid("Endpoint has text after the host"))?;
+    let valid =
+        !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit());
+    match digits.parse::<u16>() {
+        Ok(port) if valid && port > 0 => Ok(Some(port)),
+        _ => Err(invalid("Endpoint port must be a number from 1 to 65535")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +309,41 @@ mod tests {
         }
         let long = "A=".to_owned() + &"x".repeat(5000);
         assert!(ConnectionString::parse(&SecretString::from(long)).is_err());
+    }
+
+    #[test]
+    fn service_bus_strings_are_parsed_strictly() {
+        let ok = |raw: &str| ServiceBusConnectionString::parse(&SecretString::from(raw));
+        let cs = ok("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey=CANARY=;EntityPath=q").unwrap();
+        assert_eq!(
+            (cs.host.as_str(), cs.port),
+            ("ns.servicebus.windows.net", None)
+        );
+        assert_eq!(cs.key.unwrap().expose_secret(), "CANARY=");
+        let cs = ok("Endpoint=sb://127.0.0.1:6000;SharedAccessSignature=SharedAccessSignature sr=a&sig=CANARY;UseDevelopmentEmulator=true").unwrap();
+        assert_eq!((cs.host.as_str(), cs.port), ("127.0.0.1", Some(6000)));
+        assert!(cs.use_development_emulator);
+        let cs = ok("Endpoint=sb://[::1]:5672/;SharedAccessKeyName=a;SharedAccessKey=b").unwrap();
+        assert_eq!((cs.host.as_str(), cs.port), ("::1", Some(5672)));
+        for bad in [
+            "Endpoint=sb://a/;Endpoint=sb://b/;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://a/;SharedAccessKey=CANARY;sharedaccesskey=CANARY2",
+            "Endpoint=sb:///;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://:5671/;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://host:;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://host:0;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://host:70000;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://host:5671:99;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://host:+99;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://host/path;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://u:CANARY@host/;SharedAccessKeyName=a",
+            "Endpoint=sb://[nothost]:1/;SharedAccessKeyName=a",
+            "Endpoint=https://host/;SharedAccessKeyName=a;SharedAccessKey=CANARY",
+            "Endpoint=sb://host/;CANARYKey=x",
+            "Endpoint=sb://host/;UseDevelopmentEmulator=CANARY",
+        ] {
+            let err = ok(bad).expect_err(bad);
+            assert!(!err.to_string().contains("CANARY"), "{bad}: {err}");
+        }
     }
 }

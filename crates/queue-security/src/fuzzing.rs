@@ -41,6 +41,7 @@ pub fn connection_string(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let redacted = redact_text(&text);
     assert_eq!(redact_text(&redacted), redacted, "redaction not idempotent");
+    service_bus_connection_string(&text);
     let Ok(cs) = ConnectionString::parse(&SecretString::from(text.as_ref())) else {
         return;
     };
@@ -68,6 +69,26 @@ pub fn connection_string(data: &[u8]) {
             );
         }
     }
+}
+
+/// The strict Service Bus parser (the one `queue-azure` uses): never panics; whatever it
+/// accepts has a non-empty host, a port in 1..=65535 if any, and no key given twice.
+fn service_bus_connection_string(text: &str) {
+    let Ok(sb) = crate::connstr::ServiceBusConnectionString::parse(&SecretString::from(text))
+    else {
+        return;
+    };
+    assert!(!sb.host.is_empty(), "empty host accepted");
+    assert!(sb.port != Some(0), "port 0 accepted");
+    let mut keys: Vec<String> = text
+        .split(';')
+        .filter_map(|seg| seg.split_once('='))
+        .map(|(k, _)| k.trim().to_ascii_lowercase())
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "a key given twice was accepted: {text:?}");
 }
 
 /// Redaction of arbitrary text: never panics, idempotent, and a planted secret never

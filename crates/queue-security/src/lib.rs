@@ -17,7 +17,7 @@ pub mod replay;
 pub mod signature;
 pub mod signing;
 
-pub use connstr::ConnectionString;
+pub use connstr::{ConnectionString, ServiceBusConnectionString};
 pub use error::{SecurityError, reason};
 pub use gate::{
     DEFAULT_REPLAY_WINDOW, GateOutcome, ReplayStoreFailure, SignatureGate, UnsignedPolicy,
