@@ -108,6 +108,8 @@ pub struct ServiceBusSettings {
     /// Fully qualified namespace, for Microsoft Entra ID credentials
     /// (`<name>.servicebus.windows.net`).
     pub namespace: Option<String>,
+    /// `"amqp"` (default: TLS on port 5671) or `"amqp-websockets"` (port 443).
+    pub transport: Option<String>,
 }
 
 impl fmt::Debug for ServiceBusSettings {
@@ -115,6 +117,7 @@ impl fmt::Debug for ServiceBusSettings {
         f.debug_struct("ServiceBusSettings")
             .field("connection_string", &redacted(&self.connection_string))
             .field("namespace", &self.namespace)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
