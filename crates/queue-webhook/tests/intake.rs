@@ -490,3 +490,57 @@ async fn health_readiness_and_metrics_routes() {
     );
     assert!(!text.contains(SECRET));
 }
+
+/// The same intake on SQS (moto, started by `cargo xtask test`): a FIFO queue with one group
+/// per pull request, and a redelivery de-duplicated by the broker on the delivery id.
+#[tokio::test]
+async fn on_sqs_a_redelivery_is_enqueued_once_when_moto_is_available() {
+    let Ok(endpoint) = std::env::var("QUEUE_TEST_SQS_ENDPOINT") else {
+        return; // skipped: QUEUE_TEST_SQS_ENDPOINT is not set (cargo xtask test sets it)
+    };
+    let credentials =
+        queue_aws::StaticCredentials::new(SecretString::from("test"), SecretString::from("test"));
+    let sqs = queue_aws::SqsProvider::builder()
+        .with_region("us-east-1")
+        .with_endpoint(endpoint)
+        .with_credentials(credentials)
+        .build()
+        .await
+        .unwrap();
+    let provider: SharedQueueProvider = Arc::new(sqs);
+    let name = QueueName::new(format!("webhook-{}.fifo", std::process::id())).unwrap();
+    let verifier = WebhookVerifier::new(SecretString::from(SECRET));
+    let intake = WebhookIntake::new(provider.clone(), name.clone(), verifier);
+    intake.create_queue().await.unwrap();
+    let addr = serve(&intake).await;
+    let delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+    for _ in 0..2 {
+        let (status, body) = deliver(
+            addr,
+            "pull_request",
+            delivery,
+            PULL_REQUEST.as_bytes(),
+            SECRET,
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    assert_eq!(
+        deliver(addr, "pull_request", "x", PULL_REQUEST.as_bytes(), "forged")
+            .await
+            .0,
+        401
+    );
+    let got = provider
+        .receive(&name, ReceiveOptions::new(10, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the redelivery was de-duplicated");
+    assert_eq!(got[0].message_id.as_str(), delivery);
+    assert_eq!(
+        got[0].session_id().map(|s| s.as_str()),
+        Some("octo-org/widgets#42")
+    );
+    provider.complete(&got[0].receipt).await.unwrap();
+    provider.delete_queue(&name).await.ok();
+}
