@@ -187,3 +187,54 @@ async fn signing_failures_send_nothing() {
     assert_eq!(err.kind_label(), "invalid_message");
     assert_eq!(f.raw.message_count(&f.queue).unwrap(), 0);
 }
+
+/// The original's first delivery never reaches the gate (the consumer crashed and the lock
+/// ran out); a copy sent meanwhile is checked first and handled. The original's
+/// redelivery then carries the same signed message in another broker message (another
+/// sequence number): a replay, not a second handling.
+#[tokio::test(start_paused = true)]
+async fn a_copy_handled_first_makes_the_unchecked_original_a_replay() {
+    let f = fixture();
+    f.producer.send(&f.queue, event(7)).await.unwrap();
+    let original = f.receive().await;
+    let original_seq = original
+        .sequence_number
+        .expect("memory reports sequence numbers");
+    // The lock is lost: the original comes back, but only after a while.
+    f.raw
+        .abandon(&original.receipt, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    // The attacker's copy: the same bytes, sent again (a new broker message).
+    f.raw
+        .send(&f.queue, original.message.clone())
+        .await
+        .unwrap();
+    let copy = f.receive().await;
+    assert_ne!(copy.sequence_number, Some(original_seq));
+    assert_eq!(
+        f.process(&copy).await,
+        Ok(()),
+        "the copy is checked first and passes"
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let redelivered = f.receive().await;
+    assert_eq!(redelivered.sequence_number, Some(original_seq));
+    assert_eq!(redelivered.delivery_count, 2);
+    assert_eq!(f.process(&redelivered).await, Err(reason::REPLAYED));
+}
+
+/// A redelivery of the same broker message passes however often it comes back.
+#[tokio::test(start_paused = true)]
+async fn redeliveries_of_one_broker_message_pass() {
+    let f = fixture();
+    f.producer.send(&f.queue, event(8)).await.unwrap();
+    for attempt in 1..=3 {
+        let got = f.receive().await;
+        assert_eq!(got.delivery_count, attempt);
+        f.gate.check(&got).await.unwrap();
+        f.raw.abandon(&got.receipt, None).await.unwrap();
+    }
+    let last = f.receive().await;
+    assert_eq!(f.process(&last).await, Ok(()));
+}
