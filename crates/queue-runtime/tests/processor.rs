@@ -737,7 +737,7 @@ async fn from_config_builds_the_provider_and_surfaces_typed_errors() {
     // (Entra ID credentials are given in code, not in a file).
     #[cfg(feature = "azure")]
     assert!(
-        matches!(&err, QueueError::Config { field, .. } if field == "service_bus.namespace"),
+        matches!(&err, QueueError::Config { field, .. } if field == "provider.namespace"),
         "{err}"
     );
 }
