@@ -127,7 +127,7 @@ impl Processor {
     ///
     /// Fails fast, before consuming anything, if the settings are invalid or the provider's
     /// access check fails (queue missing, credentials rejected...). Fails with
-    /// [`QueueError::Config`] naming `processor.session_mode`, at the first receive or
+    /// [`QueueError::Config`](crate::QueueError::Config) naming `processor.session_mode`, at the first receive or
     /// accept the provider refuses, if the session mode cannot consume the queue.
     ///
     /// Returns within `shutdown_timeout` + [`SHUTDOWN_GRACE`] of `shutdown` firing, broker
