@@ -83,7 +83,7 @@ type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// ring.set_active("k1")?;
 /// let gate: Arc<dyn MessageGate> = Arc::new(
 ///     SignatureGate::new(ring)
-///         .with_max_skew(Duration::from_secs(120))
+///         .with_max_skew(Duration::from_secs(120))?
 ///         .with_unsigned_policy(UnsignedPolicy::Reject),
 /// );
 /// # Ok::<(), Box<dyn std::error::Error>>(())
