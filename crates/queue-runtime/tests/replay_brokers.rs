@@ -1,11 +1,7 @@
-//! Replay protection keyed to broker identity, on a real broker: the Service Bus emulator
-//! (sequence numbers). A redelivery of the same broker message passes; the same signed
+//! Replay protection keyed to broker identity, on real brokers: the Service Bus emulator
+//! (sequence numbers) and SQS on moto (the SQS `MessageId`, reported as
+//! `broker_message_id`). A redelivery of the same broker message passes; the same signed
 //! message in another broker message is a replay.
-//!
-//! SQS is not here yet: the SQS provider reports no broker identity (FIFO sequence numbers
-//! are 128-bit and do not fit `sequence_number: i64`; `broker_message_id` is not set from the
-//! SQS `MessageId` yet), so on SQS the gate falls back to checking first deliveries only,
-//! as `docs/security.md` says.
 #![cfg(all(feature = "security", feature = "azure"))]
 
 use std::time::Duration;
@@ -37,6 +33,13 @@ async fn receive_one(p: &dyn QueueProvider, q: &QueueName) -> ReceivedMessage {
     panic!("no message within 40 s");
 }
 
+/// What the broker says identifies one stored message across its deliveries.
+fn identity(m: &ReceivedMessage) -> Option<String> {
+    m.broker_message_id
+        .clone()
+        .or_else(|| m.sequence_number.map(|s| format!("seq:{s}")))
+}
+
 /// Original: checked, abandoned, redelivered (passes). Copy: another broker message with
 /// the same signature (a replay, when the broker lets it through at all).
 async fn scenario(p: &dyn QueueProvider, q: &QueueName, copy_expected: bool) {
@@ -47,13 +50,11 @@ async fn scenario(p: &dyn QueueProvider, q: &QueueName, copy_expected: bool) {
     MessageSigner::new(ring).sign(q, &mut msg).unwrap();
     p.send(q, msg.clone()).await.expect("send original");
     let first = receive_one(p, q).await;
-    let seq = first
-        .sequence_number
-        .expect("the broker reports sequence numbers");
+    let id = identity(&first).expect("the broker reports an identity");
     gate.check(&first).await.expect("original passes");
     p.abandon(&first.receipt, None).await.expect("abandon");
     let again = receive_one(p, q).await;
-    assert_eq!(again.sequence_number, Some(seq));
+    assert_eq!(identity(&again).as_deref(), Some(id.as_str()));
     assert!(again.delivery_count >= 2);
     gate.check(&again).await.expect("a redelivery passes");
     p.complete(&again.receipt).await.expect("complete");
@@ -62,7 +63,11 @@ async fn scenario(p: &dyn QueueProvider, q: &QueueName, copy_expected: bool) {
     }
     p.send(q, msg).await.expect("send copy");
     let copy = receive_one(p, q).await;
-    assert_ne!(copy.sequence_number, Some(seq), "a new broker message");
+    assert_ne!(
+        identity(&copy).as_deref(),
+        Some(id.as_str()),
+        "a new broker message"
+    );
     let rejection = gate.check(&copy).await.expect_err("the copy is a replay");
     assert_eq!(rejection.reason, reason::REPLAYED);
     p.complete(&copy.receipt).await.expect("complete copy");
@@ -88,4 +93,33 @@ async fn service_bus_emulator_redelivery_passes_copy_is_replay() {
     )
     .await
     .expect("bounded");
+}
+
+/// SQS on moto (a standard queue, which takes the copy as a new message).
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_redelivery_passes_copy_is_replay() {
+    let endpoint = match std::env::var("QUEUE_TEST_SQS_ENDPOINT") {
+        Ok(e) if !e.trim().is_empty() => e,
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("QUEUE_TEST_SQS_ENDPOINT is unset under CI=true; run `cargo xtask test`")
+        }
+        _ => {
+            eprintln!("skipped: QUEUE_TEST_SQS_ENDPOINT is unset (cargo xtask test starts moto)");
+            return;
+        }
+    };
+    let config = QueueRuntimeConfig::from_toml_str(&format!(
+        "queue = \"q\"\n[provider]\nkind = \"sqs\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n"
+    ))
+    .unwrap();
+    let p = build_provider(&config.provider).await.unwrap();
+    let q = QueueName::new(format!("replay-{}", std::process::id())).unwrap();
+    p.create_queue(&q, &queue_runtime::QueueSpec::default())
+        .await
+        .expect("create queue");
+    tokio::time::timeout(Duration::from_secs(120), scenario(p.as_ref(), &q, true))
+        .await
+        .expect("bounded");
+    let _ = p.delete_queue(&q).await;
 }

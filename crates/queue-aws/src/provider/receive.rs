@@ -159,6 +159,11 @@ impl SqsProvider {
             receipt,
         )
         .with_locked_until(locked_until);
+        if !sqs_id.is_empty() {
+            // SQS's own MessageId: the same on every receive of one stored message, new for
+            // every send, so the replay gate can tell a redelivery from a copy.
+            rm = rm.with_broker_message_id(sqs_id.clone());
+        }
         if let Some(seq) = sys.sequence {
             rm = rm.with_sequence_number(seq);
         }
