@@ -3,6 +3,7 @@
 //! `broker_message_id`). A redelivery of the same broker message passes; the same signed
 //! message in another broker message is a replay.
 #![cfg(all(feature = "security", feature = "azure"))]
+#![allow(clippy::print_stderr, reason = "a skipped test says so")]
 
 use std::time::Duration;
 
