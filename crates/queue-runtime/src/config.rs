@@ -228,14 +228,15 @@ fn config_error(err: config::ConfigError) -> QueueError {
             (_, other) => other,
         },
         config::ConfigError::Message(text) => {
-            // serde messages: "missing field `queue`", "unknown field `regoin`, expected ...".
-            let field = ["missing field `", "unknown field `"]
+            // serde messages: "missing field `queue`", "unknown field `regoin`, expected ...";
+            // queue-core's "secret field `session_token`: invalid type: map, ...".
+            let field = ["missing field `", "unknown field `", "secret field `"]
                 .iter()
                 .find_map(|p| text.strip_prefix(p))
                 .and_then(|rest| rest.split('`').next())
                 .unwrap_or("<root>")
                 .to_owned();
-            QueueError::config(field, text)
+            QueueError::config(field, without_value(text))
         }
         config::ConfigError::FileParse { uri, .. } => QueueError::config(
             "<file>",
@@ -248,6 +249,18 @@ fn config_error(err: config::ConfigError) -> QueueError {
             QueueError::config("<file>", "cannot read configuration file")
         }
         other => QueueError::config("<root>", other.to_string()),
+    }
+}
+
+/// serde's `invalid type: integer `5`, expected ...` quotes the value (a mistyped secret):
+/// keep only what was expected.
+fn without_value(text: String) -> String {
+    if !(text.starts_with("invalid type") || text.starts_with("invalid value")) {
+        return text;
+    }
+    match text.split_once(", expected ") {
+        Some((_, expected)) => format!("invalid type or value, expected {expected}"),
+        None => "invalid type or value".to_owned(),
     }
 }
 
@@ -843,6 +856,111 @@ mod tests {
         assert!(
             matches!(&err, QueueError::Config { field, .. } if field == "queue"),
             "{err}"
+        );
+    }
+
+    /// The SQS secrets of `cfg`, exposed for comparison.
+    fn sqs_secrets(cfg: &QueueRuntimeConfig) -> [String; 3] {
+        use queue_core::ExposeSecret;
+        let ProviderSettings::Sqs(sqs) = &cfg.provider else {
+            panic!("not sqs: {cfg:?}")
+        };
+        [
+            &sqs.access_key_id,
+            &sqs.secret_access_key,
+            &sqs.session_token,
+        ]
+        .map(|s| {
+            s.as_ref()
+                .map_or_else(String::new, |s| s.expose_secret().to_owned())
+        })
+    }
+
+    #[test]
+    fn numeric_and_boolean_secrets_load_from_every_format_and_the_environment() {
+        let toml = "queue = \"q\"\n[provider]\nkind = \"sqs\"\naccess_key_id = 12345678901234\nsecret_access_key = true\nsession_token = 2.5\n";
+        let cfg = QueueRuntimeConfig::from_toml_str(toml).unwrap();
+        assert_eq!(sqs_secrets(&cfg), ["12345678901234", "true", "2.5"]);
+        let yaml = "queue: q\nprovider:\n  kind: sqs\n  access_key_id: 12345678901234\n  secret_access_key: true\n";
+        let cfg = QueueRuntimeConfig::from_str_as(yaml, ConfigFormat::Yaml).unwrap();
+        assert_eq!(sqs_secrets(&cfg), ["12345678901234", "true", ""]);
+        let json = r#"{"queue":"q","provider":{"kind":"sqs","access_key_id":12345678901234,"secret_access_key":false}}"#;
+        let cfg = QueueRuntimeConfig::from_str_as(json, ConfigFormat::Json).unwrap();
+        assert_eq!(sqs_secrets(&cfg), ["12345678901234", "false", ""]);
+
+        // From the environment, taken verbatim (no number or boolean parsing).
+        let env: HashMap<String, String> = [
+            ("QUEUE_RUNTIME__QUEUE", "q"),
+            ("QUEUE_RUNTIME__PROVIDER__KIND", "sqs"),
+            ("QUEUE_RUNTIME__PROVIDER__ACCESS_KEY_ID", "0012345678901234"),
+            ("QUEUE_RUNTIME__PROVIDER__SECRET_ACCESS_KEY", "TRUE"),
+            ("QUEUE_RUNTIME__PROVIDER__SESSION_TOKEN", "1e5"),
+            ("QUEUE_RUNTIME__PROCESSOR__MAX_CONCURRENT_SESSIONS", "3"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let cfg = QueueRuntimeConfig::load_from(None, Some(env)).unwrap();
+        assert_eq!(sqs_secrets(&cfg), ["0012345678901234", "TRUE", "1e5"]);
+        assert_eq!(cfg.processor.max_concurrent_sessions, 3);
+        let env: HashMap<String, String> = [
+            ("QUEUE_RUNTIME__QUEUE", "q"),
+            ("QUEUE_RUNTIME__PROVIDER__KIND", "service-bus"),
+            ("QUEUE_RUNTIME__PROVIDER__CONNECTION_STRING", "42"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let cfg = QueueRuntimeConfig::load_from(None, Some(env)).unwrap();
+        let ProviderSettings::ServiceBus(sb) = &cfg.provider else {
+            panic!("{cfg:?}")
+        };
+        use queue_core::ExposeSecret;
+        assert_eq!(sb.connection_string.as_ref().unwrap().expose_secret(), "42");
+    }
+
+    #[test]
+    fn a_mistyped_secret_is_named_but_never_quoted() {
+        const NUM: &str = "987654321987";
+        let cases = [
+            (
+                format!(
+                    "queue = \"q\"\n[provider]\nkind = \"sqs\"\nsecret_access_key = {{ k = \"{CANARY}\", n = {NUM} }}\n"
+                ),
+                ConfigFormat::Toml,
+            ),
+            (
+                format!(
+                    "queue = \"q\"\n[provider]\nkind = \"sqs\"\nsecret_access_key = [\"{CANARY}\", {NUM}]\n"
+                ),
+                ConfigFormat::Toml,
+            ),
+            (
+                format!(
+                    "queue: q\nprovider:\n  kind: service-bus\n  connection_string:\n    - {CANARY}\n"
+                ),
+                ConfigFormat::Yaml,
+            ),
+        ];
+        for (text, format) in cases {
+            let err = QueueRuntimeConfig::from_str_as(&text, format).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(
+                !shown.contains(CANARY) && !shown.contains(NUM),
+                "leaked: {shown}"
+            );
+            let QueueError::Config { field, .. } = &err else {
+                panic!("{err:?}")
+            };
+            assert!(
+                field == "provider.secret_access_key" || field == "provider.connection_string",
+                "key not named: {shown}"
+            );
+        }
+        // serde's own invalid-type messages quote values; the loader keeps only the expectation.
+        assert_eq!(
+            without_value(format!("invalid type: integer `{NUM}`, expected a string")),
+            "invalid type or value, expected a string"
         );
     }
 

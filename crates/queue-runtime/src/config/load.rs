@@ -96,15 +96,52 @@ pub(super) fn load<T: DeserializeOwned>(
         builder = builder.add_source(config::File::from_str(&src.text, src.format.file_format()));
     }
     if let Some(env) = env {
-        let environment = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator(ENV_SEPARATOR)
-            .separator(ENV_SEPARATOR)
-            .try_parsing(true)
-            .source(env);
-        builder = builder.add_source(environment);
+        // Secrets are taken verbatim: parsing would turn `0012` into 12 and `TRUE` into true.
+        let (secrets, plain): (HashMap<_, _>, HashMap<_, _>) = env
+            .unwrap_or_else(process_env)
+            .into_iter()
+            .partition(|(name, _)| is_secret_var(name));
+        builder = builder
+            .add_source(environment(plain).try_parsing(true))
+            .add_source(environment(secrets));
     }
     let built = builder.build().map_err(|e| locate(e, source))?;
     built.try_deserialize().map_err(|e| locate(e, source))
+}
+
+/// The settings that hold secrets, as dotted keys.
+const SECRET_KEYS: [&str; 4] = [
+    "provider.access_key_id",
+    "provider.secret_access_key",
+    "provider.session_token",
+    "provider.connection_string",
+];
+
+/// Whether `name` (`QUEUE_RUNTIME__PROVIDER__SECRET_ACCESS_KEY`, any case) sets a secret.
+fn is_secret_var(name: &str) -> bool {
+    let dotted = name
+        .get(ENV_PREFIX.len() + ENV_SEPARATOR.len()..)
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .replace(ENV_SEPARATOR, ".");
+    SECRET_KEYS.contains(&dotted.as_str())
+}
+
+/// The process's `QUEUE_RUNTIME__...` variables (others, and non-UTF-8 ones, are left out).
+fn process_env() -> HashMap<String, String> {
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.to_ascii_uppercase().starts_with(&prefix))
+        .collect()
+}
+
+/// A `QUEUE_RUNTIME__...` environment source over `vars`.
+fn environment(vars: HashMap<String, String>) -> config::Environment {
+    config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator(ENV_SEPARATOR)
+        .separator(ENV_SEPARATOR)
+        .source(Some(vars))
 }
 
 /// Maps a `config` error to a [`QueueError::Config`] that names the key the user wrote and,
