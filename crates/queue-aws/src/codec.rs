@@ -8,7 +8,8 @@
 //! * Metadata: one reserved attribute, [`META_ATTRIBUTE`], holding compact JSON with the
 //!   message id, content type, correlation id, subject, expiry, body encoding and, in a
 //!   dead-letter queue, the dead-letter reason and description. So a message may carry
-//!   at most [`MAX_APP_ATTRIBUTES`] (9) application attributes with non-empty values.
+//!   at most [`MAX_APP_ATTRIBUTES`] (9) application attributes with non-empty values (a
+//!   signature is one of them), reported as `Capabilities::max_attributes`.
 //! * Session id: `MessageGroupId` (FIFO only). Message id: also the
 //!   `MessageDeduplicationId` on FIFO queues.
 //! * Schedule: `DelaySeconds` (standard queues, at most 15 minutes).
@@ -644,6 +645,11 @@ mod tests {
         }
         let enc = encode(nine.clone(), &q("jobs"), STD, SystemTime::now()).unwrap();
         assert_eq!(enc.attributes.len(), MAX_SQS_ATTRIBUTES);
+        // What the provider tells signers and the runtime.
+        assert_eq!(
+            crate::SqsProvider::sqs_capabilities().max_attributes,
+            Some(MAX_APP_ATTRIBUTES)
+        );
         let ten = nine.with_attribute("one-more", "v");
         let err = encode(ten, &q("jobs"), STD, SystemTime::now()).unwrap_err();
         assert!(matches!(err, QueueError::InvalidMessage { .. }), "{err}");

@@ -64,6 +64,10 @@ pub struct Capabilities {
     /// A message's [`Message::time_to_live`] is honoured: once it runs out the message is
     /// no longer delivered (SQS has no per-message TTL).
     pub message_ttl: bool,
+    /// Most application attributes one message may carry, if the provider bounds them
+    /// (SQS: 9, because SQS carries 10 message attributes and the provider's metadata
+    /// takes one). Attributes added on the way, such as a signature, count.
+    pub max_attributes: Option<usize>,
 }
 
 impl Default for Capabilities {
@@ -82,6 +86,7 @@ impl Default for Capabilities {
             duplicate_detection: false,
             queue_management: false,
             message_ttl: false,
+            max_attributes: None,
         }
     }
 }

@@ -43,11 +43,13 @@ impl Profile {
                 max_message_size: 256 * 1024,
                 max_batch_size: 100,
                 max_lock_duration: Duration::from_secs(5 * 60),
+                max_attributes: None,
             },
             Self::Sqs => Limits {
                 max_message_size: 1024 * 1024,
                 max_batch_size: 10,
                 max_lock_duration: Duration::from_secs(12 * 3600),
+                max_attributes: Some(9),
             },
         }
     }
@@ -75,7 +77,7 @@ impl FromStr for Profile {
     }
 }
 
-/// Size, batch and lock limits enforced by the in-memory provider.
+/// Size, batch, lock and attribute limits enforced by the in-memory provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
@@ -85,6 +87,9 @@ pub struct Limits {
     pub max_batch_size: usize,
     /// Longest lock duration a queue may be created with.
     pub max_lock_duration: Duration,
+    /// Most application attributes per message, if bounded (the `sqs` profile: 9, what
+    /// the SQS provider carries besides its metadata attribute).
+    pub max_attributes: Option<usize>,
 }
 
 #[cfg(test)]

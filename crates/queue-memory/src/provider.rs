@@ -156,6 +156,7 @@ impl InMemoryProviderBuilder {
             max_message_size: self.max_message_size.unwrap_or(base.max_message_size),
             max_batch_size: self.max_batch_size.unwrap_or(base.max_batch_size),
             max_lock_duration: self.max_lock_duration.unwrap_or(base.max_lock_duration),
+            max_attributes: base.max_attributes,
         };
         if limits.max_message_size == 0 {
             return Err(QueueError::config(
@@ -434,14 +435,15 @@ impl QueueProvider for InMemoryProvider {
         c.duplicate_detection = true;
         c.queue_management = true;
         c.message_ttl = true;
+        c.max_attributes = self.inner.limits.max_attributes;
         c
     }
 
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
-        let max = self.inner.limits.max_message_size;
+        let limits = self.inner.limits;
         let clock = self.inner.clock;
         self.inner.with_queue(queue, "send", |q, now| {
-            let prepared = q.prepare(message, max)?;
+            let prepared = q.prepare(message, &limits)?;
             let id = q.store(prepared, now, &clock);
             q.signal.wake();
             Ok(id)
@@ -453,13 +455,13 @@ impl QueueProvider for InMemoryProvider {
         queue: &QueueName,
         messages: Vec<Message>,
     ) -> Result<Vec<MessageId>> {
-        let max = self.inner.limits.max_message_size;
+        let limits = self.inner.limits;
         let clock = self.inner.clock;
         self.inner.with_queue(queue, "send", |q, now| {
             // Validate everything first: a batch with one bad entry stores nothing.
             let prepared = messages
                 .into_iter()
-                .map(|m| q.prepare(m, max))
+                .map(|m| q.prepare(m, &limits))
                 .collect::<Result<Vec<_>>>()?;
             let ids = prepared
                 .into_iter()

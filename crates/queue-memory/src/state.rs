@@ -35,6 +35,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     clock::{Clock, later},
     ids::{parse_hex, write_hex},
+    profile::Limits,
     slab::{Key, Sequenced, Slab},
 };
 
@@ -686,11 +687,8 @@ impl Queue {
     }
 
     /// Validates `message` for this queue and gives it an id. Nothing is stored.
-    pub(crate) fn prepare(
-        &self,
-        mut message: Message,
-        max_message_size: usize,
-    ) -> Result<Prepared> {
+    pub(crate) fn prepare(&self, mut message: Message, limits: &Limits) -> Result<Prepared> {
+        let max_message_size = limits.max_message_size;
         let size = message.encoded_size();
         if size > max_message_size {
             return Err(QueueError::MessageTooLarge {
@@ -698,6 +696,18 @@ impl Queue {
                 queue: self.name.to_string(),
                 size,
                 max: max_message_size,
+            });
+        }
+        if let Some(max) = limits
+            .max_attributes
+            .filter(|&m| message.attributes.len() > m)
+        {
+            return Err(QueueError::InvalidMessage {
+                provider: PROVIDER,
+                reason: format!(
+                    "{} attributes exceed the {max} a message carries here",
+                    message.attributes.len()
+                ),
             });
         }
         if self.spec.requires_session && message.session_id.is_none() {
@@ -1138,7 +1148,8 @@ mod tests {
     fn send(q: &mut Queue, clock: &Clock, message: Message) {
         let now = clock.now();
         q.sweep(now);
-        let prepared = q.prepare(message, usize::MAX).unwrap();
+        let limits = crate::Profile::Memory.limits();
+        let prepared = q.prepare(message, &limits).unwrap();
         q.store(prepared, now, clock);
     }
 

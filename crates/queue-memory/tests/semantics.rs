@@ -446,6 +446,34 @@ async fn oversize_batches_store_nothing_and_profiles_set_limits() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_sqs_profile_carries_nine_attributes_like_the_sqs_provider() {
+    let q = name("q");
+    let p = InMemoryProvider::builder()
+        .with_profile(Profile::Sqs)
+        .with_queue(q.clone(), QueueSpec::default())
+        .build()
+        .unwrap();
+    assert_eq!(p.capabilities().max_attributes, Some(9));
+    let nine = (0..9).fold(Message::new("x"), |m, i| {
+        m.with_attribute(format!("a{i}"), "v")
+    });
+    p.send(&q, nine.clone()).await.unwrap();
+    let err = p
+        .send_batch(&q, vec![Message::new("ok"), nine.with_attribute("a9", "v")])
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, QueueError::InvalidMessage { .. }), "{err}");
+    assert!(err.to_string().contains("10 attributes"), "{err}");
+    assert_eq!(
+        p.message_count(&q).unwrap(),
+        1,
+        "nothing of the batch stored"
+    );
+    let plain = InMemoryProvider::new();
+    assert_eq!(plain.capabilities().max_attributes, None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn configuration_is_validated() {
     let sqs = InMemoryProvider::from_settings(&settings(Some("sqs"))).unwrap();
     assert_eq!(sqs.profile(), Profile::Sqs);

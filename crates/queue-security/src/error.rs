@@ -84,6 +84,24 @@ pub enum SecurityError {
         max: usize,
     },
 
+    /// The application attributes and the signature together need more message attributes
+    /// than the provider carries (SQS: 9 besides its metadata attribute, so at most 8
+    /// application attributes on a signed message). Refused before anything is sent.
+    #[error(
+        "{attributes} application attributes plus the signature need {} attribute slots; the {provider} provider carries {max} per message (at most {} application attributes on a signed message)",
+        .attributes + 1,
+        .max.saturating_sub(1)
+    )]
+    TooManyAttributeSlots {
+        /// Application attributes on the message (the signature not counted).
+        attributes: usize,
+        /// The provider ([`queue_core::QueueProvider::name`]).
+        provider: &'static str,
+        /// Attributes the provider carries per message
+        /// ([`queue_core::Capabilities::max_attributes`]).
+        max: usize,
+    },
+
     /// The message carries no signature.
     #[error("message is not signed")]
     Unsigned,
@@ -210,9 +228,9 @@ impl SecurityError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::TooLarge { .. } => reason::TOO_LARGE,
-            Self::InvalidAttribute { .. } | Self::TooManyAttributes { .. } => {
-                reason::INVALID_ATTRIBUTES
-            }
+            Self::InvalidAttribute { .. }
+            | Self::TooManyAttributes { .. }
+            | Self::TooManyAttributeSlots { .. } => reason::INVALID_ATTRIBUTES,
             Self::Unsigned => reason::UNSIGNED,
             Self::MalformedSignature { .. } => reason::SIGNATURE_MALFORMED,
             Self::UnsupportedVersion { .. } => reason::UNSUPPORTED_VERSION,

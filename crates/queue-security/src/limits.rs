@@ -1,6 +1,6 @@
 //! Size and shape limits on messages, checked before any expensive work.
 
-use queue_core::{Attributes, Message};
+use queue_core::{Attributes, Capabilities, Message};
 
 use crate::{
     error::SecurityError,
@@ -9,9 +9,11 @@ use crate::{
 
 /// Limits applied to messages before signing and before verification.
 ///
-/// The defaults fit every provider: a 256 KiB body (the SQS and Service Bus standard-tier
-/// ceiling) and at most 9 application attributes, because SQS carries 10 message
-/// attributes and the signature takes one.
+/// The defaults are provider-neutral: a 256 KiB body (the SQS and Service Bus standard-tier
+/// ceiling) and at most 9 application attributes. A provider may carry fewer on a signed
+/// message (SQS: 8, since its metadata and the signature take 2 of SQS's 10 message
+/// attributes): [`Limits::fitted_to`] lowers the limit to the provider's
+/// [`Capabilities::max_attributes`], and [`crate::Signing`] checks it on every send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
@@ -59,6 +61,50 @@ impl Limits {
     pub fn with_max_attribute_value_len(mut self, bytes: usize) -> Self {
         self.max_attribute_value_len = bytes;
         self
+    }
+
+    /// These limits, with the attribute limit lowered so that the application attributes
+    /// plus the signature fit the provider's [`Capabilities::max_attributes`] (if bounded).
+    ///
+    /// ```
+    /// use queue_core::Capabilities;
+    /// use queue_security::Limits;
+    ///
+    /// let mut sqs = Capabilities::default();
+    /// sqs.max_attributes = Some(9); // what the SQS provider reports
+    /// assert_eq!(Limits::default().fitted_to(&sqs).max_attributes, 8);
+    /// assert_eq!(Limits::default().fitted_to(&Capabilities::default()).max_attributes, 9);
+    /// ```
+    pub fn fitted_to(mut self, capabilities: &Capabilities) -> Self {
+        if let Some(max) = capabilities.max_attributes {
+            self.max_attributes = self.max_attributes.min(max.saturating_sub(1));
+        }
+        self
+    }
+
+    /// Fails with [`SecurityError::TooManyAttributeSlots`] if the application attributes
+    /// (any previous signature not counted) plus one signature exceed `max_attributes`, the
+    /// attributes `provider` carries per message (`None`: unbounded).
+    pub fn check_attribute_slots(
+        attributes: &Attributes,
+        provider: &'static str,
+        max_attributes: Option<usize>,
+    ) -> Result<(), SecurityError> {
+        let Some(max) = max_attributes else {
+            return Ok(());
+        };
+        let count = attributes
+            .keys()
+            .filter(|k| k.as_str() != SIGNATURE_ATTRIBUTE)
+            .count();
+        if count + 1 > max {
+            return Err(SecurityError::TooManyAttributeSlots {
+                attributes: count,
+                provider,
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// Fails with [`SecurityError::TooLarge`] if `size` exceeds the body limit.

@@ -8,14 +8,19 @@ use queue_core::{
     Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
 };
 
-use crate::signature::MessageSigner;
+use crate::{limits::Limits, signature::MessageSigner};
 
 /// Signs every outgoing message (`send` and `send_batch`) with a [`MessageSigner`] and
 /// forwards everything else to the inner provider unchanged.
 ///
 /// A message that fails the signer's limits (or a ring without an active key) fails the
 /// send with a permanent [`QueueError`](queue_core::QueueError) and nothing is sent; in a batch, nothing of the
-/// batch is sent.
+/// batch is sent. So does a message whose application attributes plus the signature need
+/// more attributes than the inner provider carries ([`Capabilities::max_attributes`]; on
+/// SQS at most 8 application attributes): [`SecurityError::TooManyAttributeSlots`], as
+/// [`QueueError::InvalidMessage`](queue_core::QueueError::InvalidMessage).
+///
+/// [`SecurityError::TooManyAttributeSlots`]: crate::SecurityError::TooManyAttributeSlots
 ///
 /// ```
 /// # async fn demo(provider: impl queue_core::QueueProvider) -> queue_core::Result<()> {
@@ -60,6 +65,9 @@ impl<P: QueueProvider + ?Sized> Signing<P> {
     }
 
     fn sign(&self, queue: &QueueName, message: &mut Message) -> Result<()> {
+        // Asked per message: capabilities are cheap, and a wrapper may change them.
+        let max = self.inner.capabilities().max_attributes;
+        Limits::check_attribute_slots(&message.attributes, self.inner.name(), max)?;
         self.signer.sign(queue, message)?;
         Ok(())
     }

@@ -10,8 +10,10 @@ use queue_core::{
     DeadLetterReason, Message, MessageGate, QueueName, QueueProvider, QueueSpec, ReceiveOptions,
     ReceivedMessage,
 };
-use queue_memory::InMemoryProvider;
-use queue_security::{KeyRing, MessageSigner, SignatureGate, Signing, generate_key, reason};
+use queue_memory::{InMemoryProvider, Profile};
+use queue_security::{
+    KeyRing, Limits, MessageSigner, SecurityError, SignatureGate, Signing, generate_key, reason,
+};
 
 struct Fixture {
     raw: InMemoryProvider,
@@ -21,8 +23,14 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_on(Profile::Memory)
+}
+
+/// The memory provider imitating `profile`'s limits.
+fn fixture_on(profile: Profile) -> Fixture {
     let queue = QueueName::new("events").unwrap();
     let raw = InMemoryProvider::builder()
+        .with_profile(profile)
         .with_queue(
             queue.clone(),
             QueueSpec::default().with_lock_duration(Duration::from_secs(30)),
@@ -237,4 +245,85 @@ async fn redeliveries_of_one_broker_message_pass() {
     }
     let last = f.receive().await;
     assert_eq!(f.process(&last).await, Ok(()));
+}
+
+/// `event(0)` with `count` application attributes in all.
+fn with_attributes(count: usize) -> Message {
+    (1..count).fold(event(0), |m, i| m.with_attribute(format!("a{i}"), "v"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signed_message_that_needs_more_slots_than_sqs_carries_is_refused_up_front() {
+    let f = fixture_on(Profile::Sqs);
+    // 8 application attributes + the signature = 9, what the SQS provider carries.
+    f.producer.send(&f.queue, with_attributes(8)).await.unwrap();
+    let got = f.receive().await;
+    assert_eq!(got.message.attributes.len(), 9);
+    assert_eq!(f.process(&got).await, Ok(()));
+
+    // 9 + the signature: refused with the count, nothing sent, in a batch nothing at all.
+    let err = f
+        .producer
+        .send(&f.queue, with_attributes(9))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("9 application attributes plus the signature need 10 attribute slots"),
+        "{text}"
+    );
+    assert!(text.contains("at most 8 application attributes"), "{text}");
+    let err = f
+        .producer
+        .send_batch(&f.queue, vec![event(1), with_attributes(9)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("need 10 attribute slots"), "{err}");
+    assert_eq!(f.raw.message_count(&f.queue).unwrap(), 0);
+
+    // Without the check, the provider itself refuses the signed message (as SQS does).
+    let ring = f.producer.signer().keys().clone();
+    let mut signed = with_attributes(9);
+    MessageSigner::new(ring)
+        .sign(&f.queue, &mut signed)
+        .unwrap();
+    assert!(f.raw.send(&f.queue, signed).await.is_err());
+
+    // The same 9 attributes fit a provider without the bound.
+    let unbounded = fixture();
+    unbounded
+        .producer
+        .send(&unbounded.queue, with_attributes(9))
+        .await
+        .unwrap();
+    assert_eq!(unbounded.process(&unbounded.receive().await).await, Ok(()));
+}
+
+#[test]
+fn limits_fitted_to_a_provider_leave_a_slot_for_the_signature() {
+    let sqs = InMemoryProvider::builder()
+        .with_profile(Profile::Sqs)
+        .build()
+        .unwrap()
+        .capabilities();
+    let limits = Limits::default().fitted_to(&sqs);
+    assert_eq!(limits.max_attributes, 8);
+    assert!(
+        limits
+            .check_attributes(&with_attributes(8).attributes)
+            .is_ok()
+    );
+    assert!(matches!(
+        limits.check_attributes(&with_attributes(9).attributes),
+        Err(SecurityError::TooManyAttributes { count: 9, max: 8 })
+    ));
+    assert!(matches!(
+        Limits::check_attribute_slots(&with_attributes(9).attributes, "sqs", Some(9)),
+        Err(SecurityError::TooManyAttributeSlots {
+            attributes: 9,
+            provider: "sqs",
+            max: 9
+        })
+    ));
+    assert!(Limits::check_attribute_slots(&with_attributes(50).attributes, "x", None).is_ok());
 }

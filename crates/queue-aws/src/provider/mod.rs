@@ -98,6 +98,7 @@ impl SqsProvider {
         caps.native_dead_letter = true;
         caps.duplicate_detection = true;
         caps.queue_management = true;
+        caps.max_attributes = Some(codec::MAX_APP_ATTRIBUTES);
         caps
     }
 
