@@ -33,6 +33,7 @@ impl Shared {
             message_id = %msg.message_id,
             session_id = tracing::field::Empty,
             delivery_count = msg.delivery_count,
+            attempt = tracing::field::Empty,
         );
         if let Some(session) = msg.session_id() {
             span.record("session_id", tracing::field::display(session));
@@ -66,6 +67,8 @@ impl Shared {
             return done;
         }
         let attempt = self.attempt(msg);
+        // Retries held in process keep the delivery (and its count): the attempt is what grows.
+        tracing::Span::current().record("attempt", attempt);
         let started = Instant::now();
         let (joined, lock_lost) = self.run_handler(msg, watch, attempt).await;
         let took = started.elapsed();
