@@ -12,6 +12,7 @@
 )]
 
 mod advisory;
+mod background;
 mod cmd;
 mod fuzz;
 mod redis;

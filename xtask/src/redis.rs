@@ -10,9 +10,10 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use crate::background::{Server, Spec};
 use crate::cmd::Failure;
 
 /// How long redis-server may take to answer its first `PING`.
@@ -29,125 +30,57 @@ kill -9 "$pid" 2>/dev/null
 
 /// A running `redis-server` under the watchdog.
 #[derive(Debug)]
-pub(crate) struct Redis {
-    child: Child,
-    pub(crate) port: u16,
-}
+pub(crate) struct Redis(Server);
 
 impl Redis {
     /// Installs redis-server if needed and starts it on a free 127.0.0.1 port.
     pub(crate) fn start(log: &Path) -> Result<Self, Failure> {
         let server = ensure_installed()?;
-        let mut last_error = None;
-        for _attempt in 0..3 {
-            let port = crate::servers::free_port()?;
-            let mut redis = Self::spawn(&server, port, log)?;
-            match redis.wait_until_ready(log) {
-                Ok(()) => return Ok(redis),
-                Err(e) => {
-                    redis.stop();
-                    last_error = Some(e);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Failure::new("redis-server did not start")))
-    }
-
-    fn spawn(server: &Path, port: u16, log: &Path) -> Result<Self, Failure> {
-        let log_file = std::fs::File::create(log)
-            .map_err(|e| Failure::new(format!("cannot create {}: {e}", log.display())))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| Failure::new(format!("cannot reopen {}: {e}", log.display())))?;
-        let port_arg = port.to_string();
-        let args = [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port_arg,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ];
-        println!(
-            "$ {} {}  (under a stop-on-exit watchdog)",
-            server.display(),
-            args.join(" ")
-        );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("redis-watchdog")
-            .arg(server)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| Failure::new(format!("could not start {}: {e}", server.display())))?;
-        Ok(Self { child, port })
+        let command = |port: u16| {
+            let port = port.to_string();
+            let args = [
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ];
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg(WATCHDOG)
+                .arg("redis-watchdog")
+                .arg(&server)
+                .args(args);
+            (command, format!("{} {}", server.display(), args.join(" ")))
+        };
+        Server::start(&Spec {
+            name: "redis-server",
+            log,
+            startup_timeout: STARTUP_TIMEOUT,
+            command: &command,
+            ready: answers_ping,
+        })
+        .map(Self)
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// The URL the tests get in `QUEUE_TEST_REDIS_URL`.
     pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis://127.0.0.1:{}/", self.0.port)
     }
 
-    fn wait_until_ready(&mut self, log: &Path) -> Result<(), Failure> {
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(Failure::new(format!(
-                    "redis-server exited with {status} before answering; its log ({}):\n{}",
-                    log.display(),
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )));
-            }
-            if answers_ping(self.port) {
-                println!(
-                    "redis-server answers PING on port {} after {:.1}s",
-                    self.port,
-                    started.elapsed().as_secs_f64()
-                );
-                return Ok(());
-            }
-            if started.elapsed() > STARTUP_TIMEOUT {
-                return Err(Failure::new(format!(
-                    "redis-server did not answer on 127.0.0.1:{} within {}s; log: {}",
-                    self.port,
-                    STARTUP_TIMEOUT.as_secs(),
-                    log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Closes the watchdog's stdin (which stops redis-server), waits, kills as a last resort.
-    pub(crate) fn stop(mut self) {
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-            }
-        }
-        println!("test servers: stopped redis-server (port {})", self.port);
+    /// Stops redis-server (see [`Server::stop`]).
+    pub(crate) fn stop(self) {
+        self.0.stop();
     }
 }
 

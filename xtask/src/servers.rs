@@ -16,11 +16,12 @@
 //!    reason (including Ctrl-C or a kill), so no server outlives the run.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::background::{Server, Spec};
 use crate::cmd::{self, Ctx, Failure};
 use crate::venv::Venv;
 
@@ -227,119 +228,31 @@ pub(crate) fn ensure_venv(target: &Path) -> Result<Venv, Failure> {
     Ok(venv)
 }
 
-/// A running `moto_server` under the watchdog.
-#[derive(Debug)]
-struct Moto {
-    child: Child,
-    port: u16,
-}
+/// `moto_server -H 127.0.0.1 -p <port>` under the Python watchdog.
+struct Moto;
 
 impl Moto {
-    fn start(venv: &Venv, log: &Path) -> Result<Self, Failure> {
+    fn start(venv: &Venv, log: &Path) -> Result<Server, Failure> {
         let server = venv.dir.join("bin").join("moto_server");
-        if let Some(parent) = log.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Failure::new(format!("cannot create {}: {e}", parent.display())))?;
-        }
-        // A port picked by the OS can be taken between our probe and moto's bind: retry.
-        let mut last_error = None;
-        for _attempt in 0..3 {
-            let port = free_port()?;
-            let log_file = std::fs::File::create(log)
-                .map_err(|e| Failure::new(format!("cannot create {}: {e}", log.display())))?;
-            let log_err = log_file
-                .try_clone()
-                .map_err(|e| Failure::new(format!("cannot reopen {}: {e}", log.display())))?;
+        let command = |port: u16| {
             let mut command = Command::new(&venv.python);
-            command
-                .arg("-c")
-                .arg(WATCHDOG)
-                .arg(&server)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(log_file)
-                .stderr(log_err);
-            println!(
-                "$ {} -H 127.0.0.1 -p {port}  (under a stop-on-exit watchdog)",
-                server.display()
-            );
-            let child = command
-                .spawn()
-                .map_err(|e| Failure::new(format!("could not start {}: {e}", server.display())))?;
-            let mut moto = Self { child, port };
-            match moto.wait_until_ready(log) {
-                Ok(()) => return Ok(moto),
-                Err(e) => {
-                    moto.stop();
-                    last_error = Some(e);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Failure::new("moto_server did not start")))
+            command.arg("-c").arg(WATCHDOG).arg(&server).args([
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ]);
+            let shown = format!("{} -H 127.0.0.1 -p {port}", server.display());
+            (command, shown)
+        };
+        Server::start(&Spec {
+            name: "moto_server",
+            log,
+            startup_timeout: STARTUP_TIMEOUT,
+            command: &command,
+            ready: http_answers,
+        })
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_until_ready(&mut self, log: &Path) -> Result<(), Failure> {
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(Failure::new(format!(
-                    "moto_server exited with {status} before answering; its log ({}):\n{}",
-                    log.display(),
-                    tail(log, 30)
-                )));
-            }
-            if http_answers(self.port) {
-                println!(
-                    "moto_server answers on port {} after {:.1}s",
-                    self.port,
-                    started.elapsed().as_secs_f64()
-                );
-                return Ok(());
-            }
-            if started.elapsed() > STARTUP_TIMEOUT {
-                return Err(Failure::new(format!(
-                    "moto_server did not answer on 127.0.0.1:{} within {}s; its log ({}):\n{}",
-                    self.port,
-                    STARTUP_TIMEOUT.as_secs(),
-                    log.display(),
-                    tail(log, 30)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Closes the watchdog's stdin (which stops moto), waits, and kills as a last resort.
-    fn stop(mut self) {
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-            }
-        }
-        println!("test servers: stopped moto_server (port {})", self.port);
-    }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-pub(crate) fn free_port() -> Result<u16, Failure> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Failure::new(format!("cannot find a free port on 127.0.0.1: {e}")))
 }
 
 /// True when something on `127.0.0.1:port` answers a GET with an HTTP status line.
@@ -358,19 +271,13 @@ fn http_answers(port: u16) -> bool {
     stream.read_exact(&mut head).is_ok() && &head == b"HTTP/"
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn http_probe_needs_an_http_answer() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = std::thread::spawn(move || {
             for reply in [
@@ -387,7 +294,7 @@ mod tests {
         assert!(http_answers(port), "any HTTP status line is ready");
         server.join().expect("server thread");
         assert!(
-            !http_answers(free_port().expect("port")),
+            !http_answers(crate::background::free_port().expect("port")),
             "nothing listening"
         );
     }
