@@ -50,24 +50,7 @@ sys.exit(child.wait())
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Result<(), Failure> {
-    let mut cargo = ctx.cargo();
-    cargo.arg("test");
-    if !passthrough
-        .iter()
-        .any(|a| a == "-p" || a == "--package" || a.starts_with("--package="))
-    {
-        cargo.arg("--workspace");
-    }
-    cargo.arg("--all-features");
-    // Run every test binary even when one fails, so the output shows every failure and
-    // every count (the exit code still reports the failure).
-    if !passthrough.iter().any(|a| a == "--no-fail-fast") {
-        cargo.arg("--no-fail-fast");
-    }
-    if ctx.locked {
-        cargo.arg("--locked");
-    }
-    cargo.args(passthrough);
+    let mut cargo = cargo_test(ctx, passthrough);
 
     if no_servers {
         cmd::section("test: without test servers (--no-servers)");
@@ -117,16 +100,8 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
     cargo
         .env("QUEUE_TEST_REDIS_URL", redis.url())
         .env("QUEUE_TEST_SQS_ENDPOINT", &endpoint)
-        .env("QUEUE_TEST_PYTHON", &venv.python)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        // Never probe the EC2 instance metadata service (a non-loopback address) or read
-        // the developer's own AWS profile.
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", aws_dir.join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", aws_dir.join("credentials"));
+        .env("QUEUE_TEST_PYTHON", &venv.python);
+    dummy_aws_env(&mut cargo, &aws_dir);
     cmd::section("test: cargo test");
     let result = ctx.run(&mut cargo);
     moto.stop();
@@ -134,6 +109,43 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
     print_sdk_summary(&sdk_summary);
     let _ = std::fs::remove_file(&sdk_summary);
     result
+}
+
+/// `cargo test --workspace --all-features --no-fail-fast [--locked] <passthrough>`
+/// (`--workspace` only when no package is named).
+fn cargo_test(ctx: &Ctx, passthrough: &[String]) -> Command {
+    let mut cargo = ctx.cargo();
+    cargo.arg("test");
+    if !passthrough
+        .iter()
+        .any(|a| a == "-p" || a == "--package" || a.starts_with("--package="))
+    {
+        cargo.arg("--workspace");
+    }
+    cargo.arg("--all-features");
+    // Run every test binary even when one fails, so the output shows every failure and
+    // every count (the exit code still reports the failure).
+    if !passthrough.iter().any(|a| a == "--no-fail-fast") {
+        cargo.arg("--no-fail-fast");
+    }
+    if ctx.locked {
+        cargo.arg("--locked");
+    }
+    cargo.args(passthrough);
+    cargo
+}
+
+/// Dummy AWS credentials and region for moto; never the instance metadata service (a
+/// non-loopback address) nor the developer's own AWS profile.
+fn dummy_aws_env(cargo: &mut Command, aws_dir: &Path) {
+    cargo
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", aws_dir.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", aws_dir.join("credentials"));
 }
 
 /// The official JavaScript SDK's pinned packages (`npm ci` installs exactly the lock).
