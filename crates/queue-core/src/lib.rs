@@ -31,6 +31,7 @@
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod layer;
 pub mod message;
 pub mod names;
 pub mod provider;
