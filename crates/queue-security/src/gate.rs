@@ -234,7 +234,7 @@ impl SignatureGate {
             None => unique_identity(),
         };
         let expires_at = self.nonce_expiry(verified, now);
-        let nonce = format!("{}/{}", received.receipt.queue(), verified.nonce);
+        let nonce = format!("{}/{}", received.receipt.queue(), verified.nonce());
         match store
             .check_and_record(&nonce, &identity, now, expires_at)
             .await

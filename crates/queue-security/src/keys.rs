@@ -41,6 +41,14 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(Arc<str>);
 
+/// Lets the key ring look an id up by the text of an envelope, without building a `KeyId`
+/// (ordering, equality and hashing are those of the text).
+impl std::borrow::Borrow<str> for KeyId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl KeyId {
     /// Validates `id`.
     pub fn new(id: impl AsRef<str>) -> Result<Self, SecurityError> {
@@ -231,20 +239,22 @@ impl KeyRing {
         Ok(f(id, key))
     }
 
-    /// Runs `f` with the HMAC key of `id`, or fails with [`SecurityError::UnknownKey`].
-    pub(crate) fn with_key_id<T>(
+    /// Runs `f` with the stored id and HMAC key named `id` (a cheap clone of the stored
+    /// id, no allocation), or fails with [`SecurityError::UnknownKey`].
+    pub(crate) fn with_key_named<T>(
         &self,
-        id: &KeyId,
-        f: impl FnOnce(&ring::hmac::Key) -> T,
+        id: &str,
+        f: impl FnOnce(&KeyId, &ring::hmac::Key) -> T,
     ) -> Result<T, SecurityError> {
         let inner = self.read();
-        let key = inner
-            .macs
-            .get(id)
-            .ok_or_else(|| SecurityError::UnknownKey {
-                key_id: id.to_string(),
-            })?;
-        Ok(f(key))
+        let (stored, key) =
+            inner
+                .macs
+                .get_key_value(id)
+                .ok_or_else(|| SecurityError::UnknownKey {
+                    key_id: id.to_owned(),
+                })?;
+        Ok(f(stored, key))
     }
 
     /// Parses a key specification (the format of [`DEFAULT_KEYS_ENV`]).
@@ -415,7 +425,7 @@ mod tests {
         ring.retire("a").unwrap();
         assert!(ring.is_retired("a"));
         assert!(matches!(
-            ring.with_key_id(&KeyId::new("a").unwrap(), |_| ()),
+            ring.with_key_named("a", |_, _| ()),
             Err(SecurityError::UnknownKey { .. })
         ));
         assert!(ring.insert("a", generate_key().unwrap()).is_err());

@@ -178,16 +178,18 @@ pub fn validate_attribute_name(name: &str, max_len: usize) -> Result<(), Securit
     if !name.as_bytes()[0].is_ascii_alphabetic() {
         return Err(bad("must start with an ASCII letter"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        return Err(bad(
-            "may only contain ASCII letters, digits, `-`, `_` and `.`",
-        ));
-    }
-    if name.contains("..") {
-        return Err(bad("must not contain `..`"));
+    // One pass over the bytes for both the character set and `..`.
+    let mut previous = 0u8;
+    for b in name.bytes() {
+        if !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+            return Err(bad(
+                "may only contain ASCII letters, digits, `-`, `_` and `.`",
+            ));
+        }
+        if b == b'.' && previous == b'.' {
+            return Err(bad("must not contain `..`"));
+        }
+        previous = b;
     }
     let has_prefix = |prefix: &str| {
         name.get(..prefix.len())
@@ -216,6 +218,13 @@ pub fn validate_attribute_value(
                 value.len()
             ),
         });
+    }
+    // Most values are ASCII: a byte scan decides them without decoding characters.
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'))
+    {
+        return Ok(());
     }
     if let Some(pos) = value.chars().position(|c| {
         (c.is_control() && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}'

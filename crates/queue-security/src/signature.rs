@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use queue_core::{Message, MessageId, QueueName, ReceivedMessage};
+use queue_core::{Attributes, Message, MessageId, QueueName, ReceivedMessage};
 use subtle::ConstantTimeEq as _;
 
 use crate::{
@@ -123,6 +123,27 @@ fn parse_ms(value: &str) -> Result<u64, SecurityError> {
         .map_err(|_| malformed("timestamp out of range"))
 }
 
+/// Decodes exactly 64 lowercase hex digits (the only spelling the envelope accepts) in
+/// one pass.
+fn decode_mac(text: &str) -> Option<[u8; 32]> {
+    fn nibble(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        }
+    }
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut mac = [0u8; 32];
+    for (byte, pair) in mac.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(mac)
+}
+
 fn field<'a>(
     part: Option<&'a str>,
     name: &'static str,
@@ -132,28 +153,28 @@ fn field<'a>(
         .ok_or_else(|| malformed(missing))
 }
 
-impl Envelope {
-    /// Parses the text form strictly: one accepted spelling per envelope.
-    pub fn parse(text: &str) -> Result<Self, SecurityError> {
+/// An envelope parsed in place: every field borrows the text (verification allocates
+/// nothing for it).
+struct EnvelopeRef<'a> {
+    key_id: &'a str,
+    signed_at_ms: u64,
+    not_before_ms: Option<u64>,
+    /// The covered names as written: comma-separated, validated, strictly ascending.
+    covered: &'a str,
+    covered_count: usize,
+    mac: [u8; 32],
+}
+
+impl<'a> EnvelopeRef<'a> {
+    fn parse(text: &'a str) -> Result<Self, SecurityError> {
         if text.len() > MAX_ENVELOPE_LEN {
             return Err(malformed("envelope too long"));
         }
         let mut parts = text.split(';');
-        let version = field(parts.next(), "v=", "envelope must start with `v=`")?;
-        if version != "1" {
-            // Echo only what looks like a version number; the rest is untrusted text.
-            let shown = if !version.is_empty()
-                && version.len() <= 4
-                && version.bytes().all(|b| b.is_ascii_digit())
-            {
-                version.to_owned()
-            } else {
-                "?".to_owned()
-            };
-            return Err(SecurityError::UnsupportedVersion { version: shown });
-        }
-        let key = field(parts.next(), "k=", "missing `k=` after the version")?;
-        if key.is_empty() || key.len() > MAX_KEY_ID_LEN || !key.bytes().all(is_key_id_byte) {
+        check_version(field(parts.next(), "v=", "envelope must start with `v=`")?)?;
+        let key_id = field(parts.next(), "k=", "missing `k=` after the version")?;
+        if key_id.is_empty() || key_id.len() > MAX_KEY_ID_LEN || !key_id.bytes().all(is_key_id_byte)
+        {
             return Err(malformed("invalid key id"));
         }
         let signed_at_ms = parse_ms(field(parts.next(), "t=", "missing `t=` after the key id")?)?;
@@ -165,48 +186,87 @@ impl Envelope {
             }
             None => None,
         };
-        let attrs = field(next, "a=", "missing `a=` after the timestamp")?;
-        let mut covered = Vec::new();
-        if !attrs.is_empty() {
-            for name in attrs.split(',') {
-                let valid = !name.is_empty()
-                    && name.len() <= MAX_COVERED_NAME_LEN
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-                if !valid {
-                    return Err(malformed("invalid covered attribute name"));
-                }
-                if covered
-                    .last()
-                    .is_some_and(|prev: &String| prev.as_str() >= name)
-                {
-                    return Err(malformed(
-                        "covered attribute names are not strictly ascending",
-                    ));
-                }
-                if covered.len() == MAX_COVERED_ATTRIBUTES {
-                    return Err(malformed("too many covered attributes"));
-                }
-                covered.push(name.to_owned());
-            }
-        }
+        let covered = field(next, "a=", "missing `a=` after the timestamp")?;
+        let covered_count = check_covered(covered)?;
         let sig = field(parts.next(), "s=", "missing `s=` after the attribute list")?;
         if parts.next().is_some() {
             return Err(malformed("unexpected field after `s=`"));
         }
-        if sig.len() != 64 || !sig.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(malformed("signature must be 64 lowercase hex digits"));
-        }
-        let mut mac = [0u8; 32];
-        hex::decode_to_slice(sig, &mut mac).map_err(|_| malformed("signature is not hex"))?;
+        let mac = decode_mac(sig)
+            .ok_or_else(|| malformed("signature must be 64 lowercase hex digits"))?;
         Ok(Self {
-            version: SignatureVersion::V1,
-            key_id: KeyId::new(key).map_err(|_| malformed("invalid key id"))?,
+            key_id,
             signed_at_ms,
             not_before_ms,
             covered,
+            covered_count,
             mac,
+        })
+    }
+
+    /// The covered attribute names, in order.
+    fn names(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.covered.split(',').filter(|name| !name.is_empty())
+    }
+}
+
+fn check_version(version: &str) -> Result<(), SecurityError> {
+    if version == "1" {
+        return Ok(());
+    }
+    // Echo only what looks like a version number; the rest is untrusted text.
+    let shown =
+        if !version.is_empty() && version.len() <= 4 && version.bytes().all(|b| b.is_ascii_digit())
+        {
+            version.to_owned()
+        } else {
+            "?".to_owned()
+        };
+    Err(SecurityError::UnsupportedVersion { version: shown })
+}
+
+/// Checks the covered-name list (`a=`): valid names, strictly ascending, at most
+/// [`MAX_COVERED_ATTRIBUTES`]. Returns how many.
+fn check_covered(list: &str) -> Result<usize, SecurityError> {
+    if list.is_empty() {
+        return Ok(0);
+    }
+    let mut previous: Option<&str> = None;
+    let mut count = 0;
+    for name in list.split(',') {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_COVERED_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !valid {
+            return Err(malformed("invalid covered attribute name"));
+        }
+        if previous.is_some_and(|prev| prev >= name) {
+            return Err(malformed(
+                "covered attribute names are not strictly ascending",
+            ));
+        }
+        if count == MAX_COVERED_ATTRIBUTES {
+            return Err(malformed("too many covered attributes"));
+        }
+        previous = Some(name);
+        count += 1;
+    }
+    Ok(count)
+}
+
+impl Envelope {
+    /// Parses the text form strictly: one accepted spelling per envelope.
+    pub fn parse(text: &str) -> Result<Self, SecurityError> {
+        let parsed = EnvelopeRef::parse(text)?;
+        Ok(Self {
+            version: SignatureVersion::V1,
+            key_id: KeyId::new(parsed.key_id).map_err(|_| malformed("invalid key id"))?,
+            signed_at_ms: parsed.signed_at_ms,
+            not_before_ms: parsed.not_before_ms,
+            covered: parsed.names().map(str::to_owned).collect(),
+            mac: parsed.mac,
         })
     }
 }
@@ -276,14 +336,14 @@ impl SignedFields<'_> {
     /// `bytes(x)` is a 4-byte big-endian length then `x`; `opt(x)` is `0x00` when absent,
     /// else `0x01` then `bytes(x)`; integers are 8-byte big-endian. The body's length is 8
     /// bytes. See `docs/security.md`.
-    pub fn encode_v1(&self, out: &mut dyn FnMut(&[u8])) {
-        fn bytes(out: &mut dyn FnMut(&[u8]), value: &[u8]) {
+    pub fn encode_v1(&self, mut out: impl FnMut(&[u8])) {
+        fn bytes(out: &mut impl FnMut(&[u8]), value: &[u8]) {
             // Inputs are bounded far below 4 GiB by the parser and the limits.
             let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
             out(&len.to_be_bytes());
             out(value);
         }
-        fn opt(out: &mut dyn FnMut(&[u8]), value: Option<&[u8]>) {
+        fn opt(out: &mut impl FnMut(&[u8]), value: Option<&[u8]>) {
             match value {
                 None => out(&[0]),
                 Some(v) => {
@@ -292,8 +352,8 @@ impl SignedFields<'_> {
                 }
             }
         }
-        bytes(out, V1_DOMAIN);
-        bytes(out, self.key_id.as_bytes());
+        bytes(&mut out, V1_DOMAIN);
+        bytes(&mut out, self.key_id.as_bytes());
         out(&self.signed_at_ms.to_be_bytes());
         match self.not_before_ms {
             None => out(&[0]),
@@ -302,17 +362,17 @@ impl SignedFields<'_> {
                 out(&n.to_be_bytes());
             }
         }
-        bytes(out, self.queue.as_bytes());
-        bytes(out, self.message_id.as_bytes());
-        opt(out, self.session_id.map(str::as_bytes));
-        opt(out, self.correlation_id.map(str::as_bytes));
-        opt(out, self.content_type.map(str::as_bytes));
-        opt(out, self.subject.map(str::as_bytes));
+        bytes(&mut out, self.queue.as_bytes());
+        bytes(&mut out, self.message_id.as_bytes());
+        opt(&mut out, self.session_id.map(str::as_bytes));
+        opt(&mut out, self.correlation_id.map(str::as_bytes));
+        opt(&mut out, self.content_type.map(str::as_bytes));
+        opt(&mut out, self.subject.map(str::as_bytes));
         let count = u32::try_from(self.attributes.len()).unwrap_or(u32::MAX);
         out(&count.to_be_bytes());
         for (name, value) in self.attributes {
-            bytes(out, name.as_bytes());
-            bytes(out, value.as_bytes());
+            bytes(&mut out, name.as_bytes());
+            bytes(&mut out, value.as_bytes());
         }
         out(&(self.body.len() as u64).to_be_bytes());
         out(self.body);
@@ -321,7 +381,7 @@ impl SignedFields<'_> {
     /// The v1 canonical encoding as one buffer (for tests and other implementations).
     pub fn canonical_v1(&self) -> Vec<u8> {
         let mut buf = Vec::new();
-        self.encode_v1(&mut |piece| buf.extend_from_slice(piece));
+        self.encode_v1(|piece| buf.extend_from_slice(piece));
         buf
     }
 
@@ -334,7 +394,7 @@ impl SignedFields<'_> {
             buf: [0; FEED_BUF],
             len: 0,
         };
-        self.encode_v1(&mut |piece| feed.push(piece));
+        self.encode_v1(|piece| feed.push(piece));
         feed.flush();
         feed.ctx.sign()
     }
@@ -368,22 +428,25 @@ impl Feed {
     }
 }
 
-/// The envelope text of a fresh signature, written straight into one `String` (the same
-/// text as [`Envelope`]'s `Display`, without building an `Envelope` first).
-fn envelope_text(
+/// Writes the envelope text of a fresh signature into `text` (the same text as
+/// [`Envelope`]'s `Display`, without building an `Envelope` first).
+fn write_envelope(
+    text: &mut String,
     key_id: &KeyId,
     signed_at_ms: u64,
     not_before_ms: Option<u64>,
     covered: &[(&str, &str)],
     mac: &[u8; 32],
-) -> String {
-    use std::fmt::Write as _;
+) {
     let names: usize = covered.iter().map(|(k, _)| k.len() + 1).sum();
-    let mut text = String::with_capacity(40 + key_id.as_str().len() + 2 * 16 + names + 64);
-    // Writing to a `String` cannot fail.
-    let _ = write!(text, "v=1;k={key_id};t={signed_at_ms}");
+    text.reserve(40 + key_id.as_str().len() + 2 * 20 + names + 64);
+    text.push_str("v=1;k=");
+    text.push_str(key_id.as_str());
+    text.push_str(";t=");
+    push_decimal(text, signed_at_ms);
     if let Some(n) = not_before_ms {
-        let _ = write!(text, ";n={n}");
+        text.push_str(";n=");
+        push_decimal(text, n);
     }
     text.push_str(";a=");
     for (i, (name, _)) in covered.iter().enumerate() {
@@ -396,7 +459,21 @@ fn envelope_text(
     let mut hex = [0u8; 64];
     hex::encode_to_slice(mac, &mut hex).expect("64 digits for 32 bytes");
     text.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
-    text
+}
+
+/// Appends `value` in decimal without going through `fmt`.
+fn push_decimal(text: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    text.push_str(std::str::from_utf8(&digits[start..]).expect("decimal digits are ASCII"));
 }
 
 /// The replay nonce of a MAC: 32 hex digits of SHA-256 over it (one allocation, the
@@ -514,7 +591,8 @@ impl MessageSigner {
         message: &mut Message,
         at: SystemTime,
     ) -> Result<KeyId, SecurityError> {
-        message.attributes.remove(SIGNATURE_ATTRIBUTE);
+        // A re-signed message gives back its old entry, whose key and buffer are reused.
+        let previous = message.attributes.remove_entry(SIGNATURE_ATTRIBUTE);
         self.limits.check_message(message)?;
         let message_id = message
             .message_id
@@ -550,16 +628,24 @@ impl MessageSigner {
             mac.copy_from_slice(tag.as_ref());
             (key_id.clone(), mac)
         })?;
-        let text = envelope_text(&key_id, signed_at_ms, not_before_ms, &covered, &mac);
-        message
-            .attributes
-            .insert(SIGNATURE_ATTRIBUTE.to_owned(), text);
+        let (name, mut text) =
+            previous.unwrap_or_else(|| (SIGNATURE_ATTRIBUTE.to_owned(), String::new()));
+        text.clear();
+        write_envelope(
+            &mut text,
+            &key_id,
+            signed_at_ms,
+            not_before_ms,
+            &covered,
+            &mac,
+        );
+        message.attributes.insert(name, text);
         Ok(key_id)
     }
 }
 
 /// What a successful verification established.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Verified {
     /// Key that signed the message.
@@ -568,11 +654,38 @@ pub struct Verified {
     pub signed_at: SystemTime,
     /// Scheduled delivery time, if the sender set one.
     pub not_before: Option<SystemTime>,
-    /// Attributes the signature covers (others, if allowed, are unauthenticated).
-    pub covered_attributes: Vec<String>,
+    /// The covered attribute names as the envelope lists them (comma-separated).
+    covered: String,
+    mac: [u8; 32],
+}
+
+impl fmt::Debug for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Like `Envelope`, the MAC stays out of logs.
+        f.debug_struct("Verified")
+            .field("key_id", &self.key_id)
+            .field("signed_at", &self.signed_at)
+            .field("not_before", &self.not_before)
+            .field("covered_attributes", &self.covered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verified {
+    /// Attributes the signature covers, in ascending order (others, if allowed, are
+    /// unauthenticated).
+    pub fn covered_attributes(&self) -> impl Iterator<Item = &str> {
+        self.covered.split(',').filter(|name| !name.is_empty())
+    }
+
     /// The replay nonce: 32 hex digits of SHA-256 over the MAC. Every copy of a signed
     /// message carries the same one; it reveals nothing about the MAC or the key.
-    pub nonce: String,
+    ///
+    /// Computed on call (one SHA-256 block), so a verification that does not check
+    /// replays does not pay for it.
+    pub fn nonce(&self) -> String {
+        replay_nonce(&self.mac)
+    }
 }
 
 /// Checks signatures and freshness of received messages (without replay protection; see
@@ -639,26 +752,10 @@ impl SignatureVerifier {
             .attributes
             .get(SIGNATURE_ATTRIBUTE)
             .ok_or(SecurityError::Unsigned)?;
-        let envelope = Envelope::parse(text)?;
-        let mut covered = Vec::with_capacity(envelope.covered.len());
-        for name in &envelope.covered {
-            let value = message
-                .attributes
-                .get(name)
-                .ok_or(SecurityError::SignatureInvalid)?;
-            covered.push((name.as_str(), value.as_str()));
-        }
-        if !self.allow_uncovered_attributes
-            && let Some(extra) = message.attributes.keys().find(|k| {
-                k.as_str() != SIGNATURE_ATTRIBUTE && envelope.covered.binary_search(k).is_err()
-            })
-        {
-            return Err(SecurityError::UncoveredAttribute {
-                name: sanitize_label(extra),
-            });
-        }
+        let envelope = EnvelopeRef::parse(text)?;
+        let covered = self.covered_values(&envelope, &message.attributes)?;
         let fields = SignedFields {
-            key_id: envelope.key_id.as_str(),
+            key_id: envelope.key_id,
             signed_at_ms: envelope.signed_at_ms,
             not_before_ms: envelope.not_before_ms,
             queue: received.receipt.queue().as_str(),
@@ -670,40 +767,74 @@ impl SignatureVerifier {
             attributes: &covered,
             body: &message.body,
         };
-        self.keys.with_key_id(&envelope.key_id, |key| {
+        let key_id = self.keys.with_key_named(envelope.key_id, |key_id, key| {
             // Recompute the tag over the encoding as it is produced (no copy of the body),
             // then compare in constant time.
             let tag = fields.mac(key);
             if bool::from(tag.as_ref().ct_eq(&envelope.mac[..])) {
-                Ok(())
+                Ok(key_id.clone())
             } else {
                 Err(SecurityError::SignatureInvalid)
             }
         })??;
-        self.check_freshness(&envelope, received.enqueued_at)?;
+        self.check_freshness(
+            envelope.signed_at_ms,
+            envelope.not_before_ms,
+            received.enqueued_at,
+        )?;
         Ok(Verified {
-            key_id: envelope.key_id,
+            key_id,
             signed_at: from_unix_ms(envelope.signed_at_ms),
             not_before: envelope.not_before_ms.map(from_unix_ms),
-            covered_attributes: envelope.covered,
-            nonce: replay_nonce(&envelope.mac),
+            covered: envelope.covered.to_owned(),
+            mac: envelope.mac,
         })
+    }
+
+    /// The (name, value) pairs the envelope covers, in order; fails if one is missing,
+    /// or if the message carries an attribute it does not cover (unless allowed).
+    fn covered_values<'m>(
+        &self,
+        envelope: &EnvelopeRef<'m>,
+        attributes: &'m Attributes,
+    ) -> Result<Vec<(&'m str, &'m str)>, SecurityError> {
+        let mut covered = Vec::with_capacity(envelope.covered_count);
+        for name in envelope.names() {
+            let value = attributes
+                .get(name)
+                .ok_or(SecurityError::SignatureInvalid)?;
+            covered.push((name, value.as_str()));
+        }
+        // Covered names are distinct and all present, so any attribute beyond them (and
+        // the signature itself) is uncovered; the search for its name runs only then.
+        let uncovered = attributes.len() - 1 > covered.len();
+        if uncovered && !self.allow_uncovered_attributes {
+            let extra = attributes
+                .keys()
+                .find(|k| {
+                    k.as_str() != SIGNATURE_ATTRIBUTE && !envelope.names().any(|n| n == k.as_str())
+                })
+                .map_or_else(String::new, |k| sanitize_label(k));
+            return Err(SecurityError::UncoveredAttribute { name: extra });
+        }
+        Ok(covered)
     }
 
     fn check_freshness(
         &self,
-        env: &Envelope,
+        signed_at_ms: u64,
+        not_before_ms: Option<u64>,
         enqueued_at: SystemTime,
     ) -> Result<(), SecurityError> {
         let skew_ms = u64::try_from(self.max_skew.as_millis()).unwrap_or(u64::MAX);
         let enqueued = unix_ms(enqueued_at);
-        let start = env.signed_at_ms.saturating_sub(skew_ms);
-        let latest = env.signed_at_ms.max(env.not_before_ms.unwrap_or(0));
+        let start = signed_at_ms.saturating_sub(skew_ms);
+        let latest = signed_at_ms.max(not_before_ms.unwrap_or(0));
         let end = latest.saturating_add(skew_ms);
         if enqueued < start {
             return Err(SecurityError::Stale {
                 direction: "after",
-                offset: Duration::from_millis(env.signed_at_ms - enqueued),
+                offset: Duration::from_millis(signed_at_ms - enqueued),
                 max_skew: self.max_skew,
             });
         }
@@ -726,20 +857,24 @@ mod tests {
     fn envelope_text_matches_the_envelope_display() {
         let key_id = KeyId::new("k1").unwrap();
         let mac = [0xa5; 32];
-        for (not_before, covered) in [
-            (None, vec![]),
-            (Some(1_700_000_000_500), vec![("event", "push")]),
-            (None, vec![("a", "1"), ("b.c", "2"), ("z_z", "3")]),
+        for (signed_at, not_before, covered) in [
+            (1_700_000_000_000, None, vec![]),
+            (0, Some(1_700_000_000_500), vec![("event", "push")]),
+            (9, Some(0), vec![("a", "1"), ("b.c", "2"), ("z_z", "3")]),
+            (999_999_999_999_999, None, vec![("a", "1")]),
         ] {
             let envelope = Envelope {
                 version: SignatureVersion::V1,
                 key_id: key_id.clone(),
-                signed_at_ms: 1_700_000_000_000,
+                signed_at_ms: signed_at,
                 not_before_ms: not_before,
                 covered: covered.iter().map(|(k, _)| (*k).to_owned()).collect(),
                 mac,
             };
-            let text = envelope_text(&key_id, 1_700_000_000_000, not_before, &covered, &mac);
+            // A reused buffer with old text in it must not leak into the new envelope.
+            let mut text = String::from("stale");
+            text.clear();
+            write_envelope(&mut text, &key_id, signed_at, not_before, &covered, &mac);
             assert_eq!(text, envelope.to_string());
             assert_eq!(Envelope::parse(&text).unwrap(), envelope);
         }
