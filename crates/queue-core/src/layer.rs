@@ -30,9 +30,33 @@
 //! }
 //! ```
 //!
+//! With the feature `layers`, this module also has the layers themselves: [`Retrying`]
+//! (bounded, class-aware retries with jittered backoff), [`Instrumented`] (spans and
+//! metrics) and [`FaultInjecting`] (errors, delays and dropped settlements by schedule or
+//! seed), and [`default_stack`], the stack that providers built from configuration get.
+//!
 //! Call a layered provider through [`QueueProvider`] (the trait most code has in scope).
 //! A file that imports both traits and calls a method on a concrete layer type must name
 //! the trait (`QueueProvider::send(&layer, ..)`), since both traits have a `send`.
+
+#[cfg(feature = "layers")]
+mod batch;
+#[cfg(feature = "layers")]
+mod fault;
+#[cfg(feature = "layers")]
+mod instrumented;
+#[cfg(feature = "layers")]
+mod retrying;
+
+#[cfg(feature = "layers")]
+pub use fault::{Fault, FaultInjecting, Faults, When};
+#[cfg(feature = "layers")]
+pub use instrumented::{
+    AUTH_FAILURES, CALL_DURATION, Instrumented, MESSAGES_COMPLETED, MESSAGES_RECEIVED,
+    MESSAGES_SENT, PROVIDER_ERRORS,
+};
+#[cfg(feature = "layers")]
+pub use retrying::{PROVIDER_RETRIES, RetryConfig, Retrying, SendIds};
 
 use std::{
     fmt,
@@ -326,6 +350,18 @@ impl<T: ForwardSession> SessionReceiver for T {
     async fn close(&self) -> Result<()> {
         ForwardSession::close(self).await
     }
+}
+
+/// The documented default stack, outermost first: [`Instrumented`] (one span and one set
+/// of metrics per call as the caller sees it, retries included), then [`Retrying`], then
+/// the provider. Providers built from configuration come wrapped in it.
+#[cfg(feature = "layers")]
+pub fn default_stack(
+    provider: crate::SharedQueueProvider,
+    retry: RetryConfig,
+) -> crate::SharedQueueProvider {
+    let retrying = Retrying::from_arc(provider, retry);
+    std::sync::Arc::new(Instrumented::new(retrying))
 }
 
 #[cfg(test)]

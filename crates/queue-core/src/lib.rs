@@ -28,6 +28,7 @@
 //! [`QueueError::Unsupported`], so adding one does not break existing providers.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod gate;
