@@ -1,22 +1,19 @@
 //! [`Signing`]: a [`QueueProvider`] decorator that signs every message it sends.
 
-use std::{sync::Arc, time::Duration, time::SystemTime};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use queue_core::{
-    Capabilities, DeadLetterReason, Message, MessageId, QueueName, QueueProvider, QueueSpec,
-    Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
-};
+use queue_core::{Message, MessageId, QueueName, QueueProvider, Result, layer::Forward};
 
 use crate::{limits::Limits, signature::MessageSigner};
 
 /// Signs every outgoing message (`send` and `send_batch`) with a [`MessageSigner`] and
-/// forwards everything else to the inner provider unchanged.
+/// forwards everything else to the inner provider unchanged (a [`Forward`] layer).
 ///
 /// A message that fails the signer's limits (or a ring without an active key) fails the
 /// send with a permanent [`QueueError`](queue_core::QueueError) and nothing is sent; in a batch, nothing of the
 /// batch is sent. So does a message whose application attributes plus the signature need
-/// more attributes than the inner provider carries ([`Capabilities::max_attributes`]; on
+/// more attributes than the inner provider carries ([`Capabilities::max_attributes`](queue_core::Capabilities::max_attributes); on
 /// SQS at most 8 application attributes): [`SecurityError::TooManyAttributeSlots`], as
 /// [`QueueError::InvalidMessage`](queue_core::QueueError::InvalidMessage).
 ///
@@ -74,13 +71,11 @@ impl<P: QueueProvider + ?Sized> Signing<P> {
 }
 
 #[async_trait]
-impl<P: QueueProvider + ?Sized> QueueProvider for Signing<P> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
+impl<P: QueueProvider + ?Sized> Forward for Signing<P> {
+    type Inner = P;
 
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+    fn inner(&self) -> &P {
+        &self.inner
     }
 
     async fn send(&self, queue: &QueueName, mut message: Message) -> Result<MessageId> {
@@ -97,58 +92,5 @@ impl<P: QueueProvider + ?Sized> QueueProvider for Signing<P> {
             self.sign(queue, message)?;
         }
         self.inner.send_batch(queue, messages).await
-    }
-
-    async fn receive(
-        &self,
-        queue: &QueueName,
-        options: ReceiveOptions,
-    ) -> Result<Vec<ReceivedMessage>> {
-        self.inner.receive(queue, options).await
-    }
-
-    async fn complete(&self, receipt: &Receipt) -> Result<()> {
-        self.inner.complete(receipt).await
-    }
-
-    async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
-        self.inner.abandon(receipt, delay).await
-    }
-
-    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
-        self.inner.dead_letter(receipt, reason).await
-    }
-
-    async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
-        self.inner.renew_lock(receipt).await
-    }
-
-    async fn accept_session(
-        &self,
-        queue: &QueueName,
-        selector: SessionSelector,
-        wait: Duration,
-    ) -> Result<Option<Box<dyn SessionReceiver>>> {
-        self.inner.accept_session(queue, selector, wait).await
-    }
-
-    async fn receive_dead_letters(
-        &self,
-        queue: &QueueName,
-        options: ReceiveOptions,
-    ) -> Result<Vec<ReceivedMessage>> {
-        self.inner.receive_dead_letters(queue, options).await
-    }
-
-    async fn check_access(&self, queue: &QueueName) -> Result<()> {
-        self.inner.check_access(queue).await
-    }
-
-    async fn create_queue(&self, queue: &QueueName, spec: &QueueSpec) -> Result<()> {
-        self.inner.create_queue(queue, spec).await
-    }
-
-    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
-        self.inner.delete_queue(queue).await
     }
 }
