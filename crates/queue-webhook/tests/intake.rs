@@ -3,7 +3,6 @@
 //! redeliveries, secret rotation, an unreachable queue, health and metrics.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -17,81 +16,8 @@ use queue_core::{
 };
 use queue_memory::InMemoryProvider;
 use queue_webhook::{SecretString, WebhookIntake, WebhookVerifier};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const SECRET: &str = "It's a Secret to Everybody";
-/// GitHub's documented example: this body signed with SECRET.
-const EXAMPLE_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-
-fn sign(secret: &str, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    format!(
-        "sha256={}",
-        hex::encode(ring::hmac::sign(&key, body).as_ref())
-    )
-}
-
-async fn serve(intake: &WebhookIntake) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = intake.router();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
-/// One HTTP/1.1 request on a fresh connection; returns the status code and body.
-async fn request(
-    addr: SocketAddr,
-    head: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut text = format!(
-        "{head} HTTP/1.1\r\nHost: bot.example\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    // The server may answer (413) and close before reading an oversize body.
-    let _ = stream.write_all(text.as_bytes()).await;
-    let _ = stream.write_all(body).await;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("the server answers within 10 s")
-        .ok();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-async fn deliver(
-    addr: SocketAddr,
-    event: &str,
-    delivery: &str,
-    body: &[u8],
-    secret: &str,
-) -> (u16, String) {
-    let sig = sign(secret, body);
-    let headers = [
-        ("X-GitHub-Event", event),
-        ("X-GitHub-Delivery", delivery),
-        ("X-Hub-Signature-256", sig.as_str()),
-        ("Content-Type", "application/json"),
-    ];
-    request(addr, "POST /webhook", &headers, body).await
-}
+mod common;
+use common::*;
 
 fn queue() -> QueueName {
     QueueName::new("github-events").unwrap()
@@ -107,40 +33,6 @@ async fn memory_intake() -> (SharedQueueProvider, WebhookIntake) {
     intake.create_queue().await.unwrap();
     (provider, intake)
 }
-
-/// Every message of session `id`, completed.
-async fn drain_session(provider: &SharedQueueProvider, id: &str) -> Vec<ReceivedMessage> {
-    let session = queue_core::SessionId::new(id).unwrap();
-    let receiver = provider
-        .accept_session(
-            &queue(),
-            SessionSelector::Named(session),
-            Duration::from_millis(200),
-        )
-        .await
-        .unwrap()
-        .expect("the session exists");
-    let mut out = Vec::new();
-    loop {
-        let batch = receiver
-            .receive(ReceiveOptions::new(10, Duration::from_millis(50)))
-            .await
-            .unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        for m in batch {
-            receiver.complete(&m.receipt).await.unwrap();
-            out.push(m);
-        }
-    }
-    receiver.close().await.unwrap();
-    out
-}
-
-const PULL_REQUEST: &str = r#"{"action":"opened","number":42,"pull_request":{"number":42,"title":"Add widgets","state":"open","head":{"ref":"feature/widgets","sha":"6dcb09b5b57875f334f61aebed695e2e4193db5e"},"base":{"ref":"main"},"user":{"login":"octocat"}},"repository":{"id":1296269,"full_name":"octo-org/widgets","private":false},"sender":{"login":"octocat"},"installation":{"id":2311213}}"#;
-const PUSH: &str = r#"{"ref":"refs/heads/main","before":"9049f1265b7d61be4a8904a9a27120d2064dab3b","after":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","repository":{"id":1296269,"full_name":"octo-org/widgets"},"pusher":{"name":"octocat"},"commits":[{"id":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","message":"Update README.md"}]}"#;
-const ISSUE_COMMENT: &str = r#"{"action":"created","issue":{"number":42,"title":"Add widgets","pull_request":{"url":"https://api.github.com/repos/octo-org/widgets/pulls/42"}},"comment":{"id":5,"body":"/retest","user":{"login":"hubot"}},"repository":{"id":1296269,"full_name":"octo-org/widgets"},"sender":{"login":"hubot"}}"#;
 
 #[tokio::test]
 async fn real_deliveries_become_one_message_each_in_their_session() {
@@ -175,7 +67,7 @@ async fn real_deliveries_become_one_message_each_in_their_session() {
     .await;
     assert_eq!(status, 202);
 
-    let pr = drain_session(&provider, "octo-org/widgets#42").await;
+    let pr = drain_session(&provider, &queue(), "octo-org/widgets#42").await;
     let ids: Vec<&str> = pr.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(
         ids,
@@ -199,7 +91,7 @@ async fn real_deliveries_become_one_message_each_in_their_session() {
             .map(String::as_str),
         Some("created")
     );
-    let push = drain_session(&provider, "octo-org/widgets@refs/heads/main").await;
+    let push = drain_session(&provider, &queue(), "octo-org/widgets@refs/heads/main").await;
     assert_eq!(push.len(), 1);
     assert_eq!(push[0].message_id, MessageId::new(deliveries[2].1).unwrap());
 }
@@ -492,7 +384,8 @@ async fn health_readiness_and_metrics_routes() {
 }
 
 /// The same intake on SQS (moto, started by `cargo xtask test`): a FIFO queue with one group
-/// per pull request, and a redelivery de-duplicated by the broker on the delivery id.
+/// per pull request, a redelivery de-duplicated by the broker on the delivery id, and 503 once
+/// the queue is deleted.
 #[tokio::test]
 async fn on_sqs_a_redelivery_is_enqueued_once_when_moto_is_available() {
     let Ok(endpoint) = std::env::var("QUEUE_TEST_SQS_ENDPOINT") else {
@@ -542,5 +435,8 @@ async fn on_sqs_a_redelivery_is_enqueued_once_when_moto_is_available() {
         Some("octo-org/widgets#42")
     );
     provider.complete(&got[0].receipt).await.unwrap();
-    provider.delete_queue(&name).await.ok();
+    provider.delete_queue(&name).await.unwrap();
+    // The queue is gone: the delivery is not taken, and GitHub is told to try again later.
+    let (status, body) = deliver(addr, "push", "after-delete", PUSH.as_bytes(), SECRET).await;
+    assert_eq!(status, 503, "{body}");
 }
