@@ -184,7 +184,6 @@ fn random_uuid() -> [u8; 36] {
     }
     static SEED: OnceLock<(u64, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let (s0, s1) = *SEED.get_or_init(|| {
         let state = RandomState::new();
         let nanos = std::time::SystemTime::now()
@@ -195,19 +194,36 @@ fn random_uuid() -> [u8; 36] {
     let lo = mix(COUNTER.fetch_add(1, Ordering::Relaxed) ^ s1);
     let hi = mix(lo ^ s0);
     // Version 4 in the 13th hex digit, variant 10xx in the 17th.
-    let hi = (hi & !0xf000) | 0x4000;
-    let lo = (lo & !(0xc << 60)) | (0x8 << 60);
-    let bits = (u128::from(hi) << 64) | u128::from(lo);
-    // Where the 32 hex digits go between the hyphens of `8-4-4-4-12`.
-    const AT: [u8; 32] = [
-        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28,
-        29, 30, 31, 32, 33, 34, 35,
-    ];
+    let hi = hex16((hi & !0xf000) | 0x4000);
+    let lo = hex16((lo & !(0xc << 60)) | (0x8 << 60));
+    // The 32 digits between the hyphens of `8-4-4-4-12`.
     let mut text = *b"00000000-0000-0000-0000-000000000000";
-    for (i, at) in AT.iter().enumerate() {
-        text[usize::from(*at)] = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
-    }
+    text[..8].copy_from_slice(&hi[..8]);
+    text[9..13].copy_from_slice(&hi[8..12]);
+    text[14..18].copy_from_slice(&hi[12..]);
+    text[19..23].copy_from_slice(&lo[..4]);
+    text[24..].copy_from_slice(&lo[4..]);
     text
+}
+
+/// `x` as 16 lowercase hexadecimal digits, most significant first, computed eight digits
+/// at a time in a `u64` (each nibble spread into its own byte, then shifted into ASCII).
+fn hex16(x: u64) -> [u8; 16] {
+    fn spread(v: u32) -> u64 {
+        let v = u64::from(v);
+        let v = (v | (v << 16)) & 0x0000_ffff_0000_ffff;
+        let v = (v | (v << 8)) & 0x00ff_00ff_00ff_00ff;
+        (v | (v << 4)) & 0x0f0f_0f0f_0f0f_0f0f
+    }
+    fn ascii(nibbles: u64) -> [u8; 8] {
+        // '0' + n, plus 39 more ('a' - '0' - 10) where n >= 10.
+        let letters = ((nibbles + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        (nibbles + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
+    }
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&ascii(spread((x >> 32) as u32)));
+    out[8..].copy_from_slice(&ascii(spread(x as u32)));
+    out
 }
 
 macro_rules! string_newtype_impls {
@@ -332,12 +348,35 @@ mod tests {
     }
 
     #[test]
+    fn hex16_matches_fmt() {
+        for x in [
+            0u64,
+            9,
+            10,
+            0xabcdef,
+            0x0123_4567_89ab_cdef,
+            u64::MAX,
+            1 << 63,
+        ] {
+            assert_eq!(hex16(x), format!("{x:016x}").as_bytes(), "{x:x}");
+        }
+    }
+
+    #[test]
     fn random_message_ids_are_distinct_uuids() {
         let ids: std::collections::HashSet<_> = (0..1000).map(|_| MessageId::random()).collect();
         assert_eq!(ids.len(), 1000);
         let one = MessageId::random();
         assert_eq!(one.as_str().len(), 36);
         assert_eq!(one.as_str().as_bytes()[14], b'4');
+        assert!(b"89ab".contains(&one.as_str().as_bytes()[19]), "{one}");
+        let hyphens: Vec<_> = one.as_str().match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(hyphens, [8, 13, 18, 23]);
+        assert!(
+            one.as_str()
+                .bytes()
+                .all(|c| c == b'-' || c.is_ascii_hexdigit())
+        );
     }
 
     #[test]
