@@ -1,44 +1,63 @@
-//! Receipt tokens as fixed-width hexadecimal text: written with a table lookup per digit
-//! and read back at fixed offsets, without `fmt` or searching for separators (they are
-//! on every receive and settle).
+//! Receipt tokens as 16 characters of URL-safe base64 carrying 96 bits (a 32-bit slot and
+//! a 64-bit lock token): written and read with one table lookup per character, without
+//! `fmt`, searching for separators or validating digits one at a time (they are on every
+//! receive and settle).
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/// Writes the low `out.len()` hexadecimal digits of `value` into `out`, most significant
-/// first (`out` is at most 16 bytes long).
-pub(crate) fn write_hex(out: &mut [u8], value: u64) {
-    let width = out.len();
-    for (i, digit) in out.iter_mut().enumerate() {
-        let shift = 4 * (width - 1 - i);
-        *digit = HEX[((value >> shift) & 0xf) as usize];
-    }
-}
-
-/// The value of each byte as a lowercase hexadecimal digit, or `0xff`.
-const DIGIT: [u8; 256] = {
+/// The value of each byte as a character of [`ALPHABET`], or `0xff`.
+const VALUE: [u8; 256] = {
     let mut t = [0xff; 256];
     let mut i = 0;
-    while i < 16 {
-        t[HEX[i] as usize] = i as u8;
+    while i < 64 {
+        t[ALPHABET[i] as usize] = i as u8;
         i += 1;
     }
     t
 };
 
-/// Reads 1 to 16 lowercase hexadecimal digits.
-pub(crate) fn parse_hex(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 16 {
+/// Length of an encoded token.
+pub(crate) const TOKEN_LEN: usize = 16;
+
+const LOW48: u64 = (1 << 48) - 1;
+
+/// Writes the low 48 bits of `bits` as 8 characters, most significant first.
+fn write48(out: &mut [u8], bits: u64) {
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = ALPHABET[((bits >> (42 - 6 * i)) & 63) as usize];
+    }
+}
+
+/// Reads 8 characters back into 48 bits.
+fn read48(text: &[u8]) -> Option<u64> {
+    let mut bits = 0u64;
+    let mut bad = 0u8;
+    for c in text {
+        let v = VALUE[usize::from(*c)];
+        bad |= v;
+        bits = (bits << 6) | u64::from(v & 63);
+    }
+    // An invalid character set the high bits of `bad`.
+    (bad & 0xc0 == 0).then_some(bits)
+}
+
+/// Encodes `slot` and `lock` (96 bits) as 16 characters.
+pub(crate) fn encode(slot: u32, lock: u64) -> [u8; TOKEN_LEN] {
+    let mut out = [0u8; TOKEN_LEN];
+    write48(&mut out[..8], (u64::from(slot) << 16) | (lock >> 48));
+    write48(&mut out[8..], lock & LOW48);
+    out
+}
+
+/// Decodes what [`encode`] wrote; `None` for any other text.
+pub(crate) fn decode(text: &[u8]) -> Option<(u32, u64)> {
+    if text.len() != TOKEN_LEN {
         return None;
     }
-    let mut value = 0u64;
-    let mut bad = 0u8;
-    for d in digits {
-        let v = DIGIT[usize::from(*d)];
-        bad |= v;
-        value = (value << 4) | u64::from(v & 0xf);
-    }
-    // Any invalid digit set the high bits of `bad`.
-    (bad & 0xf0 == 0).then_some(value)
+    let hi = read48(&text[..8])?;
+    let lo = read48(&text[8..])?;
+    let slot = u32::try_from(hi >> 16).ok()?;
+    Some((slot, ((hi & 0xffff) << 48) | lo))
 }
 
 #[cfg(test)]
@@ -46,19 +65,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_round_trips_at_fixed_width() {
-        for v in [0u64, 7, 0xabc, u64::from(u32::MAX), u64::MAX] {
-            let mut buf = [0u8; 16];
-            write_hex(&mut buf, v);
-            assert_eq!(&buf, format!("{v:016x}").as_bytes());
-            assert_eq!(parse_hex(&buf), Some(v));
+    fn tokens_round_trip_and_reject_other_spellings() {
+        for (slot, lock) in [
+            (0, 0),
+            (7, 1),
+            (u32::MAX, u64::MAX),
+            (1 << 31, 0xabcd << 40),
+        ] {
+            let text = encode(slot, lock);
+            assert_eq!(decode(&text), Some((slot, lock)));
+            assert!(text.iter().all(|c| ALPHABET.contains(c)));
         }
-        let mut short = [0u8; 8];
-        write_hex(&mut short, 0x1234_5678);
-        assert_eq!(&short, b"12345678");
-        assert_eq!(parse_hex(b""), None);
-        assert_eq!(parse_hex(b"12G4"), None);
-        assert_eq!(parse_hex(b"ABCD"), None, "uppercase is not what we write");
-        assert_eq!(parse_hex(&[b'1'; 17]), None);
+        assert_eq!(decode(b""), None);
+        assert_eq!(decode(b"AAAAAAAAAAAAAAA"), None, "too short");
+        assert_eq!(decode(b"AAAAAAAAAAAAAAAAA"), None, "too long");
+        assert_eq!(decode(b"AAAAAAAA=AAAAAAA"), None, "not in the alphabet");
+        assert_eq!(decode(b"AAAAAAA.AAAAAAAA"), None);
     }
 }

@@ -1,19 +1,31 @@
-//! Limit profiles: which provider's size, batch and lock limits the in-memory provider
-//! imitates.
+//! Profiles: which provider's limits and ordering model the in-memory provider imitates.
 
 use std::{fmt, str::FromStr, time::Duration};
 
 use queue_core::QueueError;
 
-/// Which provider's limits [`crate::InMemoryProvider`] imitates.
+/// Which provider's limits and ordering model [`crate::InMemoryProvider`] imitates.
 ///
-/// | profile | max message size | max batch | max lock duration |
-/// |---|---|---|---|
-/// | `memory` (default) | 256 KiB | 100 | 5 minutes |
-/// | `sqs` | 1 MiB | 10 | 12 hours |
-/// | `service-bus` | 256 KiB (standard tier) | 100 | 5 minutes |
+/// | profile | max message size | max batch | max lock duration | session ids | max schedule delay |
+/// |---|---|---|---|---|---|
+/// | `memory` (default) | 256 KiB | 100 | 5 minutes | session locks | none |
+/// | `sqs` | 1 MiB | 10 | 12 hours | FIFO message groups | 15 minutes |
+/// | `service-bus` | 256 KiB (standard tier) | 100 | 5 minutes | session locks | none |
 ///
 /// Sizes are compared with [`queue_core::Message::encoded_size`].
+///
+/// With session locks ([`SessionSupport::Locked`](queue_core::SessionSupport::Locked)),
+/// messages with a session id are received through
+/// [`accept_session`](queue_core::QueueProvider::accept_session), as on Service Bus. The
+/// `sqs` profile behaves like an SQS FIFO queue instead
+/// ([`SessionSupport::Grouped`](queue_core::SessionSupport::Grouped)): a session id is a
+/// `MessageGroupId`, group messages come through the plain receive in send order, a group
+/// is blocked while one of its messages is in flight (locked, or abandoned with a delay
+/// that has not passed), every receive counts towards the queue's
+/// [`max_delivery_count`](queue_core::QueueSpec::max_delivery_count) (`maxReceiveCount`),
+/// and messages of a group whose locks expire together come back in group order.
+/// `accept_session` is unsupported there, and so is a scheduled enqueue time on a group
+/// message (SQS FIFO has no per-message delay).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Profile {
@@ -36,6 +48,12 @@ impl Profile {
         }
     }
 
+    /// Whether session ids are SQS FIFO message groups (received through the plain
+    /// receive) rather than locked sessions.
+    pub fn grouped(&self) -> bool {
+        matches!(self, Self::Sqs)
+    }
+
     /// The limits of this profile.
     pub fn limits(&self) -> Limits {
         match self {
@@ -44,12 +62,14 @@ impl Profile {
                 max_batch_size: 100,
                 max_lock_duration: Duration::from_secs(5 * 60),
                 max_attributes: None,
+                max_schedule_delay: None,
             },
             Self::Sqs => Limits {
                 max_message_size: 1024 * 1024,
                 max_batch_size: 10,
                 max_lock_duration: Duration::from_secs(12 * 3600),
                 max_attributes: Some(9),
+                max_schedule_delay: Some(Duration::from_secs(15 * 60)),
             },
         }
     }
@@ -90,6 +110,10 @@ pub struct Limits {
     /// Most application attributes per message, if bounded (the `sqs` profile: 9, what
     /// the SQS provider carries besides its metadata attribute).
     pub max_attributes: Option<usize>,
+    /// Longest delay of a scheduled enqueue time, if bounded (the `sqs` profile: 15
+    /// minutes, SQS's `DelaySeconds` maximum). A message scheduled further ahead fails
+    /// with [`QueueError::InvalidMessage`].
+    pub max_schedule_delay: Option<Duration>,
 }
 
 #[cfg(test)]
@@ -107,5 +131,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(Profile::Sqs.limits().max_batch_size, 10);
+        assert!(Profile::Sqs.grouped());
+        assert!(!Profile::Memory.grouped() && !Profile::ServiceBus.grouped());
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     clock::{Clock, later},
     profile::{Limits, Profile},
     session::MemorySessionReceiver,
-    state::{PROVIDER, Queue, Settle, Signal, Store, Token, Waiter},
+    state::{PROVIDER, Queue, SendTime, Settle, Signal, Store, Token, Waiter, check_limits},
 };
 
 /// The in-memory provider: the reference implementation of the queue-runtime semantics.
@@ -157,6 +157,7 @@ impl InMemoryProviderBuilder {
             max_batch_size: self.max_batch_size.unwrap_or(base.max_batch_size),
             max_lock_duration: self.max_lock_duration.unwrap_or(base.max_lock_duration),
             max_attributes: base.max_attributes,
+            max_schedule_delay: base.max_schedule_delay,
         };
         if limits.max_message_size == 0 {
             return Err(QueueError::config(
@@ -209,13 +210,14 @@ impl Inner {
         operation: &'static str,
         f: impl FnOnce(&mut Queue, Instant) -> T,
     ) -> Result<T> {
+        // Read before the lock is taken, to keep the critical section short.
+        let now = self.clock.now();
         let queues = self.queues();
         let mut queue = queues
             .get(name)
             .ok_or_else(|| not_found(name, operation))?
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let now = self.clock.now();
         if queue.sweep(now) {
             queue.signal.wake();
         }
@@ -280,6 +282,13 @@ pub(crate) fn not_found(name: &QueueName, operation: &'static str) -> QueueError
         provider: PROVIDER,
         queue: name.to_string(),
         operation,
+    }
+}
+
+fn send_time(clock: &Clock, now: Instant) -> SendTime {
+    SendTime {
+        now,
+        system: clock.to_system(now),
     }
 }
 
@@ -376,7 +385,13 @@ impl InMemoryProvider {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.clone())
-            .or_insert_with(|| Mutex::new(Queue::new(name.clone(), spec.clone())));
+            .or_insert_with(|| {
+                Mutex::new(Queue::new(
+                    name.clone(),
+                    spec.clone(),
+                    self.inner.profile.grouped(),
+                ))
+            });
         Ok(())
     }
 
@@ -421,11 +436,18 @@ impl QueueProvider for InMemoryProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let grouped = self.inner.profile.grouped();
         let mut c = Capabilities::default();
-        c.sessions = SessionSupport::Locked;
-        c.session_state = true;
+        // The `sqs` profile answers as `SqsProvider::sqs_capabilities` does: message
+        // groups, no session state, no message TTL (it is still honoured here).
+        c.sessions = if grouped {
+            SessionSupport::Grouped
+        } else {
+            SessionSupport::Locked
+        };
+        c.session_state = !grouped;
         c.scheduled_delivery = true;
-        c.max_schedule_delay = None;
+        c.max_schedule_delay = self.inner.limits.max_schedule_delay;
         c.delayed_abandon = true;
         c.max_batch_size = self.inner.limits.max_batch_size;
         c.max_message_size = self.inner.limits.max_message_size;
@@ -434,17 +456,19 @@ impl QueueProvider for InMemoryProvider {
         c.native_dead_letter = true;
         c.duplicate_detection = true;
         c.queue_management = true;
-        c.message_ttl = true;
+        c.message_ttl = !grouped;
         c.max_attributes = self.inner.limits.max_attributes;
         c
     }
 
-    async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
+    async fn send(&self, queue: &QueueName, mut message: Message) -> Result<MessageId> {
         let limits = self.inner.limits;
         let clock = self.inner.clock;
+        // Size checks and the id need no queue: done before its lock is taken.
+        let id = check_limits(&mut message, &limits, queue)?;
         self.inner.with_queue(queue, "send", |q, now| {
-            let prepared = q.prepare(message, &limits)?;
-            let id = q.store(prepared, now, &clock);
+            q.admit(&message, &limits, now, &clock)?;
+            q.store(message, &send_time(&clock, now), &clock);
             q.signal.wake();
             Ok(id)
         })?
@@ -457,16 +481,20 @@ impl QueueProvider for InMemoryProvider {
     ) -> Result<Vec<MessageId>> {
         let limits = self.inner.limits;
         let clock = self.inner.clock;
+        let mut messages = messages;
+        // Validate everything first: a batch with one bad entry stores nothing.
+        let ids = messages
+            .iter_mut()
+            .map(|m| check_limits(m, &limits, queue))
+            .collect::<Result<Vec<_>>>()?;
         self.inner.with_queue(queue, "send", |q, now| {
-            // Validate everything first: a batch with one bad entry stores nothing.
-            let prepared = messages
-                .into_iter()
-                .map(|m| q.prepare(m, &limits))
-                .collect::<Result<Vec<_>>>()?;
-            let ids = prepared
-                .into_iter()
-                .map(|p| q.store(p, now, &clock))
-                .collect();
+            for m in &messages {
+                q.admit(m, &limits, now, &clock)?;
+            }
+            let at = send_time(&clock, now);
+            for m in messages {
+                q.store(m, &at, &clock);
+            }
             q.signal.wake();
             Ok(ids)
         })?
@@ -507,6 +535,10 @@ impl QueueProvider for InMemoryProvider {
         selector: SessionSelector,
         wait: Duration,
     ) -> Result<Option<Box<dyn SessionReceiver>>> {
+        if self.inner.profile.grouped() {
+            // SQS FIFO groups have no session lock; their messages come through `receive`.
+            return Err(QueueError::unsupported(PROVIDER, "accept_session"));
+        }
         let accepted = match selector {
             SessionSelector::Named(id) => {
                 let lock = self

@@ -19,6 +19,9 @@ pub(crate) trait Sequenced {
     fn seq(&self) -> i64;
 }
 
+/// Slots per slab: receipt tokens keep the top bit of the slot for the store.
+const MAX_SLOTS: u32 = 1 << 31;
+
 /// Entries in a vector of slots with a free list.
 #[derive(Debug)]
 pub(crate) struct Slab<T> {
@@ -49,7 +52,10 @@ impl<T: Sequenced> Slab<T> {
             }
             None => {
                 self.slots.push(Some(value));
-                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 stored messages")
+                u32::try_from(self.slots.len() - 1)
+                    .ok()
+                    .filter(|slot| *slot < MAX_SLOTS)
+                    .expect("fewer than 2^31 stored messages")
             }
         };
         Key { seq, slot }
@@ -60,6 +66,11 @@ impl<T: Sequenced> Slab<T> {
             .get(key.slot as usize)?
             .as_ref()
             .filter(|v| v.seq() == key.seq)
+    }
+
+    /// Whatever is stored in `slot` (callers check it is what they look for).
+    pub(crate) fn at(&self, slot: u32) -> Option<&T> {
+        self.slots.get(slot as usize)?.as_ref()
     }
 
     pub(crate) fn get_mut(&mut self, key: Key) -> Option<&mut T> {

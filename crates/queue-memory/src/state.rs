@@ -23,6 +23,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    time::SystemTime,
 };
 
 use bytes::Bytes;
@@ -34,7 +35,7 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     clock::{Clock, later},
-    ids::{parse_hex, write_hex},
+    ids,
     profile::Limits,
     slab::{Key, Sequenced, Slab},
 };
@@ -72,48 +73,39 @@ pub(crate) enum Store {
     Dead,
 }
 
-/// A parsed receipt token: `a.<seq>.<slot>.<lock>` or `d.<seq>.<slot>.<lock>`, in
-/// fixed-width lowercase hexadecimal.
+/// A parsed receipt token: the store and slot of the entry and the lock token of the
+/// delivery (unique in the process, so a reused slot never matches an old receipt). The
+/// store is the slot's top bit.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Token {
     store: Store,
-    seq: Key,
+    slot: u32,
     lock: u64,
 }
 
-impl Token {
-    /// Length of the text form: `s.` + 16 + `.` + 8 + `.` + 16 hexadecimal digits.
-    const LEN: usize = 44;
+const DEAD_BIT: u32 = 1 << 31;
 
-    /// The token's text, built without going through `fmt` (one allocation: the `Arc`).
+impl Token {
+    /// The token's text: 16 characters, built without `fmt` (one allocation: the `Arc`).
     fn text(self) -> Arc<str> {
-        let mut buf = [b'.'; Self::LEN];
-        buf[0] = match self.store {
-            Store::Active => b'a',
-            Store::Dead => b'd',
+        let slot = match self.store {
+            Store::Active => self.slot,
+            Store::Dead => self.slot | DEAD_BIT,
         };
-        write_hex(&mut buf[2..18], self.seq.seq.unsigned_abs());
-        write_hex(&mut buf[19..27], u64::from(self.seq.slot));
-        write_hex(&mut buf[28..44], self.lock);
-        Arc::from(std::str::from_utf8(&buf).expect("a token is ASCII"))
+        let text = ids::encode(slot, self.lock);
+        Arc::from(std::str::from_utf8(&text).expect("a token is ASCII"))
     }
 
     pub(crate) fn parse(text: &str) -> Option<Self> {
-        let b = text.as_bytes();
-        if b.len() != Self::LEN || b[1] != b'.' || b[18] != b'.' || b[27] != b'.' {
-            return None;
-        }
-        let store = match b[0] {
-            b'a' => Store::Active,
-            b'd' => Store::Dead,
-            _ => return None,
+        let (slot, lock) = ids::decode(text.as_bytes())?;
+        let store = if slot & DEAD_BIT == 0 {
+            Store::Active
+        } else {
+            Store::Dead
         };
-        let seq = i64::try_from(parse_hex(&b[2..18])?).ok()?;
-        let slot = u32::try_from(parse_hex(&b[19..27])?).ok()?;
-        let lock = parse_hex(&b[28..44])?;
         Some(Self {
             store,
-            seq: Key { seq, slot },
+            slot: slot & !DEAD_BIT,
             lock,
         })
     }
@@ -133,7 +125,8 @@ struct Entry {
     seq: i64,
     /// The message as sent; its `message_id` is always set.
     message: Message,
-    enqueued_at: Instant,
+    /// When the message was sent, on the wall clock (computed once per send call).
+    enqueued_at: SystemTime,
     visible_at: Instant,
     expires_at: Option<Instant>,
     delivery_count: u32,
@@ -154,18 +147,32 @@ pub(crate) struct SessionLock {
     pub(crate) until: Instant,
 }
 
+/// A session (Service Bus) or message group (SQS FIFO, on a grouped queue).
 #[derive(Debug, Default)]
 struct Session {
     lock: Option<SessionLock>,
     state: Option<Bytes>,
     /// Available messages of this session, in order.
     ready: BTreeSet<Key>,
-    /// Messages locked by the current session lock.
+    /// Messages in flight: locked by the current session lock, or (grouped queues) by
+    /// plain receives.
     held: BTreeSet<Key>,
+    /// Grouped queues: messages abandoned with a delay that has not passed yet (still in
+    /// flight on SQS, so they block the group too).
+    delayed: usize,
     /// Messages of this session in the active store.
     messages: usize,
     /// This session's key in [`Queue::next_sessions`], if it is there.
     indexed: Option<Key>,
+}
+
+impl Session {
+    /// Whether no receiver may take this session's messages now: it is locked, or
+    /// (grouped) one of its messages is in flight. Without a session lock `held` is only
+    /// non-empty on grouped queues.
+    fn blocked(&self) -> bool {
+        self.lock.is_some() || !self.held.is_empty() || self.delayed > 0
+    }
 }
 
 type Sessions = HashMap<SessionId, Session>;
@@ -179,15 +186,15 @@ fn session_mut<'a>(sessions: &'a mut Sessions, id: &SessionId) -> &'a mut Sessio
 }
 
 /// Puts session `id` under its right key in `index`: its oldest available message when
-/// it is unlocked and has one, else nowhere.
+/// it is not blocked and has one, else nowhere.
 fn reindex(sessions: &mut Sessions, index: &mut BTreeSet<(Key, SessionId)>, id: &SessionId) {
     let Some(s) = sessions.get_mut(id) else {
         return;
     };
-    let want = if s.lock.is_none() {
-        s.ready.first().copied()
-    } else {
+    let want = if s.blocked() {
         None
+    } else {
+        s.ready.first().copied()
     };
     if want == s.indexed {
         return;
@@ -209,6 +216,43 @@ fn tidy(sessions: &mut Sessions, id: &SessionId) {
     {
         sessions.remove(id);
     }
+}
+
+/// Adds `seq` to (`held`) or removes it from the in-flight messages of session `id`, and
+/// reindexes the session.
+fn hold(
+    sessions: &mut Sessions,
+    index: &mut BTreeSet<(Key, SessionId)>,
+    id: &SessionId,
+    seq: Key,
+    held: bool,
+) {
+    if let Some(s) = sessions.get_mut(id) {
+        if held {
+            s.held.insert(seq);
+        } else {
+            s.held.remove(&seq);
+        }
+    }
+    reindex(sessions, index, id);
+}
+
+/// Counts a message of group `id` entering (`true`) or leaving the visibility timers,
+/// which blocks the group while it waits there, and reindexes the group.
+fn delay(
+    sessions: &mut Sessions,
+    index: &mut BTreeSet<(Key, SessionId)>,
+    id: &SessionId,
+    entering: bool,
+) {
+    if let Some(s) = sessions.get_mut(id) {
+        s.delayed = if entering {
+            s.delayed + 1
+        } else {
+            s.delayed.saturating_sub(1)
+        };
+    }
+    reindex(sessions, index, id);
 }
 
 /// Available session-less messages. Messages that were never delivered wait in send
@@ -252,6 +296,22 @@ impl Ready {
             self.stale += 1;
         }
         found
+    }
+
+    /// The oldest available message, left in place; `exists` tells a live `fresh` entry
+    /// from a stale one (stale ones in front are dropped).
+    fn peek(&mut self, exists: impl Fn(Key) -> bool) -> Option<Key> {
+        while let Some(f) = self.fresh.front().copied() {
+            if exists(f) {
+                break;
+            }
+            self.fresh.pop_front();
+            self.stale -= 1;
+        }
+        match (self.fresh.front(), self.again.first()) {
+            (Some(f), Some(a)) => Some(*f.min(a)),
+            (f, a) => f.or(a).copied(),
+        }
     }
 
     /// The oldest available message; `exists` tells a live `fresh` entry from a stale one.
@@ -341,6 +401,9 @@ impl Drop for Waiter {
 pub(crate) struct Queue {
     name: QueueName,
     pub(crate) spec: QueueSpec,
+    /// SQS FIFO semantics: session ids are message groups, received through the plain
+    /// receive (see [`crate::Profile`]).
+    grouped: bool,
     pub(crate) signal: Arc<Signal>,
     next_seq: i64,
     active: Slab<Entry>,
@@ -407,17 +470,42 @@ impl Settle {
     }
 }
 
-/// A message prepared for storage (validated, id assigned).
-pub(crate) struct Prepared {
-    message: Message,
-    id: MessageId,
+/// The time of a send call, read once for all its messages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SendTime {
+    pub(crate) now: Instant,
+    /// `now` on the wall clock (each message's `enqueued_at`).
+    pub(crate) system: SystemTime,
+}
+
+/// The lock one receive call grants to each message it delivers.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    until: Instant,
+    /// `until` on the wall clock, converted once per call.
+    until_system: SystemTime,
+    /// The session lock the messages hang on (session receivers), else `None`: each
+    /// message has its own lock deadline.
+    session_lock: Option<u64>,
+}
+
+impl Lease {
+    fn plain(now: Instant, duration: std::time::Duration, clock: &Clock) -> Self {
+        let until = now + duration;
+        Self {
+            until,
+            until_system: clock.to_system(until),
+            session_lock: None,
+        }
+    }
 }
 
 impl Queue {
-    pub(crate) fn new(name: QueueName, spec: QueueSpec) -> Self {
+    pub(crate) fn new(name: QueueName, spec: QueueSpec, grouped: bool) -> Self {
         Self {
             name,
             spec,
+            grouped,
             signal: Arc::default(),
             next_seq: 1,
             active: Slab::default(),
@@ -482,8 +570,24 @@ impl Queue {
         } else if visible_at > now {
             self.timers.visible.insert((visible_at, store, seq));
             self.note(visible_at);
+            self.delay_group(store, seq, true);
         } else {
             self.make_ready(store, seq);
+        }
+    }
+
+    /// Grouped queues: counts the group message `seq` entering (`true`) or leaving the
+    /// visibility timers.
+    fn delay_group(&mut self, store: Store, seq: Key, entering: bool) {
+        if !self.grouped || store == Store::Dead {
+            return;
+        }
+        if let Some(id) = self
+            .active
+            .get(seq)
+            .and_then(|e| e.message.session_id.as_ref())
+        {
+            delay(&mut self.sessions, &mut self.next_sessions, id, entering);
         }
     }
 
@@ -497,36 +601,37 @@ impl Queue {
         let Some(entry) = map.get(seq) else {
             return;
         };
-        let session = entry.message.session_id.as_ref();
-        match entry.lock {
-            Some(MsgLock {
-                session_lock: None, ..
-            }) => {
+        // Dead-lettered messages ignore sessions.
+        let session = entry
+            .message
+            .session_id
+            .as_ref()
+            .filter(|_| store == Store::Active);
+        if let Some(lock) = entry.lock {
+            if lock.session_lock.is_none() {
                 // Its item in `timers.locks` goes stale.
                 self.timers.live_locks -= 1;
             }
-            Some(_) => {
-                if let Some(s) = session.and_then(|id| self.sessions.get_mut(id)) {
-                    s.held.remove(&seq);
-                }
+            if let Some(id) = session {
+                hold(&mut self.sessions, &mut self.next_sessions, id, seq, false);
             }
-            None => {
-                let was_ready = match (store, session) {
-                    (Store::Dead, _) => self.dead_ready.remove(&seq),
-                    (Store::Active, None) => self.ready.remove(seq),
-                    (Store::Active, Some(id)) => {
-                        let removed = self
-                            .sessions
-                            .get_mut(id)
-                            .is_some_and(|s| s.ready.remove(&seq));
-                        reindex(&mut self.sessions, &mut self.next_sessions, id);
-                        removed
-                    }
-                };
-                if !was_ready {
-                    self.timers.visible.remove(&(entry.visible_at, store, seq));
-                }
+            return;
+        }
+        let was_ready = match session {
+            None if store == Store::Dead => self.dead_ready.remove(&seq),
+            None => self.ready.remove(seq),
+            Some(id) => {
+                let removed = self
+                    .sessions
+                    .get_mut(id)
+                    .is_some_and(|s| s.ready.remove(&seq));
+                reindex(&mut self.sessions, &mut self.next_sessions, id);
+                removed
             }
+        };
+        let was_delayed = !was_ready && self.timers.visible.remove(&(entry.visible_at, store, seq));
+        if let Some(id) = session.filter(|_| was_delayed && self.grouped) {
+            delay(&mut self.sessions, &mut self.next_sessions, id, false);
         }
     }
 
@@ -636,6 +741,7 @@ impl Queue {
         }
         while let Some((_, store, seq)) = pop_due(&mut self.timers.visible, now, |t| t.0) {
             if self.map(store).contains_key(seq) {
+                self.delay_group(store, seq, false);
                 self.place(store, seq, now);
             }
             released = true;
@@ -686,30 +792,15 @@ impl Queue {
         }
     }
 
-    /// Validates `message` for this queue and gives it an id. Nothing is stored.
-    pub(crate) fn prepare(&self, mut message: Message, limits: &Limits) -> Result<Prepared> {
-        let max_message_size = limits.max_message_size;
-        let size = message.encoded_size();
-        if size > max_message_size {
-            return Err(QueueError::MessageTooLarge {
-                provider: PROVIDER,
-                queue: self.name.to_string(),
-                size,
-                max: max_message_size,
-            });
-        }
-        if let Some(max) = limits
-            .max_attributes
-            .filter(|&m| message.attributes.len() > m)
-        {
-            return Err(QueueError::InvalidMessage {
-                provider: PROVIDER,
-                reason: format!(
-                    "{} attributes exceed the {max} a message carries here",
-                    message.attributes.len()
-                ),
-            });
-        }
+    /// Checks `message` against this queue's rules (session ids, schedule). Nothing is
+    /// stored.
+    pub(crate) fn admit(
+        &self,
+        message: &Message,
+        limits: &Limits,
+        now: Instant,
+        clock: &Clock,
+    ) -> Result<()> {
         if self.spec.requires_session && message.session_id.is_none() {
             return Err(QueueError::InvalidMessage {
                 provider: PROVIDER,
@@ -719,20 +810,54 @@ impl Queue {
                 ),
             });
         }
-        let id = message
-            .message_id
-            .get_or_insert_with(MessageId::random)
-            .clone();
-        Ok(Prepared { message, id })
+        match message.scheduled_enqueue_time {
+            Some(at) => self.check_schedule(message, clock.to_instant(at), now, limits),
+            None => Ok(()),
+        }
     }
 
-    /// Stores a prepared message (unless it is a duplicate inside the detection window)
-    /// and returns its id.
-    pub(crate) fn store(&mut self, prepared: Prepared, now: Instant, clock: &Clock) -> MessageId {
-        let Prepared { message, id } = prepared;
+    /// The rules of the profile for a scheduled enqueue time `at`: none on a message of
+    /// a group (SQS FIFO has no per-message delay), and no further ahead than the
+    /// profile's longest delay.
+    fn check_schedule(
+        &self,
+        message: &Message,
+        at: Instant,
+        now: Instant,
+        limits: &Limits,
+    ) -> Result<()> {
+        if at <= now {
+            return Ok(());
+        }
+        if self.grouped && message.session_id.is_some() {
+            return Err(QueueError::unsupported(
+                PROVIDER,
+                "scheduled delivery of a message-group message (SQS FIFO has no per-message delay)",
+            ));
+        }
+        match limits.max_schedule_delay {
+            Some(max) if at - now > max => Err(QueueError::InvalidMessage {
+                provider: PROVIDER,
+                reason: format!(
+                    "scheduled {:?} ahead; messages are delayed by at most {max:?} here",
+                    at - now
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores a checked message (unless it is a duplicate inside the detection window).
+    /// `at` is the time of the send call.
+    pub(crate) fn store(&mut self, message: Message, at: &SendTime, clock: &Clock) {
+        let now = at.now;
         if let Some(window) = self.spec.duplicate_detection_window {
-            if self.dedup.get(&id).is_some_and(|until| *until > now) {
-                return id;
+            let id = message
+                .message_id
+                .as_ref()
+                .expect("checked messages have an id");
+            if self.dedup.get(id).is_some_and(|until| *until > now) {
+                return;
             }
             let until = later(now, window);
             self.dedup.insert(id.clone(), until);
@@ -752,7 +877,7 @@ impl Queue {
         let seq = self.active.insert(Entry {
             seq: self.next_seq,
             message,
-            enqueued_at: now,
+            enqueued_at: at.system,
             visible_at,
             expires_at,
             delivery_count: 0,
@@ -769,20 +894,12 @@ impl Queue {
         } else {
             self.place(Store::Active, seq, now);
         }
-        id
     }
 
-    /// Locks the available entry `seq` (already out of its ready set) and returns it.
-    fn deliver(
-        &mut self,
-        store: Store,
-        seq: Key,
-        until: Instant,
-        session_lock: Option<u64>,
-        clock: &Clock,
-    ) -> ReceivedMessage {
+    /// Locks the available entry `seq` (already out of its ready set) under `lease` and
+    /// returns it.
+    fn deliver(&mut self, store: Store, seq: Key, lease: &Lease) -> ReceivedMessage {
         let token = self.tokens.take();
-        let name = self.name.clone();
         let entry = match store {
             Store::Active => self.active.get_mut(seq),
             Store::Dead => self.dead.get_mut(seq),
@@ -791,48 +908,44 @@ impl Queue {
         entry.delivery_count += 1;
         entry.lock = Some(MsgLock {
             token,
-            until,
-            session_lock,
+            until: lease.until,
+            session_lock: lease.session_lock,
         });
-        let session = match session_lock {
-            None => {
-                self.timers.live_locks += 1;
-                None
-            }
-            Some(_) => {
-                let id = entry.message.session_id.clone();
-                if let Some(s) = id.as_ref().and_then(|id| self.sessions.get_mut(id)) {
-                    s.held.insert(seq);
-                }
-                id
-            }
-        };
+        // Dead-lettered messages ignore sessions. A session message is delivered through
+        // its session receiver, or (grouped) through the plain receive, which blocks its
+        // group.
+        let session = entry
+            .message
+            .session_id
+            .clone()
+            .filter(|_| store == Store::Active);
         let text = Token {
             store,
-            seq,
+            slot: seq.slot,
             lock: token,
         }
         .text();
-        let receipt = Receipt::new(PROVIDER, name, session, text);
+        let message_id = entry.message.message_id.clone();
+        let receipt = Receipt::new(PROVIDER, self.name.clone(), session, text);
         let mut rm = ReceivedMessage::new(
             entry.message.clone(),
-            entry
-                .message
-                .message_id
-                .clone()
-                .expect("stored messages have an id"),
+            message_id.expect("stored messages have an id"),
             entry.delivery_count,
-            clock.to_system(entry.enqueued_at),
+            entry.enqueued_at,
             receipt,
-        )
-        .with_locked_until(clock.to_system(until))
-        .with_sequence_number(seq.seq);
+        );
+        rm.locked_until = Some(lease.until_system);
+        rm.sequence_number = Some(seq.seq);
         if let Some(reason) = &entry.dead_letter {
-            rm = rm.with_dead_letter(DeadLetterReason::clone(reason));
+            rm.dead_letter = Some(DeadLetterReason::clone(reason));
         }
-        if session_lock.is_none() {
+        if let Some(id) = rm.receipt.session() {
+            hold(&mut self.sessions, &mut self.next_sessions, id, seq, true);
+        }
+        if lease.session_lock.is_none() {
+            self.timers.live_locks += 1;
             self.add_lock_timer(LockTimer {
-                until,
+                until: lease.until,
                 store,
                 seq,
                 token,
@@ -842,7 +955,8 @@ impl Queue {
     }
 
     /// Locks and returns up to `max` available messages without a session (or from the
-    /// dead-letter store, which ignores sessions), oldest first.
+    /// dead-letter store, which ignores sessions), oldest first. On a grouped queue the
+    /// messages of unblocked groups come too.
     pub(crate) fn receive(
         &mut self,
         store: Store,
@@ -850,7 +964,10 @@ impl Queue {
         now: Instant,
         clock: &Clock,
     ) -> Vec<ReceivedMessage> {
-        let until = now + self.spec.lock_duration;
+        let lease = Lease::plain(now, self.spec.lock_duration, clock);
+        if self.grouped && store == Store::Active {
+            return self.receive_grouped(max, &lease);
+        }
         let available = match store {
             Store::Active => self.ready.len(),
             Store::Dead => self.dead_ready.len(),
@@ -865,7 +982,40 @@ impl Queue {
                 Store::Dead => self.dead_ready.pop_first(),
             };
             let Some(seq) = next else { break };
-            out.push(self.deliver(store, seq, until, None, clock));
+            out.push(self.deliver(store, seq, &lease));
+        }
+        out
+    }
+
+    /// The plain receive of a grouped queue (SQS FIFO): the oldest available message
+    /// first, whether session-less or the head of an unblocked group; a group's messages
+    /// come together, as many as fit, and the group is then blocked until none of them is
+    /// in flight any more.
+    fn receive_grouped(&mut self, max: usize, lease: &Lease) -> Vec<ReceivedMessage> {
+        let mut out = Vec::with_capacity(max.min(self.ready.len() + self.next_sessions.len()));
+        while out.len() < max {
+            let active = &self.active;
+            let plain = self.ready.peek(|seq| active.contains_key(seq));
+            let group = self.next_sessions.first();
+            let id = match (plain, group) {
+                (Some(p), Some((g, _))) if p < *g => None,
+                (_, Some((_, id))) => Some(id.clone()),
+                (Some(_), None) => None,
+                (None, None) => break,
+            };
+            let Some(id) = id else {
+                let seq = self.ready.pop(|seq| active.contains_key(seq));
+                let seq = seq.expect("peeked above");
+                out.push(self.deliver(Store::Active, seq, lease));
+                continue;
+            };
+            while out.len() < max {
+                let next = self.sessions.get_mut(&id).and_then(|s| s.ready.pop_first());
+                let Some(seq) = next else { break };
+                out.push(self.deliver(Store::Active, seq, lease));
+            }
+            // The group is blocked now; what is left of it waits for the next receive.
+            reindex(&mut self.sessions, &mut self.next_sessions, &id);
         }
         out
     }
@@ -884,16 +1034,27 @@ impl Queue {
         .min()
     }
 
-    fn entry_for(&self, token: Token, now: Instant, operation: &'static str) -> Result<&Entry> {
+    /// The key and entry of the live delivery behind `token`.
+    fn entry_for(
+        &self,
+        token: Token,
+        now: Instant,
+        operation: &'static str,
+    ) -> Result<(Key, &Entry)> {
         // After the sweep every remaining lock is live: expired message locks were
-        // released, and so were the messages of expired or closed session locks.
-        match self.map(token.store).get(token.seq) {
+        // released, and so were the messages of expired or closed session locks. Lock
+        // tokens are unique in the process, so a reused slot never matches.
+        match self.map(token.store).at(token.slot) {
             Some(e)
                 if e.lock.is_some_and(|l| {
                     l.token == token.lock && (l.session_lock.is_some() || l.until > now)
                 }) =>
             {
-                Ok(e)
+                let key = Key {
+                    seq: e.seq,
+                    slot: token.slot,
+                };
+                Ok((key, e))
             }
             _ => Err(lock_lost(&self.name, operation)),
         }
@@ -901,17 +1062,17 @@ impl Queue {
 
     /// Completes, abandons or dead-letters the delivery behind `token`.
     pub(crate) fn settle(&mut self, token: Token, how: Settle, now: Instant) -> Result<()> {
-        self.entry_for(token, now, how.operation())?;
+        let (seq, _) = self.entry_for(token, now, how.operation())?;
         match (token.store, how) {
             (store, Settle::Complete) => {
-                self.delete_entry(store, token.seq);
+                self.delete_entry(store, seq);
             }
             (store, Settle::Abandon { delay }) => {
                 let visible_at = later(now, delay.unwrap_or_default());
-                self.release(store, token.seq, now, Some(visible_at));
+                self.release(store, seq, now, Some(visible_at));
             }
             (Store::Active, Settle::DeadLetter(reason)) => {
-                self.move_to_dead(token.seq, reason, now);
+                self.move_to_dead(seq, reason, now);
             }
             (Store::Dead, Settle::DeadLetter(_)) => {
                 return Err(QueueError::InvalidMessage {
@@ -929,7 +1090,7 @@ impl Queue {
     /// Extends the lock behind `token` by the queue's lock duration. Returns the new
     /// expiry. A message received through a session renews the session lock instead.
     pub(crate) fn renew(&mut self, token: Token, now: Instant) -> Result<Instant> {
-        let entry = self.entry_for(token, now, "renew_lock")?;
+        let (seq, entry) = self.entry_for(token, now, "renew_lock")?;
         let lock = entry.lock.expect("entry_for checked the lock");
         if let (Some(sl), Some(session)) = (lock.session_lock, entry.message.session_id.clone()) {
             return self.renew_session(&session, sl, now, "renew_lock");
@@ -937,7 +1098,7 @@ impl Queue {
         let until = now + self.spec.lock_duration;
         if let Some(l) = self
             .map_mut(token.store)
-            .get_mut(token.seq)
+            .get_mut(seq)
             .and_then(|e| e.lock.as_mut())
         {
             l.until = until;
@@ -946,7 +1107,7 @@ impl Queue {
         self.add_lock_timer(LockTimer {
             until,
             store: token.store,
-            seq: token.seq,
+            seq,
             token: lock.token,
         });
         Ok(until)
@@ -1006,11 +1167,16 @@ impl Queue {
         clock: &Clock,
     ) -> Result<Vec<ReceivedMessage>> {
         let lock = self.check_session(id, token, now, "receive")?;
+        let lease = Lease {
+            until: lock.until,
+            until_system: clock.to_system(lock.until),
+            session_lock: Some(token),
+        };
         let mut out = Vec::new();
         while out.len() < max {
             let next = self.sessions.get_mut(id).and_then(|s| s.ready.pop_first());
             let Some(seq) = next else { break };
-            out.push(self.deliver(Store::Active, seq, lock.until, Some(token), clock));
+            out.push(self.deliver(Store::Active, seq, &lease));
         }
         Ok(out)
     }
@@ -1027,7 +1193,7 @@ impl Queue {
         let op = how.operation();
         self.check_session(id, session_token, now, op)?;
         let belongs = token.store == Store::Active
-            && self.active.get(token.seq).is_some_and(|e| {
+            && self.active.at(token.slot).is_some_and(|e| {
                 e.message.session_id.as_ref() == Some(id)
                     && e.lock
                         .is_some_and(|l| l.session_lock == Some(session_token))
@@ -1115,6 +1281,35 @@ impl Queue {
     }
 }
 
+/// Checks `message` against the profile's size and attribute limits and gives it an id
+/// (the queue is not needed, so this runs before its lock is taken). Returns the id.
+pub(crate) fn check_limits(
+    message: &mut Message,
+    limits: &Limits,
+    queue: &QueueName,
+) -> Result<MessageId> {
+    let size = message.encoded_size();
+    if size > limits.max_message_size {
+        return Err(QueueError::MessageTooLarge {
+            provider: PROVIDER,
+            queue: queue.to_string(),
+            size,
+            max: limits.max_message_size,
+        });
+    }
+    let attributes = message.attributes.len();
+    if let Some(max) = limits.max_attributes.filter(|&m| attributes > m) {
+        return Err(QueueError::InvalidMessage {
+            provider: PROVIDER,
+            reason: format!("{attributes} attributes exceed the {max} a message carries here"),
+        });
+    }
+    Ok(message
+        .message_id
+        .get_or_insert_with(MessageId::random)
+        .clone())
+}
+
 /// Whether a just-stored entry goes straight to the session-less ready deque.
 fn message_is_plain_and_visible(entry: &Entry, now: Instant) -> bool {
     entry.message.session_id.is_none()
@@ -1142,15 +1337,23 @@ mod tests {
     use super::*;
 
     fn queue(spec: QueueSpec) -> (Queue, Clock) {
-        (Queue::new(QueueName::new("q").unwrap(), spec), Clock::new())
+        (
+            Queue::new(QueueName::new("q").unwrap(), spec, false),
+            Clock::new(),
+        )
     }
 
-    fn send(q: &mut Queue, clock: &Clock, message: Message) {
+    fn send(q: &mut Queue, clock: &Clock, mut message: Message) {
         let now = clock.now();
         q.sweep(now);
         let limits = crate::Profile::Memory.limits();
-        let prepared = q.prepare(message, &limits).unwrap();
-        q.store(prepared, now, clock);
+        check_limits(&mut message, &limits, &q.name).unwrap();
+        q.admit(&message, &limits, now, clock).unwrap();
+        let at = SendTime {
+            now,
+            system: clock.to_system(now),
+        };
+        q.store(message, &at, clock);
     }
 
     fn settle(q: &mut Queue, clock: &Clock, rm: &ReceivedMessage, how: Settle) {
@@ -1198,24 +1401,23 @@ mod tests {
     }
 
     #[test]
-    fn tokens_round_trip_and_reject_other_spellings() {
-        let t = Token {
-            store: Store::Dead,
-            seq: Key { seq: 42, slot: 7 },
-            lock: u64::MAX,
-        };
-        let text = t.text();
-        let back = Token::parse(&text).unwrap();
-        assert_eq!((back.store, back.seq, back.lock), (t.store, t.seq, t.lock));
-        for bad in [
-            "",
-            "a",
-            "x.0000000000000001.00000000.0000000000000001",
-            &text[1..],
-        ] {
+    fn tokens_round_trip_with_their_store_and_reject_other_spellings() {
+        for store in [Store::Active, Store::Dead] {
+            let t = Token {
+                store,
+                slot: 7,
+                lock: u64::MAX,
+            };
+            let text = t.text();
+            assert_eq!(text.len(), 16);
+            let back = Token::parse(&text).unwrap();
+            assert_eq!(
+                (back.store, back.slot, back.lock),
+                (t.store, t.slot, t.lock)
+            );
+        }
+        for bad in ["", "a", "a.0000000000000001.00000000.0000000000000001"] {
             assert!(Token::parse(bad).is_none(), "{bad}");
         }
-        let upper = text.to_uppercase();
-        assert!(Token::parse(&upper).is_none());
     }
 }
