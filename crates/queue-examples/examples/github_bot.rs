@@ -102,7 +102,9 @@ fn load_config() -> Result<QueueRuntimeConfig, QueueError> {
 #[tokio::main]
 async fn main() -> Result<(), QueueError> {
     // The one way to install a subscriber: SDK targets that log credentials stay capped and
-    // every line is redacted (docs/security.md, "Logs").
+    // every line is redacted (docs/security.md, "Logs"). Feature `telemetry`, which `aws` and
+    // `azure` turn on; the in-memory run prints its own report below.
+    #[cfg(feature = "telemetry")]
     let _ = queue_runtime::telemetry::init_logging(queue_runtime::telemetry::LevelFilter::INFO);
     let config = load_config()?;
     let provider = build_provider(&config.provider).await?;
