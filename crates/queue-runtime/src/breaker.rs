@@ -1,4 +1,32 @@
-//! A circuit breaker around provider calls.
+//! A circuit breaker around provider calls: [`CircuitBreaker`].
+//!
+//! The [`Processor`](crate::Processor) puts one in front of its receive loop (settings:
+//! [`ProcessorSettings::circuit_breaker`](crate::ProcessorSettings)), so an outage makes it
+//! wait instead of hammering the broker. Anything else that calls a provider in a loop can
+//! use one the same way:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use queue_runtime::{CircuitBreaker, CircuitBreakerSettings, CircuitState, QueueError};
+//!
+//! let settings = CircuitBreakerSettings::default()
+//!     .with_failure_threshold(2)
+//!     .with_open_duration(Duration::from_secs(10));
+//! let breaker = CircuitBreaker::new(settings);
+//! let outage = QueueError::Closed { provider: "memory" };
+//! for _ in 0..2 {
+//!     assert!(breaker.allow().is_ok());
+//!     breaker.record_failure(&outage); // a call failed like an outage
+//! }
+//! assert_eq!(breaker.state(), CircuitState::Open);
+//! let wait = breaker.allow().unwrap_err(); // how long to wait before trying again
+//! tokio::time::sleep(wait).await;
+//! assert!(breaker.allow().is_ok()); // half-open: a trial call may go
+//! breaker.record_success();
+//! # }
+//! ```
 
 use std::{sync::Mutex, time::Duration};
 

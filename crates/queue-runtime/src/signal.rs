@@ -1,4 +1,16 @@
 //! [`shutdown_signal`]: the process's request to stop (SIGTERM, SIGINT / Ctrl-C).
+//!
+//! A service stops its consumers when the platform asks, so that in-flight messages are
+//! finished or handed back instead of waiting out their locks:
+//!
+//! ```no_run
+//! # async fn demo(processor: queue_runtime::Processor) -> queue_runtime::Result<()> {
+//! // Cancelled on SIGTERM or Ctrl-C; `run` then drains within `shutdown_timeout`.
+//! let report = processor.run(queue_runtime::shutdown_token()).await?;
+//! assert!(report.completed <= report.received);
+//! # Ok(())
+//! # }
+//! ```
 
 use tokio_util::sync::CancellationToken;
 

@@ -5,6 +5,14 @@
 //! `operation`, `reason` or `kind`, all from small fixed sets. Message ids, session ids and
 //! bodies are never labels.
 //!
+//! ```
+//! use queue_runtime::telemetry;
+//!
+//! // A Prometheus alert on poison messages; `reason` is one of `handler::reasons`.
+//! let alert = format!("sum by (queue, reason) (rate({}[5m])) > 0", telemetry::DEAD_LETTERED);
+//! assert!(alert.contains("queue_runtime_messages_dead_lettered_total"));
+//! ```
+//!
 //! Logs (feature `telemetry`): install the subscriber with `init_logging`, or compose
 //! `SecretGuard` and `redacting` into your own; either keeps the credentials that SDKs
 //! log at `DEBUG`/`TRACE` (AWS access keys and session tokens, SAS tokens, AMQP frames)
