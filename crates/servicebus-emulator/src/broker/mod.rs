@@ -3,8 +3,9 @@
 //! It knows nothing about sockets or frames. Every operation reads the time from
 //! [`Clock`], so unit tests drive it with tokio's paused clock.
 
+mod store;
+
 use std::{
-    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime},
 };
@@ -17,6 +18,10 @@ use serde_amqp::Value;
 use tokio::{sync::watch, time::Instant};
 use uuid::Uuid;
 
+use self::store::{
+    Entry, Lock, LockRef, QueueState, SessionInfo, State, dead_letter_entry, dead_letter_exhausted,
+    merge_props, note_due, release_session, sweep,
+};
 use crate::{clock::Clock, config::QueueConfig, error::EmulatorError};
 
 /// A decoded AMQP message as the emulator stores it.
@@ -77,7 +82,7 @@ impl std::fmt::Debug for Broker {
         let st = self.lock_state();
         let mut d = f.debug_struct("Broker");
         for (name, q) in &st.queues {
-            d.field(name, &(q.main.entries.len(), q.dlq.entries.len()));
+            d.field(name, &(q.main.len(), q.dlq.len()));
         }
         d.finish_non_exhaustive()
     }
@@ -159,66 +164,6 @@ pub struct Delivered {
     pub scheduled: bool,
 }
 
-/// Where a lock points to.
-#[derive(Clone, Debug)]
-struct LockRef {
-    entity: EntityRef,
-    seq: i64,
-}
-
-#[derive(Clone, Debug)]
-struct Lock {
-    token: Uuid,
-    until: Instant,
-}
-
-#[derive(Clone)]
-struct Entry {
-    message: Arc<AmqpMessage>,
-    seq: i64,
-    enqueued_at: Instant,
-    visible_at: Instant,
-    expires_at: Option<Instant>,
-    delivery_count: u32,
-    lock: Option<Lock>,
-    session_id: Option<String>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct SessionInfo {
-    state: Option<Vec<u8>>,
-    lock: Option<(OwnerId, Instant)>,
-}
-
-#[derive(Default)]
-struct Store {
-    entries: BTreeMap<i64, Entry>,
-}
-
-struct QueueState {
-    cfg: QueueConfig,
-    next_seq: i64,
-    main: Store,
-    dlq: Store,
-    dedup: HashMap<String, Instant>,
-    sessions: BTreeMap<String, SessionInfo>,
-}
-
-impl QueueState {
-    fn store(&mut self, sub: SubQueue) -> &mut Store {
-        match sub {
-            SubQueue::Main => &mut self.main,
-            SubQueue::DeadLetter => &mut self.dlq,
-        }
-    }
-}
-
-#[derive(Default)]
-struct State {
-    queues: BTreeMap<String, QueueState>,
-    locks: HashMap<Uuid, LockRef>,
-}
-
 /// The emulated namespace. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct Broker {
@@ -234,19 +179,6 @@ pub struct SessionLock {
     pub session_id: String,
     /// Wall-clock lock expiry.
     pub locked_until: SystemTime,
-}
-
-impl QueueState {
-    fn new(cfg: QueueConfig) -> Self {
-        Self {
-            cfg,
-            next_seq: 1,
-            main: Store::default(),
-            dlq: Store::default(),
-            dedup: HashMap::new(),
-            sessions: BTreeMap::new(),
-        }
-    }
 }
 
 impl Broker {
@@ -335,77 +267,70 @@ impl Broker {
             .ok_or_else(|| EmulatorError::EntityNotFound {
                 entity: queue.to_owned(),
             })?;
-        if q.cfg
-            .max_messages
-            .is_some_and(|max| q.main.entries.len() + messages.len() > max)
-        {
-            return Err(EmulatorError::QuotaExceeded {
-                entity: queue.to_owned(),
-            });
-        }
-        for m in &messages {
-            if q.cfg.requires_session && m.session_id().is_none() {
-                return Err(EmulatorError::NotAllowed {
-                    reason: format!(
-                        "queue `{queue}` requires sessions; the message has no session id"
-                    ),
-                });
-            }
-        }
-        let mut seqs = Vec::with_capacity(messages.len());
-        for m in messages {
-            if let (Some(window), Some(id)) =
-                (q.cfg.duplicate_detection_window_secs, m.message_id())
-            {
-                let window = Duration::from_secs(window);
-                q.dedup.retain(|_, at| now.duration_since(*at) < window);
-                if q.dedup.contains_key(&id) {
-                    seqs.push(0);
-                    continue;
-                }
-                q.dedup.insert(id, now);
-            }
-            let ttl = match (m.ttl(), q.cfg.default_ttl_secs.map(Duration::from_secs)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let visible_at = m
-                .scheduled_at
-                .map(|t| self.clock.instant_of(t).max(now))
-                .unwrap_or(now);
-            let seq = q.next_seq;
-            q.next_seq += 1;
-            // A plain queue keeps a message's session id as a property only, as Service
-            // Bus does: the message is not session-bound there.
-            let session_id = m.session_id().filter(|_| q.cfg.requires_session);
-            if let Some(s) = &session_id {
-                q.sessions.entry(s.clone()).or_default();
-            }
-            let mut message = m.message;
-            // Service Bus gives every message an id; the JavaScript SDK relies on it.
-            let props = message.properties.get_or_insert_with(Default::default);
-            if props.message_id.is_none() {
-                let id = Uuid::new_v4().simple().to_string();
-                props.message_id = Some(fe2o3_amqp_types::messaging::MessageId::String(id));
-            }
-            q.main.entries.insert(
-                seq,
-                Entry {
-                    message: Arc::new(message),
-                    seq,
-                    enqueued_at: now,
-                    visible_at,
-                    expires_at: ttl.map(|t| visible_at + t),
-                    delivery_count: 0,
-                    lock: None,
-                    session_id,
-                },
-            );
-            seqs.push(seq);
+        check_send(q, queue, &messages)?;
+        let mut due = None;
+        let seqs = messages
+            .into_iter()
+            .map(|m| self.enqueue(q, m, now, &mut due))
+            .collect();
+        if let Some(t) = due {
+            st.note_due(t);
         }
         drop(st);
         self.notify();
         Ok(seqs)
+    }
+
+    /// Stores one message; returns its sequence number (0: a duplicate, dropped).
+    fn enqueue(
+        &self,
+        q: &mut QueueState,
+        m: IncomingMessage,
+        now: Instant,
+        due: &mut Option<Instant>,
+    ) -> i64 {
+        if is_duplicate(q, &m, now) {
+            return 0;
+        }
+        let ttl = match (m.ttl(), q.cfg.default_ttl_secs.map(Duration::from_secs)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let visible_at = m
+            .scheduled_at
+            .map(|t| self.clock.instant_of(t).max(now))
+            .unwrap_or(now);
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        // A plain queue keeps a message's session id as a property only, as Service
+        // Bus does: the message is not session-bound there.
+        let session_id = m.session_id().filter(|_| q.cfg.requires_session);
+        if let Some(s) = &session_id {
+            q.sessions.entry(s.clone()).or_default();
+        }
+        let mut message = m.message;
+        // Service Bus gives every message an id; the JavaScript SDK relies on it.
+        let props = message.properties.get_or_insert_with(Default::default);
+        if props.message_id.is_none() {
+            let id = Uuid::new_v4().simple().to_string();
+            props.message_id = Some(fe2o3_amqp_types::messaging::MessageId::String(id));
+        }
+        let expires_at = ttl.map(|t| visible_at + t);
+        if visible_at > now {
+            note_due(due, visible_at);
+        }
+        expires_at.into_iter().for_each(|x| note_due(due, x));
+        q.main.insert(Entry {
+            message: Arc::new(message),
+            seq,
+            enqueued_at: now,
+            visible_at,
+            expires_at,
+            delivery_count: 0,
+            lock: None,
+            session_id,
+        });
+        seq
     }
 
     /// Removes scheduled messages that are not yet visible.
@@ -419,8 +344,8 @@ impl Broker {
                 entity: queue.to_owned(),
             })?;
         for s in seqs {
-            if q.main.entries.get(s).is_some_and(|e| e.visible_at > now) {
-                q.main.entries.remove(s);
+            if q.main.get(*s).is_some_and(|e| e.visible_at > now) {
+                q.main.remove(*s);
             }
         }
         Ok(())
@@ -438,7 +363,7 @@ impl Broker {
         let now = self.clock.now();
         let mut st = self.lock_state();
         sweep(&mut st, now);
-        let State { queues, locks } = &mut *st;
+        let State { queues, locks, due } = &mut *st;
         let q = queues
             .get_mut(&entity.queue)
             .ok_or_else(|| not_found(entity))?;
@@ -454,16 +379,11 @@ impl Broker {
             });
         }
         let store = q.store(entity.sub);
-        let pick = store
-            .entries
-            .values_mut()
-            .filter(|e| e.visible_at <= now)
-            .filter(|e| session.is_none() || e.session_id.as_deref() == session)
-            .find(|e| e.lock.is_none());
-        let Some(e) = pick else { return Ok(None) };
-        let seq = e.seq;
+        let Some(seq) = store.first_available(session, now) else {
+            return Ok(None);
+        };
         if !peek_lock {
-            let e = store.entries.remove(&seq).expect("entry just found");
+            let e = store.remove(seq).expect("entry just found");
             return Ok(Some(delivered(&self.clock, &e, Uuid::nil(), None)));
         }
         let token = Uuid::new_v4();
@@ -473,8 +393,9 @@ impl Broker {
             None => now + lock_for,
         };
         let store = q.store(entity.sub);
-        let e = store.entries.get_mut(&seq).expect("entry just found");
+        let e = store.get_mut(seq).expect("entry just found");
         e.lock = Some(Lock { token, until });
+        note_due(due, until);
         let d = delivered(&self.clock, e, token, Some(until));
         locks.insert(
             token,
@@ -491,74 +412,23 @@ impl Broker {
         let now = self.clock.now();
         let mut st = self.lock_state();
         sweep(&mut st, now);
-        let State { queues, locks } = &mut *st;
+        let State { queues, locks, due } = &mut *st;
         let r = locks.get(&token).cloned().ok_or(EmulatorError::LockLost)?;
         let q = queues
             .get_mut(&r.entity.queue)
             .ok_or(EmulatorError::LockLost)?;
-        let max = q.cfg.max_delivery_count;
-        // Dead-letter queues are not session-bound, even for messages with a session id.
-        let session_bound = r.entity.sub == SubQueue::Main;
-        if let Some(sid) = q
-            .store(r.entity.sub)
-            .entries
-            .get(&r.seq)
-            .and_then(|e| e.session_id.clone())
-            .filter(|_| session_bound)
-        {
-            // A session message may only be settled while its session is still locked.
-            if q.sessions
-                .get(&sid)
-                .and_then(|i| i.lock)
-                .is_none_or(|(_, until)| until <= now)
-            {
-                locks.remove(&token);
-                return Err(EmulatorError::SessionLockLost);
-            }
-        }
-        let store = q.store(r.entity.sub);
-        let valid = store
-            .entries
-            .get(&r.seq)
-            .filter(|e| e.lock.as_ref().is_some_and(|l| l.token == token))
-            .is_some_and(|e| {
-                (session_bound && e.session_id.is_some())
-                    || e.lock.as_ref().is_some_and(|l| l.until > now)
+        if matches!(how, Settlement::DeadLetter { .. }) && r.entity.sub == SubQueue::DeadLetter {
+            // Refused before anything changes: the message keeps its lock, as on Service Bus.
+            return Err(EmulatorError::BadRequest {
+                reason: "cannot dead-letter a message from the dead-letter queue".into(),
             });
+        }
+        let checked = check_lock(q, &r, token, now);
         locks.remove(&token);
-        if !valid {
-            return Err(EmulatorError::LockLost);
-        }
-        let mut e = store.entries.remove(&r.seq).expect("checked above");
+        checked?;
+        let mut e = q.store(r.entity.sub).remove(r.seq).expect("checked above");
         e.lock = None;
-        match how {
-            Settlement::Complete => {}
-            Settlement::Abandon { properties } => {
-                merge_props(&mut e, properties);
-                e.delivery_count += 1;
-                if e.delivery_count >= max && r.entity.sub == SubQueue::Main {
-                    dead_letter_exhausted(q, e, max);
-                } else {
-                    q.store(r.entity.sub).entries.insert(e.seq, e);
-                }
-            }
-            Settlement::Release => {
-                q.store(r.entity.sub).entries.insert(e.seq, e);
-            }
-            Settlement::DeadLetter {
-                reason,
-                description,
-                properties,
-            } => {
-                merge_props(&mut e, properties);
-                if r.entity.sub == SubQueue::DeadLetter {
-                    return Err(EmulatorError::BadRequest {
-                        reason: "cannot dead-letter a message from the dead-letter queue".into(),
-                    });
-                }
-                dead_letter_entry(q, e, reason, description);
-            }
-        }
+        apply_settlement(q, r.entity.sub, e, how, due);
         drop(st);
         self.notify();
         Ok(())
@@ -569,7 +439,7 @@ impl Broker {
         let now = self.clock.now();
         let mut st = self.lock_state();
         sweep(&mut st, now);
-        let State { queues, locks } = &mut *st;
+        let State { queues, locks, .. } = &mut *st;
         let r = locks.get(&token).cloned().ok_or(EmulatorError::LockLost)?;
         let q = queues
             .get_mut(&r.entity.queue)
@@ -577,8 +447,7 @@ impl Broker {
         let d = q.cfg.lock_duration();
         let lock = q
             .store(r.entity.sub)
-            .entries
-            .get_mut(&r.seq)
+            .get_mut(r.seq)
             .and_then(|e| e.lock.as_mut())
             .filter(|l| l.token == token && l.until > now)
             .ok_or(EmulatorError::LockLost)?;
@@ -602,9 +471,7 @@ impl Broker {
             .get_mut(&entity.queue)
             .ok_or_else(|| not_found(entity))?;
         Ok(q.store(entity.sub)
-            .entries
-            .range(from_seq..)
-            .map(|(_, e)| e)
+            .range_from(from_seq)
             .filter(|e| session.is_none() || e.session_id.as_deref() == session)
             .take(count)
             .map(|e| delivered(&self.clock, e, Uuid::nil(), None))
@@ -647,7 +514,7 @@ impl Broker {
             None => {
                 // Sessions in the order of their oldest visible message (FIFO across sessions).
                 let mut chosen = None;
-                for e in q.main.entries.values() {
+                for e in q.main.values() {
                     let Some(s) = &e.session_id else { continue };
                     if e.visible_at > now || e.lock.is_some() {
                         continue;
@@ -665,6 +532,7 @@ impl Broker {
             }
         };
         q.sessions.entry(id.clone()).or_default().lock = Some((owner, until));
+        st.note_due(until);
         Ok(SessionLock {
             session_id: id,
             locked_until: self.clock.wall(until),
@@ -714,7 +582,7 @@ impl Broker {
     /// Releases every session lock held by `owner` (its link closed).
     pub fn release_owner(&self, owner: OwnerId) {
         let mut st = self.lock_state();
-        let State { queues, locks } = &mut *st;
+        let State { queues, locks, due } = &mut *st;
         for q in queues.values_mut() {
             let held: Vec<String> = q
                 .sessions
@@ -723,7 +591,7 @@ impl Broker {
                 .map(|(k, _)| k.clone())
                 .collect();
             for sid in held {
-                release_session(q, locks, &sid);
+                release_session(q, locks, due, &sid);
             }
         }
         drop(st);
@@ -777,7 +645,7 @@ impl Broker {
         sweep(&mut st, now);
         st.queues
             .get_mut(&entity.queue)
-            .map(|q| q.store(entity.sub).entries.len())
+            .map(|q| q.store(entity.sub).len())
             .unwrap_or(0)
     }
 
@@ -790,29 +658,125 @@ impl Broker {
         }
     }
 
-    /// The earliest future instant at which a lock, schedule or TTL expiry falls due.
+    /// The earliest future instant at which a lock, schedule or TTL expiry may fall due
+    /// (applying whatever is due by now first).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let st = self.lock_state();
-        let mut best: Option<Instant> = None;
-        let mut take = |t: Instant| best = Some(best.map_or(t, |b| b.min(t)));
-        for q in st.queues.values() {
-            for e in q.main.entries.values().chain(q.dlq.entries.values()) {
-                if let Some(l) = &e.lock {
-                    take(l.until);
-                }
-                take(e.visible_at);
-                if let Some(x) = e.expires_at {
-                    take(x);
-                }
-            }
-            for i in q.sessions.values() {
-                if let Some((_, u)) = i.lock {
-                    take(u);
-                }
+        let now = self.clock.now();
+        let mut st = self.lock_state();
+        let changed = sweep(&mut st, now);
+        let due = st.due.filter(|d| *d > now);
+        drop(st);
+        if changed {
+            self.notify();
+        }
+        due
+    }
+}
+
+/// Refuses a send the queue cannot take: over its quota, or a session queue given a
+/// message without a session id.
+fn check_send(
+    q: &QueueState,
+    queue: &str,
+    messages: &[IncomingMessage],
+) -> Result<(), EmulatorError> {
+    if q.cfg
+        .max_messages
+        .is_some_and(|max| q.main.len() + messages.len() > max)
+    {
+        return Err(EmulatorError::QuotaExceeded {
+            entity: queue.to_owned(),
+        });
+    }
+    if q.cfg.requires_session && messages.iter().any(|m| m.session_id().is_none()) {
+        return Err(EmulatorError::NotAllowed {
+            reason: format!("queue `{queue}` requires sessions; the message has no session id"),
+        });
+    }
+    Ok(())
+}
+
+/// Duplicate detection: whether the message's id was seen inside the window (and
+/// otherwise remembers it).
+fn is_duplicate(q: &mut QueueState, m: &IncomingMessage, now: Instant) -> bool {
+    let (Some(window), Some(id)) = (q.cfg.duplicate_detection_window_secs, m.message_id()) else {
+        return false;
+    };
+    let window = Duration::from_secs(window);
+    q.dedup.retain(|_, at| now.duration_since(*at) < window);
+    if q.dedup.contains_key(&id) {
+        return true;
+    }
+    q.dedup.insert(id, now);
+    false
+}
+
+/// Whether `token` still locks the message `r` points to: a session message while its
+/// session is locked, any other while its own lock lasts.
+fn check_lock(q: &QueueState, r: &LockRef, token: Uuid, now: Instant) -> Result<(), EmulatorError> {
+    // Dead-letter queues are not session-bound, even for messages with a session id.
+    let session_bound = r.entity.sub == SubQueue::Main;
+    let entry = q.store_ref(r.entity.sub).get(r.seq);
+    if let Some(sid) = entry
+        .and_then(|e| e.session_id.as_ref())
+        .filter(|_| session_bound)
+    {
+        // A session message may only be settled while its session is still locked.
+        if q.sessions
+            .get(sid)
+            .and_then(|i| i.lock)
+            .is_none_or(|(_, until)| until <= now)
+        {
+            return Err(EmulatorError::SessionLockLost);
+        }
+    }
+    let valid = entry
+        .filter(|e| e.lock.as_ref().is_some_and(|l| l.token == token))
+        .is_some_and(|e| {
+            (session_bound && e.session_id.is_some())
+                || e.lock.as_ref().is_some_and(|l| l.until > now)
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(EmulatorError::LockLost)
+    }
+}
+
+/// Applies a settlement to the message `e`, just taken out of `sub` (dead-lettering only
+/// from the main queue).
+fn apply_settlement(
+    q: &mut QueueState,
+    sub: SubQueue,
+    mut e: Entry,
+    how: Settlement,
+    due: &mut Option<Instant>,
+) {
+    let max = q.cfg.max_delivery_count;
+    match how {
+        Settlement::Complete => {}
+        Settlement::Abandon { properties } => {
+            merge_props(&mut e, properties);
+            e.delivery_count += 1;
+            if e.delivery_count >= max && sub == SubQueue::Main {
+                dead_letter_exhausted(q, e, max);
+            } else {
+                e.expires_at.into_iter().for_each(|x| note_due(due, x));
+                q.store(sub).insert(e);
             }
         }
-        let now = self.clock.now();
-        best.filter(|b| *b > now)
+        Settlement::Release => {
+            e.expires_at.into_iter().for_each(|x| note_due(due, x));
+            q.store(sub).insert(e);
+        }
+        Settlement::DeadLetter {
+            reason,
+            description,
+            properties,
+        } => {
+            merge_props(&mut e, properties);
+            dead_letter_entry(q, e, reason, description);
+        }
     }
 }
 
@@ -842,134 +806,6 @@ fn delivered(clock: &Clock, e: &Entry, token: Uuid, until: Option<Instant>) -> D
         session_id: e.session_id.clone(),
         scheduled: e.visible_at > clock.now(),
     }
-}
-
-fn merge_props(e: &mut Entry, props: Vec<(String, SimpleValue)>) {
-    if props.is_empty() {
-        return;
-    }
-    let m = Arc::make_mut(&mut e.message);
-    let ap = m
-        .application_properties
-        .get_or_insert_with(Default::default);
-    for (k, v) in props {
-        ap.0.insert(k, v);
-    }
-}
-
-fn dead_letter_entry(
-    q: &mut QueueState,
-    mut e: Entry,
-    reason: Option<String>,
-    description: Option<String>,
-) {
-    let mut props = Vec::new();
-    if let Some(r) = reason {
-        props.push(("DeadLetterReason".to_owned(), SimpleValue::String(r)));
-    }
-    if let Some(d) = description {
-        props.push((
-            "DeadLetterErrorDescription".to_owned(),
-            SimpleValue::String(d),
-        ));
-    }
-    merge_props(&mut e, props);
-    e.lock = None;
-    // Messages in the dead-letter queue do not expire.
-    e.expires_at = None;
-    q.dlq.entries.insert(e.seq, e);
-}
-
-/// Dead-letters a message whose deliveries reached the queue's max delivery count, with
-/// the reason Service Bus uses.
-fn dead_letter_exhausted(q: &mut QueueState, e: Entry, max: u32) {
-    dead_letter_entry(
-        q,
-        e,
-        Some("MaxDeliveryCountExceeded".into()),
-        Some(format!(
-            "Message could not be consumed after {max} delivery attempts."
-        )),
-    );
-}
-
-/// [`dead_letter_exhausted`] for each of `seqs` still in the main queue.
-fn dead_letter_all_exhausted(q: &mut QueueState, seqs: Vec<i64>, max: u32) {
-    for seq in seqs {
-        if let Some(e) = q.main.entries.remove(&seq) {
-            dead_letter_exhausted(q, e, max);
-        }
-    }
-}
-
-/// Drops a session's lock and the locks of its unsettled messages, which come back with
-/// their delivery count raised (and go to the dead-letter queue when it is exhausted).
-fn release_session(q: &mut QueueState, locks: &mut HashMap<Uuid, LockRef>, sid: &str) {
-    if let Some(info) = q.sessions.get_mut(sid) {
-        info.lock = None;
-    }
-    let max = q.cfg.max_delivery_count;
-    let mut to_dlq = Vec::new();
-    for e in q.main.entries.values_mut() {
-        if e.session_id.as_deref() != Some(sid) {
-            continue;
-        }
-        if let Some(l) = e.lock.take() {
-            locks.remove(&l.token);
-            e.delivery_count += 1;
-            if e.delivery_count >= max {
-                to_dlq.push(e.seq);
-            }
-        }
-    }
-    dead_letter_all_exhausted(q, to_dlq, max);
-}
-
-/// Applies lock expiry, max-delivery dead-lettering and TTL expiry. Returns whether
-/// anything changed.
-fn sweep(st: &mut State, now: Instant) -> bool {
-    let mut changed = false;
-    let State { queues, locks } = st;
-    for q in queues.values_mut() {
-        let max = q.cfg.max_delivery_count;
-        // Expired message locks: the message comes back with delivery count + 1.
-        let mut to_dlq = Vec::new();
-        for sub in [SubQueue::Main, SubQueue::DeadLetter] {
-            for e in q.store(sub).entries.values_mut() {
-                if e.session_id.is_some() && sub == SubQueue::Main {
-                    continue;
-                }
-                if let Some(l) = e.lock.as_ref().filter(|l| l.until <= now) {
-                    locks.remove(&l.token);
-                    e.lock = None;
-                    e.delivery_count += 1;
-                    changed = true;
-                    if sub == SubQueue::Main && e.delivery_count >= max {
-                        to_dlq.push(e.seq);
-                    }
-                }
-            }
-        }
-        dead_letter_all_exhausted(q, to_dlq, max);
-        // TTL: unlocked expired messages are dropped.
-        let before = q.main.entries.len();
-        q.main
-            .entries
-            .retain(|_, e| e.lock.is_some() || e.expires_at.is_none_or(|x| x > now));
-        changed |= q.main.entries.len() != before;
-        // Session locks that ran out release the session and its locked messages.
-        let expired: Vec<String> = q
-            .sessions
-            .iter()
-            .filter(|(_, i)| i.lock.is_some_and(|(_, u)| u <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for sid in expired {
-            release_session(q, locks, &sid);
-            changed = true;
-        }
-    }
-    changed
 }
 
 #[cfg(test)]
@@ -1215,6 +1051,87 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         let d = b.receive(&main("q"), None, 1, true).unwrap().unwrap();
         assert_eq!(d.sequence_number, seq);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn next_deadline_names_the_earliest_pending_expiry() {
+        let b = broker(QueueConfig::new().with_lock_duration(Duration::from_secs(10)));
+        let start = b.clock().now();
+        assert_eq!(b.next_deadline(), None, "nothing pending");
+        let mut later = msg("later", None, None);
+        later.scheduled_at = Some(b.clock().wall(start) + Duration::from_secs(30));
+        b.send("q", vec![later, msg("now", None, None)]).unwrap();
+        assert_eq!(b.next_deadline(), Some(start + Duration::from_secs(30)));
+        let d = b.receive(&main("q"), None, 1, true).unwrap().unwrap();
+        assert_eq!(b.next_deadline(), Some(start + Duration::from_secs(10)));
+        // A renewal moves the lock past the bound: the deadline may come early (a sweep
+        // that finds nothing due), never late.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        b.renew_lock(d.lock_token).unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(b.next_deadline(), Some(start + Duration::from_secs(15)));
+        b.settle(d.lock_token, Settlement::Complete).unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.next_deadline(), Some(start + Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(b.next_deadline(), None);
+        assert!(b.receive(&main("q"), None, 1, true).unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_lettering_from_the_dead_letter_queue_is_refused_and_keeps_the_lock() {
+        let b = broker(QueueConfig::new());
+        b.send("q", vec![msg("a", None, None)]).unwrap();
+        let d = b.receive(&main("q"), None, 1, true).unwrap().unwrap();
+        let dead_letter = || Settlement::DeadLetter {
+            reason: Some("r".into()),
+            description: None,
+            properties: vec![],
+        };
+        b.settle(d.lock_token, dead_letter()).unwrap();
+        let dead = b.receive(&dlq("q"), None, 1, true).unwrap().unwrap();
+        assert!(matches!(
+            b.settle(dead.lock_token, dead_letter()),
+            Err(EmulatorError::BadRequest { .. })
+        ));
+        assert_eq!(b.count(&dlq("q")), 1, "the refused message stays");
+        b.settle(dead.lock_token, Settlement::Complete).unwrap();
+        assert_eq!(b.count(&dlq("q")), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_receives_see_only_their_session_among_many() {
+        let b = broker(QueueConfig::new().with_requires_session(true));
+        let batch = (0..300)
+            .map(|n| {
+                msg(
+                    &format!("{}:{n}", n % 3),
+                    None,
+                    Some(&format!("s{}", n % 3)),
+                )
+            })
+            .collect();
+        b.send("q", batch).unwrap();
+        b.accept_session("q", Some("s1"), 7).unwrap();
+        for n in (1..300).step_by(3) {
+            let d = b.receive(&main("q"), Some("s1"), 7, true).unwrap().unwrap();
+            assert_eq!(body(&d), format!("1:{n}"));
+            b.settle(d.lock_token, Settlement::Complete).unwrap();
+        }
+        assert!(
+            b.receive(&main("q"), Some("s1"), 7, true)
+                .unwrap()
+                .is_none()
+        );
+        // Held but unsettled messages come back when the session is released.
+        b.accept_session("q", Some("s2"), 8).unwrap();
+        let held = b.receive(&main("q"), Some("s2"), 8, true).unwrap().unwrap();
+        b.release_owner(8);
+        b.accept_session("q", Some("s2"), 9).unwrap();
+        let again = b.receive(&main("q"), Some("s2"), 9, true).unwrap().unwrap();
+        assert_eq!(again.sequence_number, held.sequence_number);
+        assert_eq!(again.delivery_count, 1);
+        assert_eq!(b.count(&main("q")), 200);
     }
 
     #[tokio::test(start_paused = true)]
