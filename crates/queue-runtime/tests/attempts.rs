@@ -13,8 +13,8 @@ use std::{
 };
 
 use queue_runtime::{
-    HandlerError, Outcome, Processor, ProcessorSettings, QueueName, QueueSpec, RetrySettings,
-    SessionMode, SharedQueueProvider, ShutdownReport, handler_fn,
+    HandlerError, Outcome, Processor, ProcessorSettings, QueueName, QueueProvider, QueueSpec,
+    ReceiveOptions, RetrySettings, SessionMode, SharedQueueProvider, ShutdownReport, handler_fn,
 };
 
 const MAX_ATTEMPTS: u32 = 5;
@@ -84,23 +84,28 @@ fn check(runs: &Runs, report: &ShutdownReport) {
     assert_eq!(report.abandoned_for_order, 0, "{report:?}");
 }
 
-/// SQS FIFO semantics (the grouped fake counts receives and dead-letters at 10, like a
-/// redrive policy with `maxReceiveCount` 10).
+/// SQS FIFO semantics (the memory provider's `sqs` profile counts receives and redrives at
+/// 10, like a redrive policy with `maxReceiveCount` 10).
 #[tokio::test(start_paused = true)]
 async fn failing_messages_do_not_spend_the_budget_of_the_rest_of_their_group() {
-    let fake = common::GroupedFake::new(Duration::from_secs(30), 10);
-    let provider: SharedQueueProvider = Arc::new(fake.clone());
-    let queue = QueueName::new("events.fifo").unwrap();
+    let (mem, provider, queue) = common::sqs_fifo("events.fifo", Duration::from_secs(30), 10).await;
     common::send_to_session(&provider, &queue, "pr-1", bodies()).await;
     let runs = Runs::default();
-    let report = common::run_until(
-        processor(provider, queue, runs.clone()),
+    let report = common::run_until_drained(
+        processor(provider.clone(), queue.clone(), runs.clone()),
+        &mem,
+        &queue,
         Duration::from_secs(120),
-        || fake.message_count() == 0,
     )
     .await;
     check(&runs, &report);
-    let dead: Vec<String> = fake.dead_letters().into_iter().map(|d| d.1).collect();
+    let dead: Vec<String> = provider
+        .receive_dead_letters(&queue, ReceiveOptions::new(10, Duration::ZERO))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.dead_letter.expect("a reason").reason)
+        .collect();
     assert_eq!(dead.len(), 3, "{dead:?}");
     assert!(dead.iter().all(|r| r == "RetriesExhausted"), "{dead:?}");
 }

@@ -1,18 +1,19 @@
 //! Property: with many keys and random failures, each key's messages reach the handler in
 //! send order (a retry is never overtaken), and every message is completed or dead-lettered
-//! exactly once. Runs on the memory provider (session locks) and on a grouped (SQS-FIFO-like)
-//! fake, with tokio's paused clock.
+//! exactly once. Runs on the memory provider with session locks and with its `sqs` profile (SQS
+//! FIFO message groups), with tokio's paused clock.
 
 mod common;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use common::*;
 use proptest::prelude::*;
+use queue_memory::InMemoryProvider;
 use queue_runtime::{
     HandlerError, Outcome, Processor, ProcessorSettings, QueueName, QueueProvider, QueueSpec,
     ReceiveOptions, ReceivedMessage, RetrySettings, SharedQueueProvider, handler_fn,
@@ -169,31 +170,36 @@ async fn memory_dead_letters(
         .collect()
 }
 
-/// The bodies the plans dead-letter, each with an empty reason (the grouped fake keeps ids,
-/// not bodies, so the per-message check relies on the handler calls).
-fn expected_dead(plans: &[Vec<Plan>]) -> BTreeMap<String, String> {
-    plans
-        .iter()
-        .enumerate()
-        .flat_map(|(k, ps)| {
-            ps.iter()
-                .enumerate()
-                .filter(|(_, p)| expected(**p).0 == Expect::DeadLettered)
-                .map(move |(n, _)| (format!("{k}:{n}"), String::new()))
-        })
-        .collect()
-}
-
-/// Sends `plans` to the memory queue `name`, runs a processor until the queue is drained
-/// (within `limit`) and checks order and exactly-once settlement.
+/// Sends `plans` to the memory queue `name` (session locks), runs a processor until the
+/// queue is drained (within `limit`) and checks order and exactly-once settlement.
 async fn check_on_memory(
     name: &str,
     plans: Vec<Vec<Plan>>,
     settings: ProcessorSettings,
     limit: Duration,
 ) {
-    let (mem, provider, queue) =
-        memory(name, QueueSpec::default().with_max_delivery_count(50)).await;
+    let queue = memory(name, QueueSpec::default().with_max_delivery_count(50)).await;
+    check_on(queue, plans, settings, limit).await;
+}
+
+/// The same on an SQS FIFO queue `name` (the memory provider's `sqs` profile: groups through
+/// the plain receive, receives counted towards a redrive at 50).
+async fn check_on_grouped(
+    name: &str,
+    plans: Vec<Vec<Plan>>,
+    settings: ProcessorSettings,
+    limit: Duration,
+) {
+    let queue = sqs_fifo(name, Duration::from_secs(30), 50).await;
+    check_on(queue, plans, settings, limit).await;
+}
+
+async fn check_on(
+    (mem, provider, queue): (InMemoryProvider, SharedQueueProvider, QueueName),
+    plans: Vec<Vec<Plan>>,
+    settings: ProcessorSettings,
+    limit: Duration,
+) {
     send_plans(&provider, &queue, &plans).await;
     let plans = Arc::new(plans);
     let calls: Calls = Arc::default();
@@ -211,39 +217,6 @@ async fn check_on_memory(
     .await;
     let dead = memory_dead_letters(&provider, &queue).await;
     check(&plans, &calls.lock().unwrap(), &report, &dead);
-}
-
-/// The same on the grouped fake's queue `name`.
-async fn check_on_grouped(
-    name: &str,
-    plans: Vec<Vec<Plan>>,
-    settings: ProcessorSettings,
-    limit: Duration,
-) {
-    let fake = GroupedFake::new(Duration::from_secs(30), 50);
-    let provider: SharedQueueProvider = Arc::new(fake.clone());
-    let queue = QueueName::new(name).unwrap();
-    send_plans(&provider, &queue, &plans).await;
-    let plans = Arc::new(plans);
-    let calls: Calls = Arc::default();
-    let report = run_until(
-        Processor::new(provider, queue, handler(plans.clone(), calls.clone()))
-            .with_settings(settings),
-        limit,
-        || fake.message_count() == 0,
-    )
-    .await;
-    let dead_ids: HashMap<_, _> = fake
-        .dead_letters()
-        .into_iter()
-        .map(|(id, reason, _)| (id, reason))
-        .collect();
-    // Map ids back to bodies through the calls' order is not possible; the fake keeps ids, so
-    // count them and use the handler calls for the per-message check.
-    let calls = calls.lock().unwrap();
-    let dead = expected_dead(&plans);
-    assert_eq!(dead_ids.len(), dead.len(), "dead letters: {dead_ids:?}");
-    check(&plans, &calls, &report, &dead);
 }
 
 proptest! {

@@ -42,6 +42,28 @@ pub async fn memory(
     (provider, shared, queue)
 }
 
+/// An SQS FIFO queue on the memory provider's `sqs` profile (`SessionSupport::Grouped`:
+/// message groups through the plain receive, a group blocked while one of its messages is in
+/// flight, receives counted and redriven to the dead-letter queue at `max_receives`), with
+/// `queue` created with a visibility timeout of `lock`.
+pub async fn sqs_fifo(
+    queue: &str,
+    lock: Duration,
+    max_receives: u32,
+) -> (InMemoryProvider, SharedQueueProvider, QueueName) {
+    let provider = InMemoryProvider::builder()
+        .with_profile(queue_memory::Profile::Sqs)
+        .build()
+        .unwrap();
+    let queue = QueueName::new(queue).unwrap();
+    let spec = QueueSpec::default()
+        .with_lock_duration(lock)
+        .with_max_delivery_count(max_receives);
+    provider.create_queue(&queue, &spec).await.unwrap();
+    let shared: SharedQueueProvider = Arc::new(provider.clone());
+    (provider, shared, queue)
+}
+
 /// Polls `cond` every 100 ms of (virtual) time until it holds or `limit` passes.
 pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
