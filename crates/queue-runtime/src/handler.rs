@@ -1,39 +1,4 @@
 //! What the application writes: a [`Handler`] returning an [`Outcome`].
-//!
-//! Closures become handlers with [`handler_fn`] (raw message) or [`json_handler`] (decoded
-//! body); a type implements [`Handler`] when it carries state. Each outcome settles the
-//! message differently, and an `Err` is a failure the retry policy deals with:
-//!
-//! ```
-//! use std::time::Duration;
-//! use queue_runtime::{Handler, HandlerError, MessageContext, Outcome, ReceivedMessage};
-//!
-//! struct Labeler;
-//!
-//! #[async_trait::async_trait]
-//! impl Handler for Labeler {
-//!     async fn handle(
-//!         &self,
-//!         message: ReceivedMessage,
-//!         ctx: MessageContext,
-//!     ) -> Result<Outcome, HandlerError> {
-//!         match ctx.attributes().get("github-event").map(String::as_str) {
-//!             Some("pull_request") if message.body().is_empty() => {
-//!                 // Never retried: moved to the dead-letter queue with this reason.
-//!                 Ok(Outcome::dead_letter("EmptyPayload", "pull_request without a body"))
-//!             }
-//!             // Done: the message is removed.
-//!             Some("pull_request") => Ok(Outcome::Complete),
-//!             // Redelivered after 30 s, within the attempt budget.
-//!             Some("check_run") => Ok(Outcome::retry_after(Duration::from_secs(30), "CI busy")),
-//!             // Transient errors are retried with backoff; permanent ones dead-lettered.
-//!             Some(_) => Err(HandlerError::transient("GitHub API unavailable")),
-//!             None => Err(HandlerError::permanent("no github-event attribute")),
-//!         }
-//!     }
-//! }
-//! # let _: Box<dyn Handler> = Box::new(Labeler);
-//! ```
 
 use std::{
     fmt,
@@ -49,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Dead-letter reasons the runtime itself uses (bounded; also metric labels).
 pub mod reasons {
-    /// The delivery count passed `retry.max_attempts` before the handler ran.
+    /// The handler already ran `retry.max_attempts` times without settling the message (the
+    /// process stopped or the lock was lost during its last run); it is not run again.
     pub const MAX_ATTEMPTS_EXCEEDED: &str = "MaxAttemptsExceeded";
     /// The handler kept failing (error, panic or retry outcome) until attempts ran out.
     pub const RETRIES_EXHAUSTED: &str = "RetriesExhausted";
@@ -234,13 +200,15 @@ impl MessageContext {
     pub fn attributes(&self) -> &Attributes {
         &self.attributes
     }
-    /// This delivery's number, starting at 1.
+    /// This delivery's number, starting at 1, as the broker counts it: deliveries whose
+    /// handler never ran (buffered when a process died, released to keep order) included.
     pub fn delivery_count(&self) -> u32 {
         self.delivery_count
     }
-    /// Which handler attempt this is, starting at 1: the delivery count minus deliveries
-    /// the processor abandoned unhandled to keep a key's order (a grouped provider counts
-    /// those as deliveries). Retry limits apply to this number.
+    /// Which handler run of this message this is, starting at 1, counted in the processor's
+    /// [`AttemptStore`](crate::AttemptStore): runs retried in process and runs on earlier
+    /// deliveries included, deliveries whose handler never ran excluded. Retry limits apply
+    /// to this number.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

@@ -94,7 +94,8 @@ pub use handler::{
     handler_fn, json_handler,
 };
 pub use processor::{
-    Processor, ProcessorError, ProcessorHandle, ProcessorState, SHUTDOWN_GRACE, ShutdownReport,
+    AttemptStore, FileAttemptStore, MemoryAttemptStore, Processor, ProcessorError, ProcessorHandle,
+    ProcessorState, SHUTDOWN_GRACE, ShutdownReport,
 };
 pub use retry::RetryPolicy;
 pub use signal::{shutdown_signal, shutdown_token};

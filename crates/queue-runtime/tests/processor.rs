@@ -369,38 +369,6 @@ async fn poison_messages_go_to_the_dead_letter_queue_with_reasons() {
     assert_eq!(by_id[&chosen].reason, "UnknownAction");
 }
 
-#[tokio::test(start_paused = true)]
-async fn delivery_count_past_the_limit_is_dead_lettered_without_calling_the_handler() {
-    let (mem, provider, queue) = memory("redelivered", QueueSpec::default()).await;
-    provider.send(&queue, Message::new("x")).await.unwrap();
-    // Deliver and abandon it three times outside the processor.
-    for _ in 0..3 {
-        let got = provider
-            .receive(&queue, ReceiveOptions::new(1, Duration::from_secs(1)))
-            .await
-            .unwrap();
-        provider.abandon(&got[0].receipt, None).await.unwrap();
-    }
-    let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
-    let handler = handler_fn(move |_m, _c| {
-        c.fetch_add(1, Ordering::SeqCst);
-        async { Ok(Outcome::Complete) }
-    });
-    run_until(
-        Processor::new(provider.clone(), queue.clone(), handler).with_settings(fast_settings()),
-        Duration::from_secs(60),
-        || mem.dead_letter_count(&queue).unwrap() == 1,
-    )
-    .await;
-    assert_eq!(calls.load(Ordering::SeqCst), 0);
-    let dlq = dead_letters(&provider, &queue).await;
-    assert_eq!(
-        dlq[0].dead_letter.as_ref().unwrap().reason,
-        "MaxAttemptsExceeded"
-    );
-}
-
 #[derive(Debug)]
 struct DenyUnsigned;
 
@@ -655,7 +623,9 @@ async fn shutdown_deadline_cancels_stuck_handlers_and_abandons_their_messages() 
 
 #[tokio::test(start_paused = true)]
 async fn grouped_provider_keeps_order_when_a_message_is_retried() {
-    let (mem, provider, queue) = sqs_fifo("events.fifo", Duration::from_secs(30), 10).await;
+    let fake = GroupedFake::new(Duration::from_secs(30), 10);
+    let provider: SharedQueueProvider = Arc::new(fake.clone());
+    let queue = QueueName::new("events.fifo").unwrap();
     for g in 0..3 {
         send_to_session(
             &provider,
@@ -682,11 +652,10 @@ async fn grouped_provider_keeps_order_when_a_message_is_retried() {
             Ok(Outcome::Complete)
         }
     });
-    let report = run_until_drained(
-        Processor::new(provider, queue.clone(), handler).with_settings(fast_settings()),
-        &mem,
-        &queue,
+    let report = run_until(
+        Processor::new(provider, queue, handler).with_settings(fast_settings()),
         Duration::from_secs(60),
+        || fake.message_count() == 0,
     )
     .await;
     assert_eq!(report.completed, 15);

@@ -12,6 +12,7 @@ use crate::handler::{HandlerError, MessageContext, Outcome, reasons};
 
 use super::{
     bump,
+    settle::Failure,
     shared::{Disposition, HARD_STOP_GRACE, LockWatch, Settler, Shared},
 };
 
@@ -48,11 +49,9 @@ impl Shared {
         }
         .instrument(span)
         .await;
-        if matches!(
-            disposition,
-            Disposition::Completed | Disposition::DeadLettered
-        ) {
-            self.forget_order_abandons(msg);
+        if disposition.keeps_order() {
+            // Settled for good: its handler runs need no record any more.
+            self.attempts.forget(&self.queue, &msg.message_id);
         }
         disposition
     }
@@ -66,8 +65,8 @@ impl Shared {
         if let Some(done) = self.precheck(msg, settler).await {
             return done;
         }
-        let attempt = self.attempt(msg);
-        // Retries held in process keep the delivery (and its count): the attempt is what grows.
+        // Recorded before the run, so that a run the process does not survive still counts.
+        let attempt = self.attempts.start_run(&self.queue, &msg.message_id);
         tracing::Span::current().record("attempt", attempt);
         let started = Instant::now();
         let (joined, lock_lost) = self.run_handler(msg, watch, attempt).await;
@@ -85,7 +84,8 @@ impl Shared {
             self.metrics.lock_lost.increment(1);
             return Disposition::LockLost;
         }
-        self.settle_outcome(joined, msg, watch, settler, took).await
+        self.settle_outcome(joined, msg, watch, settler, took, attempt)
+            .await
     }
 
     /// What ends a delivery before its handler runs: the shutdown deadline, spent attempts,
@@ -96,11 +96,16 @@ impl Shared {
             return Some(Disposition::Abandoned);
         }
         let max = self.policy.settings().max_attempts;
-        let attempt = self.attempt(msg);
-        if attempt > max {
+        let runs = self.attempts.runs(&self.queue, &msg.message_id);
+        if runs >= max {
+            // Its last allowed run started and never settled it: the process died or the
+            // lock was lost during that run. Running it again would exceed the budget.
             let reason = DeadLetterReason::new(
                 reasons::MAX_ATTEMPTS_EXCEEDED,
-                format!("attempt {attempt} of a message allowed {max} attempts"),
+                format!(
+                    "its handler already ran {runs} times (limit {max}) without settling it \
+                     (the process stopped or the lock was lost during the last run)"
+                ),
             );
             let label = reasons::MAX_ATTEMPTS_EXCEEDED;
             return Some(self.dead_letter(settler, msg, reason, label).await);
@@ -186,7 +191,9 @@ impl Shared {
         watch: &LockWatch,
         settler: &Settler,
         took: std::time::Duration,
+        attempt: u32,
     ) -> Disposition {
+        let fail = Failure { attempt, watch };
         match joined {
             Err(_panic) => {
                 bump(&self.status.stats.handler_failures);
@@ -197,7 +204,7 @@ impl Shared {
                 // The panic payload may quote message data: it is not logged.
                 let why = "the handler panicked";
                 tracing::error!("{why}; the message will be retried");
-                self.retry(settler, msg, watch, None, "handler_panic", why)
+                self.retry(settler, msg, &fail, None, "handler_panic", why)
                     .await
             }
             Ok(Err(err)) if err.is_permanent() => {
@@ -215,7 +222,7 @@ impl Shared {
                 self.status.handler_failed(err.message());
                 self.metrics.handler_duration("error", took);
                 tracing::warn!(error = %err, "handler failed; the message will be retried");
-                self.retry(settler, msg, watch, None, "handler_error", err.message())
+                self.retry(settler, msg, &fail, None, "handler_error", err.message())
                     .await
             }
             Ok(Ok(Outcome::Complete)) => {
@@ -224,7 +231,7 @@ impl Shared {
             }
             Ok(Ok(Outcome::Retry { delay, reason })) => {
                 self.metrics.handler_duration("retry", took);
-                self.retry(settler, msg, watch, delay, "outcome", &reason)
+                self.retry(settler, msg, &fail, delay, "outcome", &reason)
                     .await
             }
             Ok(Ok(Outcome::DeadLetter {

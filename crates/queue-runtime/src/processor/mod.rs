@@ -1,41 +1,4 @@
 //! The [`Processor`]: turns a [`Handler`] into an ordered, lock-renewing, retrying consumer.
-//!
-//! ```
-//! # #[cfg(feature = "memory")]
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> queue_runtime::Result<()> {
-//! use std::{sync::Arc, time::Duration};
-//! use queue_runtime::{
-//!     CancellationToken, Message, Outcome, Processor, ProcessorSettings, QueueName,
-//!     QueueProvider, QueueSpec, SharedQueueProvider, handler_fn, memory::InMemoryProvider,
-//! };
-//!
-//! let provider: SharedQueueProvider = Arc::new(InMemoryProvider::new());
-//! let queue = QueueName::new("jobs")?;
-//! provider.create_queue(&queue, &QueueSpec::default()).await?;
-//! provider.send(&queue, Message::new("hello")).await?;
-//!
-//! let shutdown = CancellationToken::new();
-//! let stop = shutdown.clone();
-//! let handler = handler_fn(move |message, _ctx| {
-//!     let stop = stop.clone();
-//!     async move {
-//!         assert_eq!(message.body().as_ref(), b"hello");
-//!         stop.cancel(); // one message in this example: stop after it
-//!         Ok(Outcome::Complete)
-//!     }
-//! });
-//! let settings = ProcessorSettings::default().with_receive_wait(Duration::from_millis(50));
-//! let processor = Processor::new(provider, queue, handler).with_settings(settings);
-//! let health = processor.handle(); // state and counters, e.g. for a readiness probe
-//! let report = processor.run(shutdown).await?;
-//! assert_eq!(report.completed, 1);
-//! # drop(health);
-//! # Ok(())
-//! # }
-//! # #[cfg(not(feature = "memory"))]
-//! # fn main() {}
-//! ```
 
 use std::{
     fmt,
@@ -99,6 +62,7 @@ pub struct Processor {
     settings: ProcessorSettings,
     gates: Vec<Arc<dyn MessageGate>>,
     status: Arc<Status>,
+    attempts: Arc<dyn AttemptStore>,
 }
 
 impl fmt::Debug for Processor {
@@ -108,6 +72,7 @@ impl fmt::Debug for Processor {
             .field("queue", &self.queue)
             .field("settings", &self.settings)
             .field("gates", &self.gates)
+            .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
 }
@@ -122,6 +87,7 @@ impl Processor {
             settings: ProcessorSettings::default(),
             gates: Vec::new(),
             status: Arc::default(),
+            attempts: Arc::new(MemoryAttemptStore::default()),
         }
     }
 
@@ -143,6 +109,15 @@ impl Processor {
     /// message with the rejection's reason and is never retried.
     pub fn with_gate(mut self, gate: Arc<dyn MessageGate>) -> Self {
         self.gates.push(gate);
+        self
+    }
+
+    /// Replaces the ledger of handler runs per message (default: a [`MemoryAttemptStore`]
+    /// of this processor). Pass the same store to the processor that replaces this one, or a
+    /// [`FileAttemptStore`] to keep attempt counts across process restarts; see
+    /// [`AttemptStore`].
+    pub fn with_attempt_store(mut self, store: Arc<dyn AttemptStore>) -> Self {
+        self.attempts = store;
         self
     }
 
@@ -254,8 +229,7 @@ impl Processor {
             hard: CancellationToken::new(),
             tracker: TaskTracker::new(),
             fatal: Mutex::default(),
-            order_abandons: Mutex::default(),
-            held_retries: Mutex::default(),
+            attempts: self.attempts,
         }
     }
 }
@@ -404,6 +378,7 @@ impl Stats {
     }
 }
 
+mod attempts;
 mod handle;
 mod receive;
 mod renew;
@@ -412,5 +387,6 @@ mod settle;
 mod shared;
 mod status;
 
+pub use attempts::{AttemptStore, DEFAULT_ATTEMPT_CAPACITY, FileAttemptStore, MemoryAttemptStore};
 use status::Status;
 pub use status::{ProcessorError, ProcessorHandle, ProcessorState};

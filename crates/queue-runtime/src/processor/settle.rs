@@ -19,6 +19,12 @@ use super::{
     shared::{Disposition, LockWatch, SETTLE_ATTEMPTS, Settler, Shared},
 };
 
+/// The run that failed: its attempt number and its lock watch.
+pub(super) struct Failure<'a> {
+    pub(super) attempt: u32,
+    pub(super) watch: &'a LockWatch,
+}
+
 impl Shared {
     /// Runs a settlement call, retrying transient failures a few times with a short backoff.
     pub(super) async fn settle_call<F, Fut>(
@@ -158,7 +164,6 @@ impl Shared {
                     bump(&self.status.stats.abandoned_at_shutdown);
                 } else {
                     bump(&self.status.stats.abandoned_for_order);
-                    self.note_order_abandon(msg);
                 }
                 self.metrics.abandoned(reason);
             }
@@ -204,7 +209,6 @@ impl Shared {
                 Err(err) => self.settle_failed("abandon", &err),
             };
         }
-        self.note_held_retry(msg);
         Disposition::RetryNow
     }
 
@@ -212,12 +216,12 @@ impl Shared {
         &self,
         settler: &Settler,
         msg: &ReceivedMessage,
-        watch: &LockWatch,
+        failure: &Failure<'_>,
         delay: Option<Duration>,
         label: &'static str,
         why: &str,
     ) -> Disposition {
-        let attempt = self.attempt(msg);
+        let (attempt, watch) = (failure.attempt, failure.watch);
         if self.policy.exhausted(attempt) {
             let reason = DeadLetterReason::new(
                 reasons::RETRIES_EXHAUSTED,

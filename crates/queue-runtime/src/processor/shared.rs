@@ -21,7 +21,7 @@ use crate::{
     telemetry::Metrics,
 };
 
-use super::status::Status;
+use super::{attempts::AttemptStore, status::Status};
 
 /// How one delivery ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,16 +100,9 @@ pub(super) struct Shared {
     pub(super) tracker: TaskTracker,
     /// The error that stopped the processor on its own (a `session_mode` that cannot work).
     pub(super) fatal: Mutex<Option<QueueError>>,
-    /// Per message id: deliveries abandoned unhandled to keep order (they are not attempts).
-    pub(super) order_abandons: Mutex<HashMap<queue_core::MessageId, u32>>,
-    /// Per message id: handler runs retried in process on one delivery (attempts the
-    /// delivery count does not show).
-    pub(super) held_retries: Mutex<HashMap<queue_core::MessageId, u32>>,
+    /// Handler runs per message: what attempt budgets are spent on.
+    pub(super) attempts: Arc<dyn AttemptStore>,
 }
-
-/// Bound of the `order_abandons` map (entries are removed on settlement; this caps leaks
-/// from messages that another consumer ends up settling).
-pub(super) const ORDER_ABANDONS_CAP: usize = 10_000;
 
 pub(super) const SETTLE_ATTEMPTS: u32 = 4;
 /// How long a handler may take to return once cancelled at the shutdown deadline.
@@ -120,47 +113,6 @@ impl Shared {
         self.provider.name()
     }
 
-    /// The handler attempt this delivery is: the delivery count minus deliveries that were
-    /// abandoned unhandled to keep order.
-    pub(super) fn attempt(&self, msg: &ReceivedMessage) -> u32 {
-        let get = |m: &Mutex<HashMap<queue_core::MessageId, u32>>| {
-            let map = m.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(&msg.message_id).copied().unwrap_or(0)
-        };
-        let skipped = get(&self.order_abandons);
-        let held = get(&self.held_retries);
-        msg.delivery_count.saturating_sub(skipped).max(1) + held
-    }
-
-    /// Counts a handler run retried in process on the same delivery.
-    pub(super) fn note_held_retry(&self, msg: &ReceivedMessage) {
-        let mut map = self.held_retries.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= ORDER_ABANDONS_CAP {
-            map.clear();
-        }
-        *map.entry(msg.message_id.clone()).or_default() += 1;
-    }
-
-    pub(super) fn note_order_abandon(&self, msg: &ReceivedMessage) {
-        let mut map = self
-            .order_abandons
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if map.len() >= ORDER_ABANDONS_CAP {
-            map.clear();
-        }
-        *map.entry(msg.message_id.clone()).or_default() += 1;
-    }
-
-    pub(super) fn forget_order_abandons(&self, msg: &ReceivedMessage) {
-        for m in [&self.order_abandons, &self.held_retries] {
-            m.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&msg.message_id);
-        }
-    }
-
-    /// Records a provider call failure in metrics and the breaker.
     /// Whether, in [`SessionMode::Auto`], `err` says this kind of consumption does not fit
     /// the queue (Service Bus refuses session receivers on queues without sessions and plain
     /// receivers on session-enabled ones, as permanent provider errors).
