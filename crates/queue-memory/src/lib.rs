@@ -72,7 +72,11 @@
 //!   then accept the session, and the old receiver's calls fail with
 //!   [`QueueError::SessionLockLost`]. Session state is kept per session. Unlike Service
 //!   Bus, any queue accepts session messages; [`QueueSpec::with_sessions`] additionally
-//!   *requires* a session id on every message.
+//!   *requires* a session id on every message. With the `sqs` [`Profile`] session ids
+//!   are SQS FIFO message groups instead
+//!   ([`SessionSupport::Grouped`](queue_core::SessionSupport::Grouped)): no session
+//!   locks, group messages come in order through the plain receive, and a group is
+//!   blocked while one of its messages is in flight.
 //! - **Limits** come from a [`Profile`] (`memory`, `sqs`, `service-bus`). A message larger
 //!   than the profile allows fails with [`QueueError::MessageTooLarge`] and nothing is
 //!   stored; a batch with one such message stores none of them. A receive's
