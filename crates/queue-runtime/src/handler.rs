@@ -1,4 +1,39 @@
 //! What the application writes: a [`Handler`] returning an [`Outcome`].
+//!
+//! Closures become handlers with [`handler_fn`] (raw message) or [`json_handler`] (decoded
+//! body); a type implements [`Handler`] when it carries state. Each outcome settles the
+//! message differently, and an `Err` is a failure the retry policy deals with:
+//!
+//! ```
+//! use std::time::Duration;
+//! use queue_runtime::{Handler, HandlerError, MessageContext, Outcome, ReceivedMessage};
+//!
+//! struct Labeler;
+//!
+//! #[async_trait::async_trait]
+//! impl Handler for Labeler {
+//!     async fn handle(
+//!         &self,
+//!         message: ReceivedMessage,
+//!         ctx: MessageContext,
+//!     ) -> Result<Outcome, HandlerError> {
+//!         match ctx.attributes().get("github-event").map(String::as_str) {
+//!             Some("pull_request") if message.body().is_empty() => {
+//!                 // Never retried: moved to the dead-letter queue with this reason.
+//!                 Ok(Outcome::dead_letter("EmptyPayload", "pull_request without a body"))
+//!             }
+//!             // Done: the message is removed.
+//!             Some("pull_request") => Ok(Outcome::Complete),
+//!             // Redelivered after 30 s, within the attempt budget.
+//!             Some("check_run") => Ok(Outcome::retry_after(Duration::from_secs(30), "CI busy")),
+//!             // Transient errors are retried with backoff; permanent ones dead-lettered.
+//!             Some(_) => Err(HandlerError::transient("GitHub API unavailable")),
+//!             None => Err(HandlerError::permanent("no github-event attribute")),
+//!         }
+//!     }
+//! }
+//! # let _: Box<dyn Handler> = Box::new(Labeler);
+//! ```
 
 use std::{
     fmt,

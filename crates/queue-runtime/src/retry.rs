@@ -1,4 +1,28 @@
-//! Retry policy: exponential backoff with jitter and a cap on attempts.
+//! Retry policy: exponential backoff with jitter and a cap on attempts ([`RetryPolicy`]).
+//!
+//! The [`Processor`](crate::Processor) reads it from
+//! [`ProcessorSettings::retry`](crate::ProcessorSettings) (`[processor.retry]` in a
+//! configuration file) and applies it to handler failures; [`RetryPolicy`] answers the
+//! same questions for code of your own:
+//!
+//! ```
+//! use std::time::Duration;
+//! use queue_runtime::{ProcessorSettings, RetryPolicy, RetrySettings};
+//!
+//! let retry = RetrySettings::default()
+//!     .with_max_attempts(4)
+//!     .with_initial_delay(Duration::from_millis(200))
+//!     .with_max_delay(Duration::from_secs(2));
+//! let settings = ProcessorSettings::default().with_retry(retry.clone());
+//! settings.validate()?;
+//!
+//! let policy = RetryPolicy::new(retry);
+//! let first = policy.delay(1, "message-id");
+//! assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(300));
+//! assert!(policy.delay(10, "message-id") <= Duration::from_secs(3)); // capped, plus jitter
+//! assert!(!policy.exhausted(3) && policy.exhausted(4));
+//! # Ok::<(), queue_runtime::QueueError>(())
+//! ```
 
 use std::{
     hash::{Hash, Hasher},

@@ -623,9 +623,7 @@ async fn shutdown_deadline_cancels_stuck_handlers_and_abandons_their_messages() 
 
 #[tokio::test(start_paused = true)]
 async fn grouped_provider_keeps_order_when_a_message_is_retried() {
-    let fake = GroupedFake::new(Duration::from_secs(30), 10);
-    let provider: SharedQueueProvider = Arc::new(fake.clone());
-    let queue = QueueName::new("events.fifo").unwrap();
+    let (mem, provider, queue) = sqs_fifo("events.fifo", Duration::from_secs(30), 10).await;
     for g in 0..3 {
         send_to_session(
             &provider,
@@ -652,10 +650,11 @@ async fn grouped_provider_keeps_order_when_a_message_is_retried() {
             Ok(Outcome::Complete)
         }
     });
-    let report = run_until(
-        Processor::new(provider, queue, handler).with_settings(fast_settings()),
+    let report = run_until_drained(
+        Processor::new(provider, queue.clone(), handler).with_settings(fast_settings()),
+        &mem,
+        &queue,
         Duration::from_secs(60),
-        || fake.message_count() == 0,
     )
     .await;
     assert_eq!(report.completed, 15);

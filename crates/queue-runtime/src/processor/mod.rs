@@ -1,4 +1,41 @@
 //! The [`Processor`]: turns a [`Handler`] into an ordered, lock-renewing, retrying consumer.
+//!
+//! ```
+//! # #[cfg(feature = "memory")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> queue_runtime::Result<()> {
+//! use std::{sync::Arc, time::Duration};
+//! use queue_runtime::{
+//!     CancellationToken, Message, Outcome, Processor, ProcessorSettings, QueueName,
+//!     QueueProvider, QueueSpec, SharedQueueProvider, handler_fn, memory::InMemoryProvider,
+//! };
+//!
+//! let provider: SharedQueueProvider = Arc::new(InMemoryProvider::new());
+//! let queue = QueueName::new("jobs")?;
+//! provider.create_queue(&queue, &QueueSpec::default()).await?;
+//! provider.send(&queue, Message::new("hello")).await?;
+//!
+//! let shutdown = CancellationToken::new();
+//! let stop = shutdown.clone();
+//! let handler = handler_fn(move |message, _ctx| {
+//!     let stop = stop.clone();
+//!     async move {
+//!         assert_eq!(message.body().as_ref(), b"hello");
+//!         stop.cancel(); // one message in this example: stop after it
+//!         Ok(Outcome::Complete)
+//!     }
+//! });
+//! let settings = ProcessorSettings::default().with_receive_wait(Duration::from_millis(50));
+//! let processor = Processor::new(provider, queue, handler).with_settings(settings);
+//! let health = processor.handle(); // state and counters, e.g. for a readiness probe
+//! let report = processor.run(shutdown).await?;
+//! assert_eq!(report.completed, 1);
+//! # drop(health);
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "memory"))]
+//! # fn main() {}
+//! ```
 
 use std::{
     fmt,
