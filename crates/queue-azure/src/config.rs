@@ -1,13 +1,14 @@
-//! Configuration: connection strings, credentials and the [`ServiceBusConfig`] builder.
+//! Configuration: connection strings, credentials, transports and the validated
+//! configuration a [`ServiceBusBuilder`](crate::ServiceBusBuilder) produces.
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use queue_core::{ExposeSecret, QueueError, Result, SecretString, ServiceBusSettings};
+use queue_core::{ExposeSecret, QueueError, Result, SecretString};
 
 use crate::credential::TokenCredential;
 
 /// Default AMQP port over TLS.
-const AMQPS_PORT: u16 = 5671;
+pub(crate) const AMQPS_PORT: u16 = 5671;
 /// Default plain AMQP port of the local development emulator.
 const EMULATOR_PORT: u16 = 5672;
 
@@ -96,7 +97,7 @@ impl fmt::Debug for ConnectionString {
     }
 }
 
-fn cs_err(reason: impl Into<String>) -> QueueError {
+pub(crate) fn cs_err(reason: impl Into<String>) -> QueueError {
     QueueError::config("service_bus.connection_string", reason)
 }
 
@@ -176,13 +177,11 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Configuration of a [`ServiceBusProvider`](crate::ServiceBusProvider).
-///
-/// Build it with [`ServiceBusConfig::builder`] or from a connection string. Its `Debug`
-/// output never shows keys or tokens.
+/// The validated configuration of a [`ServiceBusProvider`](crate::ServiceBusProvider),
+/// made by [`ServiceBusBuilder`](crate::ServiceBusBuilder). Its `Debug` output never shows
+/// keys or tokens.
 #[derive(Clone)]
-#[non_exhaustive]
-pub struct ServiceBusConfig {
+pub(crate) struct ServiceBusConfig {
     pub(crate) endpoint: Endpoint,
     pub(crate) credential: Credential,
     pub(crate) entity_path: Option<String>,
@@ -216,292 +215,11 @@ impl fmt::Debug for ServiceBusConfig {
     }
 }
 
-impl ServiceBusConfig {
-    /// A builder with Service Bus standard-tier defaults.
-    pub fn builder() -> ServiceBusConfigBuilder {
-        ServiceBusConfigBuilder::default()
-    }
-
-    /// The configuration a connection string describes, with default limits.
-    pub fn from_connection_string(text: &str) -> Result<Self> {
-        Self::builder().with_connection_string(text).build()
-    }
-}
-
-/// Builds a [`ServiceBusConfig`].
-#[derive(Clone, Default)]
-pub struct ServiceBusConfigBuilder {
-    connection_string: Option<ConnectionString>,
-    namespace: Option<String>,
-    credential: Option<Credential>,
-    sas_token_ttl: Option<Duration>,
-    operation_timeout: Option<Duration>,
-    max_message_size: Option<usize>,
-    max_batch_size: Option<usize>,
-    duplicate_detection: bool,
-    reconnect_backoff: Option<Duration>,
-    max_reconnect_backoff: Option<Duration>,
-    receive_link_recycle: Option<u64>,
-    transport: Transport,
-    test_roots: Vec<Vec<u8>>,
-    error: Option<String>,
-}
-
-impl fmt::Debug for ServiceBusConfigBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceBusConfigBuilder")
-            .field("connection_string", &self.connection_string)
-            .field("namespace", &self.namespace)
-            .field("credential", &self.credential)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServiceBusConfigBuilder {
-    /// Uses a SAS connection string (parse errors surface from [`Self::build`]).
-    pub fn with_connection_string(mut self, text: &str) -> Self {
-        match ConnectionString::parse(text) {
-            Ok(cs) => self.connection_string = Some(cs),
-            Err(e) => self.error = Some(e.to_string()),
-        }
-        self
-    }
-
-    /// Uses a fully qualified namespace (`<name>.servicebus.windows.net`) with a token
-    /// credential (Microsoft Entra ID).
-    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = Some(namespace.into());
-        self
-    }
-
-    /// Uses this credential (overrides the one of the connection string).
-    pub fn with_credential(mut self, credential: Credential) -> Self {
-        self.credential = Some(credential);
-        self
-    }
-
-    /// Uses a Microsoft Entra ID token source.
-    pub fn with_token_credential(self, credential: Arc<dyn TokenCredential>) -> Self {
-        self.with_credential(Credential::Token(credential))
-    }
-
-    /// Lifetime of the SAS tokens generated from a shared key (default 1 hour). Tokens are
-    /// put again on `$cbs` when less than a fifth of this remains.
-    pub fn with_sas_token_ttl(mut self, ttl: Duration) -> Self {
-        self.sas_token_ttl = Some(ttl);
-        self
-    }
-
-    /// The bound on every public operation (default 60 s, as in the Azure SDKs): a send,
-    /// settlement, management call or `check_access` returns within it, with a transient
-    /// `Timeout` or `Connection` error if the namespace cannot be reached. Receives and
-    /// session accepts return within their own wait plus this.
-    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
-        self.operation_timeout = Some(timeout);
-        self
-    }
-
-    /// Largest message, in bytes (default 256 KiB, the standard tier).
-    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = Some(bytes);
-        self
-    }
-
-    /// Most messages per batch (default 100).
-    pub fn with_max_batch_size(mut self, n: usize) -> Self {
-        self.max_batch_size = Some(n);
-        self
-    }
-
-    /// Declares that the queues have duplicate detection on (a per-queue setting on
-    /// Service Bus; reported in [`Capabilities`](queue_core::Capabilities)).
-    pub fn with_duplicate_detection(mut self, on: bool) -> Self {
-        self.duplicate_detection = on;
-        self
-    }
-
-    /// First delay between reconnect attempts after a connection loss (default 100 ms).
-    /// The delay doubles after each failed attempt up to
-    /// [`Self::with_max_reconnect_backoff`], and each delay is jittered down by up to a
-    /// fifth so that many clients do not reconnect in step.
-    pub fn with_reconnect_backoff(mut self, d: Duration) -> Self {
-        self.reconnect_backoff = Some(d);
-        self
-    }
-
-    /// Longest delay between reconnect attempts (default 5 s). Once the namespace is
-    /// reachable again, the connection is back within this delay plus one connect.
-    pub fn with_max_reconnect_backoff(mut self, d: Duration) -> Self {
-        self.max_reconnect_backoff = Some(d);
-        self
-    }
-
-    /// How frames travel: [`Transport::Amqp`] (default, TLS on port 5671) or
-    /// [`Transport::AmqpWebSockets`] (port 443).
-    pub fn with_transport(mut self, transport: Transport) -> Self {
-        self.transport = transport;
-        self
-    }
-
-    /// **For tests only.** Trusts `cert` (a CA certificate, PEM or DER) in addition to the
-    /// public web PKI roots, so a test broker with a certificate from a test CA can be
-    /// reached over TLS. Host names are still validated. There is deliberately no
-    /// configuration-file or connection-string equivalent: production code has no reason
-    /// to call this, and a deployment cannot turn it on by accident. An unreadable
-    /// certificate fails [`Self::build`].
-    pub fn dangerous_add_test_root_certificate(mut self, cert: &[u8]) -> Self {
-        self.test_roots.push(cert.to_vec());
-        self
-    }
-
-    /// Detaches a plain (non-session) receive link and attaches a new one once it has
-    /// delivered `n` messages (default 5000, at least 1). `fe2o3-amqp` remembers every
-    /// peek-locked delivery of a link until it is settled on that link, and settlement here
-    /// goes through `$management`, so only a new link frees that memory. The link is
-    /// recycled when none of its messages is still locked and unsettled, or regardless once
-    /// it has delivered `2 * n` (detaching does not unlock them; they are settled by lock
-    /// token). Session links are never recycled.
-    pub fn with_receive_link_recycle(mut self, n: u64) -> Self {
-        self.receive_link_recycle = Some(n);
-        self
-    }
-
-    /// Validates and builds the configuration.
-    pub fn build(self) -> Result<ServiceBusConfig> {
-        if let Some(e) = self.error {
-            return Err(cs_err(e));
-        }
-        let (endpoint, cs_credential, entity_path) =
-            match (&self.connection_string, &self.namespace) {
-                (Some(cs), _) => (
-                    cs.endpoint()?,
-                    Some(cs.credential.clone()),
-                    cs.entity_path.clone(),
-                ),
-                (None, Some(ns)) => {
-                    let ns = ns.trim().trim_start_matches("sb://").trim_end_matches('/');
-                    if ns.is_empty() {
-                        return Err(QueueError::config(
-                            "service_bus.namespace",
-                            "must not be empty",
-                        ));
-                    }
-                    (
-                        Endpoint {
-                            host: ns.to_owned(),
-                            port: AMQPS_PORT,
-                            tls: true,
-                            transport: Transport::Amqp,
-                        },
-                        None,
-                        None,
-                    )
-                }
-                (None, None) => {
-                    return Err(QueueError::config(
-                        "service_bus",
-                        "set connection_string, or namespace with a token credential",
-                    ));
-                }
-            };
-        let mut endpoint = endpoint;
-        if self.transport == Transport::AmqpWebSockets {
-            endpoint.transport = Transport::AmqpWebSockets;
-            let explicit = self.connection_string.as_ref().and_then(|c| c.port);
-            endpoint.port = explicit.unwrap_or(if endpoint.tls { 443 } else { 80 });
-        }
-        let credential = self.credential.or(cs_credential).ok_or_else(|| {
-            QueueError::config(
-                "service_bus.namespace",
-                "a namespace needs a credential (with_token_credential)",
-            )
-        })?;
-        let sas_token_ttl = self.sas_token_ttl.unwrap_or(Duration::from_secs(3600));
-        if sas_token_ttl < Duration::from_secs(2) {
-            return Err(QueueError::config(
-                "service_bus.sas_token_ttl",
-                "must be at least 2 seconds",
-            ));
-        }
-        Ok(ServiceBusConfig {
-            endpoint,
-            credential,
-            entity_path,
-            sas_token_ttl,
-            operation_timeout: self.operation_timeout.unwrap_or(Duration::from_secs(60)),
-            max_message_size: self.max_message_size.unwrap_or(256 * 1024),
-            max_batch_size: self.max_batch_size.unwrap_or(100).max(1),
-            max_lock_duration: Duration::from_secs(300),
-            duplicate_detection: self.duplicate_detection,
-            reconnect_backoff: self.reconnect_backoff.unwrap_or(Duration::from_millis(100)),
-            max_reconnect_backoff: self.max_reconnect_backoff.unwrap_or(Duration::from_secs(5)),
-            receive_link_recycle: self.receive_link_recycle.unwrap_or(5000).max(1),
-            tls: crate::transport::tls_config(&self.test_roots)
-                .map_err(|e| QueueError::config("service_bus.tls", e))?,
-        })
-    }
-}
-
-impl TryFrom<&ServiceBusSettings> for ServiceBusConfig {
-    type Error = QueueError;
-
-    fn try_from(s: &ServiceBusSettings) -> Result<Self> {
-        let transport = match s.transport.as_deref().map(str::trim) {
-            None | Some("amqp") => Transport::Amqp,
-            Some("amqp-websockets") => Transport::AmqpWebSockets,
-            Some(_) => {
-                return Err(QueueError::config(
-                    "service_bus.transport",
-                    "expected \"amqp\" or \"amqp-websockets\"",
-                ));
-            }
-        };
-        match (&s.connection_string, &s.namespace) {
-            (Some(cs), _) => Self::builder()
-                .with_connection_string(cs.expose_secret())
-                .with_transport(transport)
-                .build(),
-            (None, Some(_)) => Err(QueueError::config(
-                "service_bus.namespace",
-                "a namespace alone needs a token credential: build the provider with \
-                 ServiceBusProvider::builder().with_namespace(..).with_token_credential(..)",
-            )),
-            (None, None) => Err(QueueError::config(
-                "service_bus.connection_string",
-                "missing (set connection_string)",
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const CANARY: &str = "CANARY-k3y-5b1d";
-
-    #[test]
-    fn settings_choose_the_transport() {
-        let mut settings = ServiceBusSettings::default();
-        settings.connection_string = Some(SecretString::from(
-            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=b"
-                .to_owned(),
-        ));
-        let plain = ServiceBusConfig::try_from(&settings).unwrap();
-        assert_eq!(
-            (plain.endpoint.transport, plain.endpoint.port),
-            (Transport::Amqp, 5671)
-        );
-        settings.transport = Some("amqp-websockets".into());
-        let ws = ServiceBusConfig::try_from(&settings).unwrap();
-        assert_eq!(
-            (ws.endpoint.transport, ws.endpoint.port),
-            (Transport::AmqpWebSockets, 443)
-        );
-        settings.transport = Some("carrier-pigeon".into());
-        let e = ServiceBusConfig::try_from(&settings).unwrap_err();
-        assert!(e.to_string().contains("transport"), "{e}");
-    }
 
     #[test]
     fn duplicate_keys_empty_hosts_and_stray_ports_are_errors() {
@@ -622,11 +340,9 @@ mod tests {
             "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey={CANARY}"
         );
         let cs = ConnectionString::parse(&text).unwrap();
-        let builder = ServiceBusConfig::builder().with_connection_string(&text);
-        let cfg = builder.clone().build().unwrap();
+        let builder = crate::ServiceBusProvider::builder().with_connection_string(&text);
+        let cfg = builder.clone().into_config().unwrap();
         let sas = Credential::SasToken(SecretString::from(CANARY));
-        let settings = ServiceBusSettings::default();
-        let _ = settings;
         for printed in [
             format!("{cs:?}"),
             format!("{cs:#?}"),
@@ -638,11 +354,5 @@ mod tests {
             assert!(!printed.contains(CANARY), "secret leaked: {printed}");
         }
         assert!(format!("{cfg:?}").contains("ns.servicebus.windows.net"));
-    }
-
-    #[test]
-    fn from_settings_requires_something_usable() {
-        let err = ServiceBusConfig::try_from(&ServiceBusSettings::default()).unwrap_err();
-        assert!(matches!(err, QueueError::Config { .. }));
     }
 }

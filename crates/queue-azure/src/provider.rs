@@ -15,14 +15,15 @@ use fe2o3_amqp::types::{
 };
 use queue_core::{
     Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
-    Receipt, ReceiveOptions, ReceivedMessage, Result, ServiceBusSettings, SessionId,
-    SessionReceiver, SessionSelector, SessionSupport,
+    Receipt, ReceiveOptions, ReceivedMessage, Result, SessionId, SessionReceiver, SessionSelector,
+    SessionSupport,
 };
 use tokio::time::Instant;
 
 use crate::{
     amqp::{Amqp, ReceiverLink, Response, is_connection_loss, recv_failure},
-    config::{ServiceBusConfig, ServiceBusConfigBuilder},
+    builder::ServiceBusBuilder,
+    config::ServiceBusConfig,
     convert::{self, encoded_len, from_amqp, lock_token, system_time, to_amqp},
     error::{Ctx, Failure, PROVIDER, map_failure},
     session::ServiceBusSessionReceiver,
@@ -94,62 +95,6 @@ impl fmt::Debug for ServiceBusProvider {
     }
 }
 
-/// Builds a [`ServiceBusProvider`]: the [`ServiceBusConfigBuilder`] setters, then
-/// [`ServiceBusProviderBuilder::build`].
-#[derive(Debug, Default)]
-pub struct ServiceBusProviderBuilder {
-    config: ServiceBusConfigBuilder,
-}
-
-macro_rules! forward {
-    ($($(#[$m:meta])* $name:ident($($arg:ident: $ty:ty),*);)*) => {$(
-        $(#[$m])*
-        pub fn $name(mut self, $($arg: $ty),*) -> Self {
-            self.config = self.config.$name($($arg),*);
-            self
-        }
-    )*};
-}
-
-impl ServiceBusProviderBuilder {
-    forward! {
-        /// See [`ServiceBusConfigBuilder::with_connection_string`].
-        with_connection_string(text: &str);
-        /// See [`ServiceBusConfigBuilder::with_namespace`].
-        with_namespace(namespace: String);
-        /// See [`ServiceBusConfigBuilder::with_credential`].
-        with_credential(credential: crate::Credential);
-        /// See [`ServiceBusConfigBuilder::with_token_credential`].
-        with_token_credential(credential: Arc<dyn crate::TokenCredential>);
-        /// See [`ServiceBusConfigBuilder::with_sas_token_ttl`].
-        with_sas_token_ttl(ttl: Duration);
-        /// See [`ServiceBusConfigBuilder::with_operation_timeout`].
-        with_operation_timeout(timeout: Duration);
-        /// See [`ServiceBusConfigBuilder::with_max_message_size`].
-        with_max_message_size(bytes: usize);
-        /// See [`ServiceBusConfigBuilder::with_max_batch_size`].
-        with_max_batch_size(n: usize);
-        /// See [`ServiceBusConfigBuilder::with_duplicate_detection`].
-        with_duplicate_detection(on: bool);
-        /// See [`ServiceBusConfigBuilder::with_reconnect_backoff`].
-        with_reconnect_backoff(d: Duration);
-        /// See [`ServiceBusConfigBuilder::with_receive_link_recycle`].
-        with_receive_link_recycle(n: u64);
-        /// See [`ServiceBusConfigBuilder::with_max_reconnect_backoff`].
-        with_max_reconnect_backoff(d: Duration);
-        /// See [`ServiceBusConfigBuilder::with_transport`].
-        with_transport(transport: crate::Transport);
-        /// See [`ServiceBusConfigBuilder::dangerous_add_test_root_certificate`]. **For tests
-        /// only.**
-        dangerous_add_test_root_certificate(cert: &[u8]);
-    }
-
-    /// Validates the configuration. No connection is made until the first call.
-    pub fn build(self) -> Result<ServiceBusProvider> {
-        Ok(ServiceBusProvider::new(self.config.build()?))
-    }
-}
-
 pub(crate) fn uuid_value(u: uuid::Uuid) -> Value {
     Value::Uuid(fe2o3_amqp::types::primitives::Uuid::from(*u.as_bytes()))
 }
@@ -159,13 +104,14 @@ fn dlq(queue: &str) -> String {
 }
 
 impl ServiceBusProvider {
-    /// A builder.
-    pub fn builder() -> ServiceBusProviderBuilder {
-        ServiceBusProviderBuilder::default()
+    /// Starts building a provider; finish with [`ServiceBusBuilder::build`]. From a
+    /// configuration file, use [`ServiceBusProvider::from_settings`].
+    pub fn builder() -> ServiceBusBuilder {
+        ServiceBusBuilder::default()
     }
 
     /// A provider for `config`. No connection is made until the first call.
-    pub fn new(config: ServiceBusConfig) -> Self {
+    pub(crate) fn new(config: ServiceBusConfig) -> Self {
         Self {
             shared: Arc::new(Shared {
                 amqp: Amqp::new(config),
@@ -173,11 +119,6 @@ impl ServiceBusProvider {
                 locks: Mutex::new(HashMap::new()),
             }),
         }
-    }
-
-    /// A provider from the settings of a configuration file.
-    pub fn from_settings(settings: &ServiceBusSettings) -> Result<Self> {
-        Ok(Self::new(ServiceBusConfig::try_from(settings)?))
     }
 
     /// How many tokens were put on `$cbs` so far (first authorizations and refreshes).
@@ -192,7 +133,7 @@ impl ServiceBusProvider {
 
     /// Diagnostics: how many plain (non-session) receive links were attached so far, on
     /// all queues and dead-letter queues together. Grows by one each time a link is
-    /// recycled (see [`ServiceBusConfigBuilder::with_receive_link_recycle`]) and after
+    /// recycled (see [`ServiceBusBuilder::with_receive_link_recycle`]) and after
     /// reconnects.
     pub fn receive_link_generations(&self) -> u64 {
         self.shared.amqp.receive_attaches()
@@ -267,19 +208,6 @@ impl ServiceBusProvider {
             )
             .await?;
         Ok(())
-    }
-
-    /// Moves up to `max` messages from the dead-letter queue back to `queue` and returns
-    /// how many moved. The same as [`QueueProviderExt::redrive`](queue_core::QueueProviderExt::redrive)
-    /// (which also reports what did not move): each message is re-sent under a fresh id,
-    /// with its original id in `ORIGINAL_MESSAGE_ID_ATTRIBUTE`, so duplicate detection
-    /// cannot drop it, and removed from the dead-letter queue only after the send.
-    pub async fn redrive_dead_letters(&self, queue: &QueueName, max: usize) -> Result<usize> {
-        let options = queue_core::RedriveOptions::new()
-            .with_max_messages(max)
-            .with_wait(Duration::from_millis(500));
-        let report = queue_core::QueueProviderExt::redrive(self, queue, options).await?;
-        Ok(report.moved)
     }
 
     fn check_size(
@@ -791,6 +719,9 @@ impl QueueProvider for ServiceBusProvider {
         c.duplicate_detection = cfg.duplicate_detection;
         c.queue_management = false;
         c.message_ttl = true;
+        // Every entry is checked before anything is sent, and a batch that fits one call
+        // travels as one batch delivery, which the broker accepts or refuses whole.
+        c.batch_atomic = true;
         c
     }
 

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use queue_azure::{ServiceBusProvider, ServiceBusProviderBuilder};
+use queue_azure::{ServiceBusBuilder, ServiceBusProvider};
 use queue_core::{
     AuthFailure, DeadLetterReason, Message, QueueError, QueueName, QueueProvider, ReceiveOptions,
     SessionId, SessionReceiver, SessionSelector,
@@ -57,7 +57,7 @@ fn main_queue(queue: &str) -> EntityRef {
 }
 
 /// A provider builder for `emu` with the real key.
-fn builder(emu: &Emulator) -> ServiceBusProviderBuilder {
+fn builder(emu: &Emulator) -> ServiceBusBuilder {
     ServiceBusProvider::builder().with_connection_string(&common::connection_string(emu))
 }
 
@@ -760,7 +760,13 @@ async fn dead_letters_can_be_redriven() {
             .await
             .unwrap();
     }
-    assert_eq!(p.redrive_dead_letters(&queue, 10).await.unwrap(), 3);
+    let options = queue_core::RedriveOptions::new()
+        .with_max_messages(10)
+        .with_wait(Duration::from_millis(500));
+    let report = queue_core::QueueProviderExt::redrive(&p, &queue, options)
+        .await
+        .unwrap();
+    assert_eq!(report.moved, 3);
     assert!(
         p.receive_dead_letters(&queue, opts(3, 300))
             .await

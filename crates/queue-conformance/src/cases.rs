@@ -1027,10 +1027,14 @@ pub async fn oversize_message_rejected(h: &Harness) {
     q.delete().await;
 }
 
-/// A batch with one oversize entry does not send that entry; either the whole batch is
-/// refused (`MessageTooLarge`, nothing sent) or exactly the reported successes arrive.
-pub async fn oversize_batch_entry_sends_nothing_of_it(h: &Harness) {
-    let q = h.queue("oversize-batch", h.spec()).await;
+/// A batch with one refused (oversize) entry never sends that entry, and the rest follows
+/// [`Capabilities::batch_atomic`](queue_core::Capabilities::batch_atomic): an atomic provider
+/// fails the batch with the entry's `MessageTooLarge` and sends nothing of it; any other
+/// reports `PartialBatch` with the entry failed, the two others sent, and exactly those
+/// arrive.
+pub async fn refused_batch_entry_follows_batch_atomic(h: &Harness) {
+    let q = h.queue("refused-batch", h.spec()).await;
+    let atomic = h.capabilities().batch_atomic;
     let batch = vec![Message::new("ok-1"), oversize(h), Message::new("ok-2")];
     let err = h
         .provider()
@@ -1038,33 +1042,34 @@ pub async fn oversize_batch_entry_sends_nothing_of_it(h: &Harness) {
         .await
         .expect_err("a batch with an oversize entry must not succeed");
     let expected = match err {
-        QueueError::MessageTooLarge { .. } => 0,
+        QueueError::MessageTooLarge { .. } if atomic => 0,
         QueueError::PartialBatch {
             succeeded, failed, ..
-        } => {
+        } if !atomic => {
             assert!(
-                failed
-                    .iter()
-                    .any(|f| f.index == 1 && matches!(f.error, QueueError::MessageTooLarge { .. })),
-                "the oversize entry is not reported as MessageTooLarge"
+                matches!(&failed[..], [f] if f.index == 1 && matches!(f.error, QueueError::MessageTooLarge { .. })),
+                "only the oversize entry may fail, as MessageTooLarge: {failed:?}"
             );
-            assert!(succeeded.iter().all(|(i, _)| *i != 1));
-            succeeded.len()
+            let sent: Vec<usize> = succeeded.iter().map(|(i, _)| *i).collect();
+            assert_eq!(sent, [0, 2], "the other entries are sent and reported");
+            2
         }
-        e => panic!("expected MessageTooLarge or PartialBatch, got {e}"),
+        e => panic!(
+            "batch_atomic = {atomic}: expected {}, got {e}",
+            if atomic {
+                "the entry's MessageTooLarge"
+            } else {
+                "PartialBatch"
+            }
+        ),
     };
     let got = h
         .recv_n(q.name(), expected.max(1), h.receive_wait() * 2)
         .await;
-    assert_eq!(
-        got.len(),
-        expected,
-        "messages sent differ from what was reported"
-    );
-    assert!(
-        got.iter().all(|m| m.body().len() < 10),
-        "the oversize entry was sent"
-    );
+    let mut bodies: Vec<_> = got.iter().map(|m| m.body().clone()).collect();
+    bodies.sort();
+    let want: &[&str] = if atomic { &[] } else { &["ok-1", "ok-2"] };
+    assert_eq!(bodies, want, "messages sent differ from what was reported");
     for m in &got {
         ok(h.provider().complete(&m.receipt).await, "complete");
     }

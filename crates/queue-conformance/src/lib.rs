@@ -60,6 +60,9 @@
 //! `redrive_keeps_order_and_limit`) run on every provider, on a session queue where sessions
 //! exist and with duplicate detection on where the provider has it.
 //!
+//! `refused_batch_entry_follows_batch_atomic` runs on every provider and checks what
+//! `batch_atomic` promises (nothing of the batch sent, or `PartialBatch` with the rest sent).
+//!
 //! The rest run on every provider. [`CASES`] lists them all.
 //!
 //! # Timing
@@ -150,7 +153,7 @@ macro_rules! __conformance_case_list {
             concurrent_senders_get_distinct_ids
             batch_send_and_receive
             oversize_message_rejected
-            oversize_batch_entry_sends_nothing_of_it
+            refused_batch_entry_follows_batch_atomic
             scheduled_message_invisible_until_due
             expired_message_is_not_delivered
             duplicate_detection_drops_duplicates

@@ -9,9 +9,9 @@ use std::{
 use async_trait::async_trait;
 use queue_conformance::Harness;
 use queue_core::{
-    Capabilities, DeadLetterReason, Message, MessageId, ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError,
-    QueueName, QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result,
-    SessionReceiver, SessionSelector,
+    BatchEntryError, Capabilities, DeadLetterReason, Message, MessageId,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError, QueueName, QueueProvider, QueueSpec, Receipt,
+    ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
 };
 use queue_memory::InMemoryProvider;
 
@@ -35,6 +35,9 @@ enum Defect {
     /// A redriven message is sent under its original id again (the round-1 redrive), so
     /// duplicate detection drops it.
     RedrivesUnderOriginalId,
+    /// Claims atomic batches (`batch_atomic`) but sends entries one by one, so a refused
+    /// entry leaves the others sent.
+    SplitsAtomicBatches,
 }
 
 #[derive(Debug)]
@@ -75,7 +78,28 @@ impl QueueProvider for Faulty {
         self.inner.send(queue, message).await
     }
     async fn send_batch(&self, queue: &QueueName, m: Vec<Message>) -> Result<Vec<MessageId>> {
-        self.inner.send_batch(queue, m).await
+        if self.defect != Defect::SplitsAtomicBatches {
+            return self.inner.send_batch(queue, m).await;
+        }
+        let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+        let total = m.len();
+        for (index, message) in m.into_iter().enumerate() {
+            match self.inner.send(queue, message).await {
+                Ok(id) => succeeded.push((index, id)),
+                Err(error) => failed.push(BatchEntryError::new(index, error)),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(succeeded.into_iter().map(|(_, id)| id).collect());
+        }
+        Err(QueueError::PartialBatch {
+            provider: "memory",
+            queue: queue.as_str().to_owned(),
+            operation: "send_batch",
+            total,
+            succeeded,
+            failed,
+        })
     }
     async fn receive(&self, q: &QueueName, o: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
         let o = if self.defect == Defect::IgnoresWait {
@@ -237,6 +261,14 @@ async fn planted_defects_are_caught() {
             )
             .await,
         ),
+        (
+            Defect::SplitsAtomicBatches,
+            fails(
+                Defect::SplitsAtomicBatches,
+                case!(refused_batch_entry_follows_batch_atomic),
+            )
+            .await,
+        ),
     ];
     let missed: Vec<_> = expectations
         .iter()
@@ -264,4 +296,11 @@ async fn a_faithful_wrapper_passes_the_same_cases() {
         .await
     );
     assert!(!fails(Defect::None, case!(redrive_keeps_order_and_limit)).await);
+    assert!(
+        !fails(
+            Defect::None,
+            case!(refused_batch_entry_follows_batch_atomic)
+        )
+        .await
+    );
 }

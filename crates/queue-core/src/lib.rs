@@ -4,8 +4,9 @@
 //! ([`QueueName`], [`SessionId`], [`MessageId`]), messages ([`Message`],
 //! [`ReceivedMessage`], [`Receipt`]), the provider SPI ([`QueueProvider`],
 //! [`SessionReceiver`]), [`Capabilities`], the one error type [`QueueError`] with its
-//! [`RetryClass`], secret types and provider settings. It has no cloud SDK and no async
-//! runtime dependency.
+//! [`RetryClass`], secret types and the open [`ProviderSettings`] each provider crate
+//! parses into its own typed settings (the core does not know which providers exist). It
+//! has no cloud SDK and no async runtime dependency.
 //!
 //! ```
 //! use queue_core::{Message, QueueName, QueueProvider, QueueProviderExt, SessionId};
@@ -39,7 +40,7 @@ pub mod provider;
 pub mod redrive;
 pub mod secret;
 
-pub use config::{MemorySettings, ProviderSettings, ServiceBusSettings, SqsSettings};
+pub use config::{ProviderSettings, TypedSettings};
 pub use error::{AuthFailure, BatchEntryError, BoxError, NameKind, QueueError, Result, RetryClass};
 pub use gate::{MessageGate, Rejection};
 pub use message::{

@@ -68,6 +68,15 @@ pub struct Capabilities {
     /// (SQS: 9, because SQS carries 10 message attributes and the provider's metadata
     /// takes one). Attributes added on the way, such as a signature, count.
     pub max_attributes: Option<usize>,
+    /// What a failed batch means. `true`: a [`QueueProvider::send_batch`] that fits one
+    /// call (at most `max_batch_size` messages, together at most `max_message_size` bytes)
+    /// is all or nothing: when an entry is refused (too large, invalid) or the call fails,
+    /// none of the batch was stored, and the error is that entry's or the call's, never
+    /// [`QueueError::PartialBatch`]. `false`: entries are accepted one by one, so a refused
+    /// entry leaves the others sent, and the error is [`QueueError::PartialBatch`] listing
+    /// every entry on one side or the other (SQS). Larger batches are split into several
+    /// calls and are not atomic as a whole. Default `false`, the safe assumption.
+    pub batch_atomic: bool,
 }
 
 impl Default for Capabilities {
@@ -87,6 +96,7 @@ impl Default for Capabilities {
             queue_management: false,
             message_ttl: false,
             max_attributes: None,
+            batch_atomic: false,
         }
     }
 }

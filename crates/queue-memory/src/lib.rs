@@ -35,7 +35,7 @@
 //!
 //! # Semantics
 //! - **Queues** must be created first ([`QueueProvider::create_queue`], idempotent: an
-//!   existing queue keeps its spec) or with [`InMemoryProviderBuilder::with_queue`]. Any
+//!   existing queue keeps its spec) or with [`InMemoryBuilder::with_queue`]. Any
 //!   other call on an unknown queue fails with [`QueueError::QueueNotFound`].
 //! - **Peek-lock.** A receive locks each message for the queue's
 //!   [`lock_duration`](queue_core::QueueSpec::lock_duration). When a lock expires the
@@ -113,8 +113,10 @@ mod ids;
 mod profile;
 mod provider;
 mod session;
+mod settings;
 mod slab;
 mod state;
 
 pub use profile::{Limits, Profile};
-pub use provider::{InMemoryProvider, InMemoryProviderBuilder};
+pub use provider::{InMemoryBuilder, InMemoryProvider};
+pub use settings::MemorySettings;

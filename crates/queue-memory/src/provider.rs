@@ -11,9 +11,9 @@ use std::{
 
 use async_trait::async_trait;
 use queue_core::{
-    Capabilities, DeadLetterReason, MemorySettings, Message, MessageId, QueueError, QueueName,
-    QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver,
-    SessionSelector, SessionSupport,
+    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
+    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
+    SessionSupport,
 };
 use tokio::time::Instant;
 
@@ -109,7 +109,7 @@ impl Default for InMemoryProvider {
 /// Builds an [`InMemoryProvider`].
 #[derive(Clone, Debug, Default)]
 #[must_use]
-pub struct InMemoryProviderBuilder {
+pub struct InMemoryBuilder {
     profile: Profile,
     max_message_size: Option<usize>,
     max_batch_size: Option<usize>,
@@ -117,7 +117,7 @@ pub struct InMemoryProviderBuilder {
     queues: Vec<(QueueName, QueueSpec)>,
 }
 
-impl InMemoryProviderBuilder {
+impl InMemoryBuilder {
     /// Imitates the limits of `profile` (default [`Profile::Memory`]).
     pub fn with_profile(mut self, profile: Profile) -> Self {
         self.profile = profile;
@@ -313,19 +313,8 @@ impl InMemoryProvider {
     }
 
     /// A builder to pick a profile, override limits and pre-create queues.
-    pub fn builder() -> InMemoryProviderBuilder {
-        InMemoryProviderBuilder::default()
-    }
-
-    /// A provider configured from settings. The profile (`memory`, `sqs` or
-    /// `service-bus`) picks the limits; another value fails with [`QueueError::Config`]
-    /// naming `memory.profile`.
-    pub fn from_settings(settings: &MemorySettings) -> Result<Self> {
-        let profile = match settings.profile.as_deref() {
-            None => Profile::default(),
-            Some(p) => p.parse()?,
-        };
-        Self::builder().with_profile(profile).build()
+    pub fn builder() -> InMemoryBuilder {
+        InMemoryBuilder::default()
     }
 
     /// The profile whose limits this provider imitates.
@@ -458,6 +447,8 @@ impl QueueProvider for InMemoryProvider {
         c.queue_management = true;
         c.message_ttl = !grouped;
         c.max_attributes = self.inner.limits.max_attributes;
+        // `send_batch` checks every entry before storing any, and stores under one lock.
+        c.batch_atomic = true;
         c
     }
 

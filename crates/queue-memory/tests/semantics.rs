@@ -5,11 +5,10 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use queue_core::{
-    DeadLetterReason, MAX_DELIVERY_COUNT_EXCEEDED, MemorySettings, Message, MessageId, QueueError,
-    QueueName, QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, SessionId,
-    SessionSelector,
+    DeadLetterReason, MAX_DELIVERY_COUNT_EXCEEDED, Message, MessageId, QueueError, QueueName,
+    QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, SessionId, SessionSelector,
 };
-use queue_memory::{InMemoryProvider, Profile};
+use queue_memory::{InMemoryProvider, MemorySettings, Profile};
 use tokio::time::{Instant, advance, sleep};
 
 const LOCK: Duration = Duration::from_secs(30);

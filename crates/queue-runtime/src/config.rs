@@ -66,7 +66,8 @@ pub const ENV_SEPARATOR: &str = "__";
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct QueueRuntimeConfig {
-    /// The provider and how to reach it (`kind = "memory" | "sqs" | "service-bus"`).
+    /// The provider and how to reach it (`kind = "memory" | "sqs" | "service-bus"` and that
+    /// provider's keys), parsed by the provider crate when the provider is built.
     #[serde(default)]
     pub provider: ProviderSettings,
     /// The queue to consume.
@@ -117,7 +118,8 @@ impl QueueRuntimeConfig {
     pub fn load_from(file: Option<&Path>, env: Option<HashMap<String, String>>) -> Result<Self> {
         let source = file.map(load::Source::read).transpose()?;
         let cfg: Self = load::load(source.as_ref(), Some(env))?;
-        cfg.validate()?;
+        cfg.validate()
+            .map_err(|e| load::place_provider_error(e, source.as_ref()))?;
         Ok(cfg)
     }
 
@@ -128,8 +130,10 @@ impl QueueRuntimeConfig {
 
     /// Parses text in `format` (no environment overlay), then validates.
     pub fn from_str_as(text: &str, format: ConfigFormat) -> Result<Self> {
-        let cfg: Self = load::load(Some(&load::Source::text(text, format)), None)?;
-        cfg.validate()?;
+        let source = load::Source::text(text, format);
+        let cfg: Self = load::load(Some(&source), None)?;
+        cfg.validate()
+            .map_err(|e| load::place_provider_error(e, Some(&source)))?;
         Ok(cfg)
     }
 
@@ -172,9 +176,11 @@ impl QueueRuntimeConfig {
         })
     }
 
-    /// Checks every value; the error names the first bad field (`processor.retry.max_attempts`).
+    /// Checks every value; the error names the first bad field (`processor.retry.max_attempts`,
+    /// `provider.region`). See [`check_provider_settings`] for what is checked of the provider.
     pub fn validate(&self) -> Result<()> {
         QueueName::new(&self.queue).map_err(|e| QueueError::config("queue", e.to_string()))?;
+        check_provider_settings(&self.provider)?;
         self.processor.validate()
     }
 
@@ -228,9 +234,8 @@ fn config_error(err: config::ConfigError) -> QueueError {
             (_, other) => other,
         },
         config::ConfigError::Message(text) => {
-            // serde messages: "missing field `queue`", "unknown field `regoin`, expected ...";
-            // queue-core's "secret field `session_token`: invalid type: map, ...".
-            let field = ["missing field `", "unknown field `", "secret field `"]
+            // serde messages: "missing field `queue`", "unknown field `regoin`, expected ...".
+            let field = ["missing field `", "unknown field `"]
                 .iter()
                 .find_map(|p| text.strip_prefix(p))
                 .and_then(|rest| rest.split('`').next())
@@ -665,11 +670,59 @@ fn de_duration<'de, D: Deserializer<'de>>(de: D) -> std::result::Result<Duration
     }
 }
 
-/// Builds the provider named by `settings`.
+/// The providers this workspace has, by `kind`, with the feature that compiles each in.
+pub const PROVIDER_KINDS: [(&str, &str); 3] = [
+    ("memory", "memory"),
+    ("sqs", "aws"),
+    ("service-bus", "azure"),
+];
+
+/// Checks the provider table: the `kind` must be one of [`PROVIDER_KINDS`], and the keys of
+/// a provider compiled into this build must parse into its typed settings (errors name
+/// `provider.<key>`). A provider whose feature is off is not checked here; building it
+/// fails with the feature to enable.
+pub fn check_provider_settings(settings: &ProviderSettings) -> Result<()> {
+    let kind = settings.kind();
+    if !PROVIDER_KINDS.iter().any(|(k, _)| *k == kind) {
+        let known: Vec<&str> = PROVIDER_KINDS.iter().map(|(k, _)| *k).collect();
+        return Err(QueueError::config(
+            "provider.kind",
+            format!(
+                "unknown provider `{kind}`, expected one of `{}`",
+                known.join("`, `")
+            ),
+        ));
+    }
+    match kind {
+        #[cfg(feature = "memory")]
+        "memory" => queue_memory::MemorySettings::from_provider_settings(settings).map(drop),
+        #[cfg(feature = "aws")]
+        "sqs" => queue_aws::SqsSettings::from_provider_settings(settings).map(drop),
+        #[cfg(feature = "azure")]
+        "service-bus" => {
+            queue_azure::ServiceBusSettings::from_provider_settings(settings).map(drop)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Builds the provider named by `settings`, wrapped in the default layer stack
+/// ([`queue_core::layer::default_stack`]: `Instrumented`, then `Retrying` with the default
+/// [`RetryConfig`](queue_core::layer::RetryConfig)), so every call gets the same bounded
+/// retries, spans and metrics on every provider. See `docs/architecture.md`.
 ///
 /// Every provider kind parses in every build; one whose feature is not compiled in yields
 /// [`QueueError::Config`] naming the feature to enable.
 pub async fn build_provider(settings: &ProviderSettings) -> Result<SharedQueueProvider> {
+    let bare = build_bare_provider(settings).await?;
+    let retry = queue_core::layer::RetryConfig::default();
+    Ok(queue_core::layer::default_stack(bare, retry))
+}
+
+/// Builds the provider named by `settings` without any layer, to compose your own stack
+/// (`queue_core::layer`). Errors as [`build_provider`].
+pub async fn build_bare_provider(settings: &ProviderSettings) -> Result<SharedQueueProvider> {
+    check_provider_settings(settings)?;
     build(settings).await.map_err(provider_field)
 }
 
@@ -689,37 +742,40 @@ fn provider_field(err: QueueError) -> QueueError {
 }
 
 async fn build(settings: &ProviderSettings) -> Result<SharedQueueProvider> {
-    match settings {
+    match settings.kind() {
         #[cfg(feature = "memory")]
-        ProviderSettings::Memory(s) => {
-            let provider = queue_memory::InMemoryProvider::from_settings(s)?;
-            Ok(std::sync::Arc::new(provider))
+        "memory" => {
+            let typed = queue_memory::MemorySettings::from_provider_settings(settings)?;
+            Ok(std::sync::Arc::new(
+                queue_memory::InMemoryProvider::from_settings(&typed)?,
+            ))
         }
         #[cfg(feature = "aws")]
-        ProviderSettings::Sqs(s) => {
-            let provider = queue_aws::SqsProvider::from_settings(s).await?;
-            Ok(std::sync::Arc::new(provider))
+        "sqs" => {
+            let typed = queue_aws::SqsSettings::from_provider_settings(settings)?;
+            Ok(std::sync::Arc::new(
+                queue_aws::SqsProvider::from_settings(&typed).await?,
+            ))
         }
         #[cfg(feature = "azure")]
-        ProviderSettings::ServiceBus(s) => {
-            let provider = queue_azure::ServiceBusProvider::from_settings(s)?;
-            Ok(std::sync::Arc::new(provider))
+        "service-bus" => {
+            let typed = queue_azure::ServiceBusSettings::from_provider_settings(settings)?;
+            Ok(std::sync::Arc::new(
+                queue_azure::ServiceBusProvider::from_settings(&typed)?,
+            ))
         }
         other => Err(not_enabled(other)),
     }
 }
 
-fn not_enabled(settings: &ProviderSettings) -> QueueError {
-    let name = settings.provider_name();
-    let feature = match name {
-        "memory" => "memory",
-        "sqs" => "aws",
-        "service-bus" => "azure",
-        _ => "full",
-    };
+fn not_enabled(kind: &str) -> QueueError {
+    let feature = PROVIDER_KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("full", |(_, feature)| feature);
     QueueError::config(
         "provider.kind",
-        format!("provider `{name}` is not enabled in this build (enable feature `{feature}`)"),
+        format!("provider `{kind}` is not enabled in this build (enable feature `{feature}`)"),
     )
 }
 
@@ -805,7 +861,7 @@ mod tests {
         .unwrap();
         for text in [format!("{cfg:?}"), format!("{cfg:#?}")] {
             assert!(!text.contains(CANARY), "secret leaked: {text}");
-            assert!(text.contains("Sqs"), "{text}");
+            assert!(text.contains("sqs"), "{text}");
         }
         let cfg = QueueRuntimeConfig::from_toml_str(&format!(
             "queue = \"q\"\n[provider]\nkind = \"service-bus\"\nconnection_string = \"{CANARY}\"\n"
@@ -859,12 +915,39 @@ mod tests {
         );
     }
 
+    /// The secrets of SQS-like settings, read the way the provider crates read them, so the
+    /// loader's part (files, verbatim environment variables) is checked in every build.
+    #[derive(Default, serde::Deserialize)]
+    #[serde(default)]
+    struct SqsSecrets {
+        #[serde(deserialize_with = "queue_core::config::optional_secret")]
+        access_key_id: Option<queue_core::SecretString>,
+        #[serde(deserialize_with = "queue_core::config::optional_secret")]
+        secret_access_key: Option<queue_core::SecretString>,
+        #[serde(deserialize_with = "queue_core::config::optional_secret")]
+        session_token: Option<queue_core::SecretString>,
+    }
+
+    impl queue_core::TypedSettings for SqsSecrets {
+        const KIND: &'static str = "sqs";
+    }
+
+    /// The connection string of Service-Bus-like settings (see [`SqsSecrets`]).
+    #[derive(Default, serde::Deserialize)]
+    #[serde(default)]
+    struct SbSecrets {
+        #[serde(deserialize_with = "queue_core::config::optional_secret")]
+        connection_string: Option<queue_core::SecretString>,
+    }
+
+    impl queue_core::TypedSettings for SbSecrets {
+        const KIND: &'static str = "service-bus";
+    }
+
     /// The SQS secrets of `cfg`, exposed for comparison.
     fn sqs_secrets(cfg: &QueueRuntimeConfig) -> [String; 3] {
         use queue_core::ExposeSecret;
-        let ProviderSettings::Sqs(sqs) = &cfg.provider else {
-            panic!("not sqs: {cfg:?}")
-        };
+        let sqs: SqsSecrets = cfg.provider.parse().unwrap();
         [
             &sqs.access_key_id,
             &sqs.secret_access_key,
@@ -912,9 +995,7 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let cfg = QueueRuntimeConfig::load_from(None, Some(env)).unwrap();
-        let ProviderSettings::ServiceBus(sb) = &cfg.provider else {
-            panic!("{cfg:?}")
-        };
+        let sb: SbSecrets = cfg.provider.parse().unwrap();
         use queue_core::ExposeSecret;
         assert_eq!(sb.connection_string.as_ref().unwrap().expose_secret(), "42");
     }
@@ -943,7 +1024,14 @@ mod tests {
             ),
         ];
         for (text, format) in cases {
-            let err = QueueRuntimeConfig::from_str_as(&text, format).unwrap_err();
+            // Refused at load when the provider is compiled in; otherwise when it is parsed.
+            let err = match QueueRuntimeConfig::from_str_as(&text, format) {
+                Err(err) => err,
+                Ok(cfg) if cfg.provider.kind() == "sqs" => {
+                    cfg.provider.parse::<SqsSecrets>().err().unwrap()
+                }
+                Ok(cfg) => cfg.provider.parse::<SbSecrets>().err().unwrap(),
+            };
             let shown = format!("{err} {err:?}");
             assert!(
                 !shown.contains(CANARY) && !shown.contains(NUM),
@@ -995,7 +1083,7 @@ mod tests {
             cfg.processor.retry.initial_delay,
             Duration::from_millis(250)
         );
-        assert_eq!(cfg.provider.provider_name(), "memory");
+        assert_eq!(cfg.provider.kind(), "memory");
 
         let bad: HashMap<String, String> = [(
             "QUEUE_RUNTIME__PROCESSOR__MAX_CONCURRENT_MESSAGES".to_owned(),
@@ -1022,7 +1110,7 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/queue-runtime.example.toml");
         let cfg = QueueRuntimeConfig::load_from(Some(&path), Some(HashMap::new())).unwrap();
         assert_eq!(cfg.queue, "github-events");
-        assert_eq!(cfg.provider.provider_name(), "memory");
+        assert_eq!(cfg.provider.kind(), "memory");
         assert_eq!(
             format!("{:?}", cfg.processor),
             format!("{:?}", ProcessorSettings::default()),

@@ -165,11 +165,20 @@ fn key_errors_name_the_key_as_written_and_where_it_is() {
             "processor.retry.max_atempts",
             ":4:5)",
         ),
+        // Provider keys are checked by the provider crate, so when it is compiled in.
+        #[cfg(feature = "aws")]
         (
             "typo.json",
             "{\"queue\": \"q\",\n \"provider\": {\n   \"kind\": \"sqs\",\n   \"regoin\": \"eu-west-1\"\n }\n}\n",
             "provider.regoin",
             ":4:4)",
+        ),
+        #[cfg(feature = "memory")]
+        (
+            "typo-memory.yaml",
+            "queue: q\nprovider:\n  kind: memory\n  profil: sqs\n",
+            "provider.profil",
+            ":4:3)",
         ),
     ];
     for (name, text, key, at) in cases {

@@ -1,4 +1,4 @@
-//! Building the SDK client from [`SqsConfig`].
+//! Building the SDK client from an [`SqsBuilder`](crate::SqsBuilder).
 //!
 //! Retries: the SDK's standard retry strategy re-sends a call that failed transiently
 //! (throttling, HTTP 500/502/503/504, timeouts of one attempt, connection errors) up to
@@ -16,10 +16,10 @@ use aws_sdk_sqs::Client;
 use queue_core::{QueueError, Result};
 
 use super::{Inner, SqsProvider, receipts::InFlight};
-use crate::config::{SqsConfig, validate_endpoint};
+use crate::builder::{SqsBuilder, validate_endpoint};
 
 impl SqsProvider {
-    pub(crate) async fn connect(config: SqsConfig) -> Result<Self> {
+    pub(crate) async fn connect(config: SqsBuilder) -> Result<Self> {
         config.validate()?;
         let sdk = load_sdk_config(&config).await;
         if sdk.region().is_none() {
@@ -53,7 +53,7 @@ impl SqsProvider {
 
 /// The AWS configuration chain with our region, profile, credentials, timeout and
 /// retry settings on top.
-async fn load_sdk_config(config: &SqsConfig) -> aws_config::SdkConfig {
+async fn load_sdk_config(config: &SqsBuilder) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = &config.region {
         loader = loader.region(aws_config::Region::new(region.clone()));

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use queue_core::{
     Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
-    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionSupport, SqsSettings,
+    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionSupport,
 };
 
 use queues::QueueInfo;
@@ -32,8 +32,8 @@ use receipts::{InFlight, Source};
 
 use crate::{
     PROVIDER,
+    builder::SqsBuilder,
     codec::{self, MAX_MESSAGE_SIZE},
-    config::SqsConfig,
     error::Ctx,
 };
 
@@ -64,19 +64,10 @@ struct Inner {
 }
 
 impl SqsProvider {
-    /// Starts building a provider; finish with [`SqsConfig::build`].
-    pub fn builder() -> SqsConfig {
-        SqsConfig::new()
-    }
-
-    /// Builds a provider from shared settings (see [`SqsConfig::from_settings`]).
-    pub async fn from_settings(settings: &SqsSettings) -> Result<Self> {
-        SqsConfig::from_settings(settings)?.build().await
-    }
-
-    /// Builds a provider from `config`.
-    pub async fn from_config(config: SqsConfig) -> Result<Self> {
-        Self::connect(config).await
+    /// Starts building a provider; finish with [`SqsBuilder::build`] (async). From a
+    /// configuration file, use [`SqsProvider::from_settings`].
+    pub fn builder() -> SqsBuilder {
+        SqsBuilder::new()
     }
 
     /// What this provider supports. SQS decides some of it per queue: sessions
@@ -99,6 +90,9 @@ impl SqsProvider {
         caps.duplicate_detection = true;
         caps.queue_management = true;
         caps.max_attributes = Some(codec::MAX_APP_ATTRIBUTES);
+        // SendMessageBatch accepts entries one by one (and the codec refuses an entry
+        // before the call): a failed batch is a `PartialBatch`.
+        caps.batch_atomic = false;
         caps
     }
 
@@ -278,6 +272,7 @@ mod tests {
         assert_eq!(caps.max_lock_duration, Duration::from_secs(12 * 3600));
         assert!(caps.delayed_abandon && caps.lock_renewal && caps.native_dead_letter);
         assert!(caps.duplicate_detection && caps.queue_management && !caps.session_state);
+        assert!(!caps.batch_atomic);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn endpoint(test: &str) -> Option<String> {
 }
 
 /// A provider builder pointed at the test server.
-pub fn builder(endpoint: &str) -> queue_aws::SqsConfig {
+pub fn builder(endpoint: &str) -> queue_aws::SqsBuilder {
     let region = std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|_| "us-east-1".to_owned());

@@ -171,6 +171,22 @@ fn locate(err: config::ConfigError, source: Option<&Source>) -> QueueError {
     }
 }
 
+/// Adds `(at file:line:column)` to an error about a provider key (`provider.region`), which
+/// the provider crate finds after loading, when the key is written in the file.
+pub(super) fn place_provider_error(err: QueueError, source: Option<&Source>) -> QueueError {
+    match err {
+        QueueError::Config { field, reason } if field.starts_with("provider.") => {
+            match source.and_then(|s| key_position(s, &field).map(|(l, c)| (s, l, c))) {
+                Some((s, line, col)) => {
+                    QueueError::config(field, format!("{reason} (at {}:{line}:{col})", s.name))
+                }
+                None => QueueError::config(field, reason),
+            }
+        }
+        other => other,
+    }
+}
+
 /// "`file`:line:column: message" from a parser's error text, without the parser's quote of
 /// the offending line (it could hold a secret).
 fn syntax_error(name: &str, text: &str) -> String {

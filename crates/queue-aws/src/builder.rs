@@ -1,5 +1,4 @@
-//! Configuration of the SQS provider: [`SqsConfig`] (also the builder) and
-//! [`StaticCredentials`].
+//! Building the SQS provider: [`SqsBuilder`] and [`StaticCredentials`].
 
 use std::{
     fmt,
@@ -7,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use queue_core::{ExposeSecret, QueueError, Result, SecretString, SqsSettings};
+use queue_core::{ExposeSecret, QueueError, Result, SecretString};
 
 use crate::provider::SqsProvider;
 
@@ -69,7 +68,9 @@ impl fmt::Debug for StaticCredentials {
     }
 }
 
-/// Settings of an [`SqsProvider`]; also its builder.
+/// Builds an [`SqsProvider`]: `SqsProvider::builder()`, `with_*` setters, then
+/// [`build`](SqsBuilder::build) (async: it resolves the default AWS chain). From a
+/// configuration file's settings, start with [`SqsBuilder::from_settings`].
 ///
 /// ```no_run
 /// use queue_aws::SqsProvider;
@@ -85,7 +86,7 @@ impl fmt::Debug for StaticCredentials {
 /// profile files, IAM roles for EC2/ECS/EKS, web identity). `Debug` never prints
 /// credentials.
 #[derive(Clone)]
-pub struct SqsConfig {
+pub struct SqsBuilder {
     pub(crate) region: Option<String>,
     pub(crate) endpoint: Option<String>,
     pub(crate) profile: Option<String>,
@@ -95,7 +96,7 @@ pub struct SqsConfig {
     pub(crate) operation_timeout: Duration,
 }
 
-impl Default for SqsConfig {
+impl Default for SqsBuilder {
     fn default() -> Self {
         Self {
             region: None,
@@ -112,51 +113,11 @@ impl Default for SqsConfig {
 /// Default deadline of one SQS call, retries included: above the 20 s long-poll maximum.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
-impl SqsConfig {
-    /// Empty settings: everything from the default AWS chain.
+impl SqsBuilder {
+    /// A builder with nothing set (everything from the default AWS chain); the same as
+    /// [`SqsProvider::builder`].
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Converts shared provider settings (e.g. parsed from a configuration file).
-    ///
-    /// Static credentials need both `access_key_id` and `secret_access_key`; one without
-    /// the other is a [`QueueError::Config`] naming the missing field.
-    pub fn from_settings(settings: &SqsSettings) -> Result<Self> {
-        let mut config = Self::new();
-        config.region = settings.region.clone();
-        config.endpoint = settings.endpoint.clone();
-        config.profile = settings.profile.clone();
-        match (&settings.access_key_id, &settings.secret_access_key) {
-            (Some(id), Some(secret)) => {
-                let mut creds = StaticCredentials::new(id.clone(), secret.clone());
-                if let Some(token) = &settings.session_token {
-                    creds = creds.with_session_token(token.clone());
-                }
-                config.credentials = Some(creds);
-            }
-            (Some(_), None) => {
-                return Err(QueueError::config(
-                    "sqs.secret_access_key",
-                    "is required when `sqs.access_key_id` is set",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(QueueError::config(
-                    "sqs.access_key_id",
-                    "is required when `sqs.secret_access_key` is set",
-                ));
-            }
-            (None, None) => {
-                if settings.session_token.is_some() {
-                    return Err(QueueError::config(
-                        "sqs.session_token",
-                        "needs `sqs.access_key_id` and `sqs.secret_access_key`",
-                    ));
-                }
-            }
-        }
-        Ok(config)
     }
 
     /// Sets the AWS region (`us-east-1`...).
@@ -166,7 +127,7 @@ impl SqsConfig {
     }
 
     /// Overrides the endpoint, e.g. `http://127.0.0.1:5000` for a local emulator.
-    /// Plain `http://` is accepted only for loopback hosts; see [`SqsConfig::build`].
+    /// Plain `http://` is accepted only for loopback hosts; see [`SqsBuilder::build`].
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
         self
@@ -244,9 +205,9 @@ impl SqsConfig {
     }
 }
 
-impl fmt::Debug for SqsConfig {
+impl fmt::Debug for SqsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqsConfig")
+        f.debug_struct("SqsBuilder")
             .field("region", &self.region)
             .field("endpoint", &self.endpoint)
             .field("profile", &self.profile)
@@ -369,7 +330,7 @@ mod tests {
     fn debug_redacts_credentials() {
         let creds = StaticCredentials::new(CANARY.into(), CANARY.into())
             .with_session_token(SecretString::from(CANARY));
-        let config = SqsConfig::new()
+        let config = SqsBuilder::new()
             .with_region("us-east-1")
             .with_credentials(creds.clone());
         for text in [
@@ -429,25 +390,8 @@ mod tests {
     }
 
     #[test]
-    fn settings_need_both_keys() {
-        let mut s = SqsSettings::default();
-        s.access_key_id = Some(CANARY.into());
-        let err = SqsConfig::from_settings(&s).unwrap_err().to_string();
-        assert!(err.contains("sqs.secret_access_key"), "{err}");
-        assert!(!err.contains(CANARY));
-        s.secret_access_key = Some(CANARY.into());
-        s.region = Some("eu-west-1".into());
-        s.endpoint = Some("http://127.0.0.1:1".into());
-        let config = SqsConfig::from_settings(&s).unwrap();
-        assert!(config.credentials.is_some());
-        assert_eq!(config.region(), Some("eu-west-1"));
-        assert_eq!(config.endpoint(), Some("http://127.0.0.1:1"));
-        assert!(config.validate().is_ok());
-    }
-
-    #[test]
     fn short_operation_timeout_is_rejected() {
-        let err = SqsConfig::new()
+        let err = SqsBuilder::new()
             .with_operation_timeout(Duration::from_secs(5))
             .validate()
             .unwrap_err()
