@@ -87,7 +87,7 @@ pub use queue_core::*;
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use config::{
     CircuitBreakerSettings, ConfigFormat, ProcessorSettings, QueueRuntimeConfig, RetrySettings,
-    SessionMode, build_provider,
+    SessionMode, build_bare_provider, build_provider,
 };
 pub use handler::{
     FnHandler, Handler, HandlerError, JsonHandler, MessageContext, Outcome, decode_json,
