@@ -6,7 +6,7 @@
 //! provider and the queue only.
 //!
 //! ```text
-//! queue [--config FILE] [--queue NAME] check
+//! queue [--config FILE] [--queue NAME] [--test-ca-cert PEM] check
 //! queue peek [-n N] --yes             # receives under lock and releases: counts as a delivery
 //! queue send [--file F] [--session S] [--id ID] [--attr k=v]...   # body from F or stdin
 //! queue stats
@@ -61,6 +61,11 @@ pub struct Cli {
     /// The queue, instead of the configuration's `queue`.
     #[arg(long, short, global = true)]
     pub queue: Option<String>,
+    /// Service Bus only: also trust this CA certificate (PEM) for TLS, as for a test broker
+    /// such as `servicebus-emulator --tls`. Never needed for Azure; deliberately not a
+    /// configuration setting, so a deployment cannot turn it on by accident.
+    #[arg(long, global = true, value_name = "PEM_FILE")]
+    pub test_ca_cert: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -486,25 +491,30 @@ async fn purge(
     Ok(())
 }
 
-/// Peeks: plain receive, and on providers with locked sessions, the next sessions too.
+/// Peeks: plain receive, and on providers with locked sessions, the next sessions too. A
+/// Service Bus queue serves either session receivers or plain ones; the other kind is refused
+/// as `Unsupported`, which here only means "nothing to see that way".
 async fn peek(
     provider: &DynQueueProvider,
     queue: &QueueName,
     max: usize,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let mut seen = provider
-        .receive(
-            queue,
-            ReceiveOptions::new(
-                max.min(provider.capabilities().max_batch_size.max(1)),
-                SCAN_WAIT,
-            ),
-        )
-        .await?;
+    let locked = provider.capabilities().sessions == SessionSupport::Locked;
+    let batch = max.min(provider.capabilities().max_batch_size.max(1));
+    let mut seen = match provider
+        .receive(queue, ReceiveOptions::new(batch, SCAN_WAIT))
+        .await
+    {
+        Err(QueueError::Unsupported { .. }) if locked => Vec::new(),
+        other => other?,
+    };
     release(provider, &seen).await;
-    if provider.capabilities().sessions == SessionSupport::Locked && seen.len() < max {
-        seen.extend(peek_sessions(provider, queue, max - seen.len()).await?);
+    if locked && seen.len() < max {
+        match peek_sessions(provider, queue, max - seen.len()).await {
+            Err(QueueError::Unsupported { .. }) => {}
+            other => seen.extend(other?),
+        }
     }
     writeln!(out, "{}", letter_table(&seen))?;
     writeln!(out, "{} message(s) shown", seen.len())?;
@@ -515,7 +525,7 @@ async fn peek_sessions(
     provider: &DynQueueProvider,
     queue: &QueueName,
     max: usize,
-) -> Result<Vec<ReceivedMessage>, CliError> {
+) -> Result<Vec<ReceivedMessage>, QueueError> {
     let mut seen = Vec::new();
     let mut held = Vec::new();
     while seen.len() < max {

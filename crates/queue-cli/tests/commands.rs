@@ -1,6 +1,6 @@
 //! Every `queue` command, in-process on the in-memory provider (one provider shared by the
-//! commands, as a broker would be), plus the binary itself on a configuration file.
-#![allow(clippy::print_stderr)] // the SQS test prints why it skips
+//! commands, as a broker would be), plus the binary itself on a configuration file. The
+//! binary against SQS and Service Bus is in `end_to_end.rs`.
 
 use std::{process::Command as Process, sync::Arc, time::Duration};
 
@@ -291,62 +291,4 @@ fn the_binary_reads_the_runtimes_config_file_and_never_prints_secrets() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// Against SQS (moto) when `cargo xtask test` provides it: two processes share the broker.
-#[test]
-fn the_binary_works_end_to_end_against_sqs_when_available() {
-    let Ok(endpoint) = std::env::var("QUEUE_TEST_SQS_ENDPOINT") else {
-        eprintln!("skipped: QUEUE_TEST_SQS_ENDPOINT is not set (cargo xtask test sets it)");
-        return;
-    };
-    let queue = format!("cli-{}", std::process::id());
-    let env = [
-        ("QUEUE_RUNTIME__PROVIDER__KIND", "sqs"),
-        ("QUEUE_RUNTIME__PROVIDER__REGION", "us-east-1"),
-        ("QUEUE_RUNTIME__PROVIDER__ENDPOINT", endpoint.as_str()),
-        ("QUEUE_RUNTIME__PROVIDER__ACCESS_KEY_ID", "test"),
-        ("QUEUE_RUNTIME__PROVIDER__SECRET_ACCESS_KEY", CANARY),
-        ("QUEUE_RUNTIME__QUEUE", queue.as_str()),
-    ];
-    // The queue must exist: create it with the provider, as a deployment would.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let settings: queue_runtime::ProviderSettings = serde_json_settings(&endpoint);
-        let p = queue_runtime::build_provider(&settings).await.unwrap();
-        p.create_queue(
-            &QueueName::new(queue.as_str()).unwrap(),
-            &QueueSpec::default(),
-        )
-        .await
-        .unwrap();
-    });
-    let (code, out, err) = binary(&["check"], &env);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("ok: sqs queue"), "{out}");
-    let file = std::env::temp_dir().join(format!("{queue}.json"));
-    std::fs::write(&file, b"{\"hello\":1}").unwrap();
-    let (code, out, err) = binary(
-        &["send", "--file", file.to_str().unwrap(), "--id", "m-1"],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = binary(&["peek", "--yes"], &env);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("1 message(s) shown"), "{out}");
-    let (code, out, err) = binary(&["dlq", "list"], &env);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("0 dead letter(s) shown"), "{out}");
-    for text in [out, err] {
-        assert!(!text.contains(CANARY));
-    }
-    std::fs::remove_file(&file).ok();
-}
-
-fn serde_json_settings(endpoint: &str) -> queue_runtime::ProviderSettings {
-    let cfg = queue_runtime::QueueRuntimeConfig::from_toml_str(&format!(
-        "queue = \"q\"\n[provider]\nkind = \"sqs\"\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n"
-    ))
-    .unwrap();
-    cfg.provider
 }
