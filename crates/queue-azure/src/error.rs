@@ -91,44 +91,6 @@ fn boxed(text: String) -> BoxError {
 /// Maps a failure to a [`QueueError`]. Every conversion in the crate goes through here.
 pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
     let (condition, description, status) = match f {
-        Failure::Timeout(after) => {
-            return QueueError::Timeout {
-                provider: PROVIDER,
-                operation: ctx.operation,
-                after,
-            };
-        }
-        // A broker that attaches a receiver but drops its session filter cannot give a
-        // session either; fe2o3 fails such an attach locally. Retrying will not help.
-        Failure::ConnectionLost(why)
-            if why.contains("DesiredFilterNotSupported") && why.contains(SESSION_FILTER) =>
-        {
-            return QueueError::unsupported(PROVIDER, NO_SESSIONS);
-        }
-        Failure::ConnectionLost(why) => {
-            return QueueError::Connection {
-                provider: PROVIDER,
-                operation: ctx.operation,
-                source: boxed(why),
-            };
-        }
-        Failure::Tls(why) => {
-            return QueueError::Provider {
-                provider: PROVIDER,
-                operation: ctx.operation,
-                class: RetryClass::Permanent,
-                source: boxed(format!("TLS: {why}")),
-            };
-        }
-        Failure::LockGone => return lock_lost(ctx),
-        Failure::TooLarge { size, max } => {
-            return QueueError::MessageTooLarge {
-                provider: PROVIDER,
-                queue: ctx.queue.to_owned(),
-                size,
-                max,
-            };
-        }
         Failure::Condition {
             condition,
             description,
@@ -138,8 +100,62 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
             condition,
             description,
         } => (condition, description, Some(code)),
+        local => return map_local(local, ctx),
     };
-    let by_status = || match status {
+    let cond = condition
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| condition_of_status(status));
+    if let Some(refusal) = session_kind_refusal(cond, &description, ctx) {
+        return refusal;
+    }
+    if let Some(e) = map_entity_condition(cond, &description, ctx) {
+        return e;
+    }
+    map_service_condition(cond, &description, status, ctx)
+}
+
+/// Failures found on this side: timeouts, lost connections, TLS, local lock bookkeeping
+/// and size checks.
+fn map_local(f: Failure, ctx: Ctx<'_>) -> QueueError {
+    match f {
+        Failure::Timeout(after) => QueueError::Timeout {
+            provider: PROVIDER,
+            operation: ctx.operation,
+            after,
+        },
+        // A broker that attaches a receiver but drops its session filter cannot give a
+        // session either; fe2o3 fails such an attach locally. Retrying will not help.
+        Failure::ConnectionLost(why)
+            if why.contains("DesiredFilterNotSupported") && why.contains(SESSION_FILTER) =>
+        {
+            QueueError::unsupported(PROVIDER, NO_SESSIONS)
+        }
+        Failure::ConnectionLost(why) => QueueError::Connection {
+            provider: PROVIDER,
+            operation: ctx.operation,
+            source: boxed(why),
+        },
+        Failure::Tls(why) => QueueError::Provider {
+            provider: PROVIDER,
+            operation: ctx.operation,
+            class: RetryClass::Permanent,
+            source: boxed(format!("TLS: {why}")),
+        },
+        Failure::TooLarge { size, max } => QueueError::MessageTooLarge {
+            provider: PROVIDER,
+            queue: ctx.queue.to_owned(),
+            size,
+            max,
+        },
+        Failure::LockGone => lock_lost(ctx),
+        remote @ (Failure::Condition { .. } | Failure::Status { .. }) => map_failure(remote, ctx),
+    }
+}
+
+/// The AMQP condition a management status stands for, when the response named none.
+fn condition_of_status(status: Option<i32>) -> &'static str {
+    match status {
         Some(404) => "amqp:not-found",
         Some(401) => "amqp:unauthorized-access",
         Some(403) => "com.microsoft:forbidden",
@@ -149,15 +165,12 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
         Some(503) => "com.microsoft:server-busy",
         Some(c) if c >= 500 => "amqp:internal-error",
         _ => "",
-    };
-    let cond = condition
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(by_status);
-    if let Some(refusal) = session_kind_refusal(cond, &description, ctx) {
-        return refusal;
     }
-    match cond {
+}
+
+/// Conditions about the entity, a lock, a session or the credentials.
+fn map_entity_condition(cond: &str, description: &str, ctx: Ctx<'_>) -> Option<QueueError> {
+    Some(match cond {
         "amqp:not-found"
         | "com.microsoft:entity-not-found"
         | "com.microsoft:no-matching-subscription" => QueueError::QueueNotFound {
@@ -181,7 +194,7 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
                 queue: ctx.queue.to_owned(),
                 session: s.clone(),
             },
-            None => transient(ctx, cond, &description),
+            None => transient(ctx, cond, description),
         },
         "amqp:unauthorized-access" => QueueError::Auth {
             provider: PROVIDER,
@@ -197,6 +210,19 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
             detail: "the credentials lack a claim (Send, Listen or Manage) for this entity"
                 .to_owned(),
         },
+        _ => return None,
+    })
+}
+
+/// Conditions about the message, the service's load, the connection, or the request.
+fn map_service_condition(
+    cond: &str,
+    description: &str,
+    status: Option<i32>,
+    ctx: Ctx<'_>,
+) -> QueueError {
+    let detail = || boxed(format!("{cond}: {}", clip(description)));
+    match cond {
         "amqp:link:message-size-exceeded" | "com.microsoft:message-size-exceeded" => {
             QueueError::MessageTooLarge {
                 provider: PROVIDER,
@@ -215,45 +241,55 @@ pub(crate) fn map_failure(f: Failure, ctx: Ctx<'_>) -> QueueError {
             operation: ctx.operation,
             after: Duration::ZERO,
         },
-        "amqp:connection:forced"
-        | "amqp:connection:framing-error"
-        | "amqp:connection:redirect"
-        | "amqp:link:detach-forced"
-        | "amqp:link:stolen"
-        | "amqp:session:window-violation"
-        | "amqp:session:errant-link"
-        | "amqp:internal-error"
-        | "com.microsoft:operation-cancelled"
-        | "com.microsoft:container-close" => QueueError::Connection {
+        c if CONNECTION_CONDITIONS.contains(&c) => QueueError::Connection {
             provider: PROVIDER,
             operation: ctx.operation,
-            source: boxed(format!("{cond}: {}", clip(&description))),
+            source: detail(),
         },
-        "com.microsoft:argument-error"
-        | "com.microsoft:argument-out-of-range"
-        | "amqp:invalid-field"
-        | "amqp:decode-error"
-        | "amqp:not-allowed"
-        | "amqp:not-implemented"
-        | "com.microsoft:entity-disabled"
-        | "com.microsoft:message-not-found"
-        | "com.microsoft:session-filter-mismatch" => QueueError::Provider {
+        c if PERMANENT_CONDITIONS.contains(&c) => QueueError::Provider {
             provider: PROVIDER,
             operation: ctx.operation,
             class: RetryClass::Permanent,
-            source: boxed(format!("{cond}: {}", clip(&description))),
+            source: detail(),
         },
         _ => match status {
             Some(c) if (400..500).contains(&c) => QueueError::Provider {
                 provider: PROVIDER,
                 operation: ctx.operation,
                 class: RetryClass::Permanent,
-                source: boxed(format!("status {c} {cond}: {}", clip(&description))),
+                source: boxed(format!("status {c} {cond}: {}", clip(description))),
             },
-            _ => transient(ctx, cond, &description),
+            _ => transient(ctx, cond, description),
         },
     }
 }
+
+/// Conditions that mean the connection or link went away (transient).
+const CONNECTION_CONDITIONS: &[&str] = &[
+    "amqp:connection:forced",
+    "amqp:connection:framing-error",
+    "amqp:connection:redirect",
+    "amqp:link:detach-forced",
+    "amqp:link:stolen",
+    "amqp:session:window-violation",
+    "amqp:session:errant-link",
+    "amqp:internal-error",
+    "com.microsoft:operation-cancelled",
+    "com.microsoft:container-close",
+];
+
+/// Conditions that retrying the same request cannot fix.
+const PERMANENT_CONDITIONS: &[&str] = &[
+    "com.microsoft:argument-error",
+    "com.microsoft:argument-out-of-range",
+    "amqp:invalid-field",
+    "amqp:decode-error",
+    "amqp:not-allowed",
+    "amqp:not-implemented",
+    "com.microsoft:entity-disabled",
+    "com.microsoft:message-not-found",
+    "com.microsoft:session-filter-mismatch",
+];
 
 const SESSION_FILTER: &str = "com.microsoft:session-filter";
 

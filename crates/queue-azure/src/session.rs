@@ -112,9 +112,14 @@ impl ServiceBusSessionReceiver {
             session,
             locked_until: Mutex::new(SystemTime::now()),
         };
-        // The attach answer's `com.microsoft:locked-until-utc` is not exposed by the AMQP
-        // client, so the expiry is read with a renewal right away.
-        me.renew().await?;
+        match me.link.locked_until {
+            Some(until) => *me.locked_until.lock().unwrap_or_else(|p| p.into_inner()) = until,
+            // The attach answer named no `com.microsoft:locked-until-utc`: a renewal reads
+            // the expiry.
+            None => {
+                me.renew().await?;
+            }
+        }
         Ok(Some(me))
     }
 
@@ -178,6 +183,49 @@ impl ServiceBusSessionReceiver {
         Ok(until)
     }
 
+    /// The error a failed session receive reports.
+    fn receive_error(&self, f: Failure) -> QueueError {
+        self.shared.amqp.note_failure(&self.live, &f);
+        let f = match f {
+            // The link died with its connection: the receiver is done (the broker releases
+            // the session), but no lock ran out, so the error names the real cause rather
+            // than a lost lock.
+            Failure::ConnectionLost(why) => Failure::ConnectionLost(format!(
+                "the connection carrying the session was lost ({why}); accept the session again"
+            )),
+            f => f,
+        };
+        map_failure(f, self.ctx("session_receive"))
+    }
+
+    /// Runs a receive step within `operation_timeout` plus `wait`, unless the connection
+    /// dies first.
+    async fn bounded<T>(
+        &self,
+        wait: Duration,
+        step: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T> {
+        let limit = self.shared.amqp.cfg.operation_timeout.saturating_add(wait);
+        tokio::time::timeout(limit, self.live.unless_lost(step))
+            .await
+            .unwrap_or(Err(Failure::Timeout(wait)))
+            .map_err(|f| self.receive_error(f))
+    }
+
+    /// After a drained receive came back empty: a session lock renewal is a round trip on
+    /// the same connection behind the drain, so once it is answered a delivery the service
+    /// sent before the drain has reached the client; fe2o3 hands it to the link from
+    /// another task (each AMQP session has its own), which the straggler turns allow for.
+    /// Those are returned (at most `max`).
+    async fn collect_after_drain(&self, max: usize) -> Result<Vec<ReceivedMessage>> {
+        self.renew().await?;
+        let max = max.clamp(1, self.shared.amqp.cfg.max_batch_size);
+        let late = self
+            .shared
+            .stragglers(&self.link, &self.queue, &self.session, max);
+        self.bounded(Duration::ZERO, late).await
+    }
+
     fn session_body(&self) -> Vec<(&'static str, Value)> {
         vec![(
             "session-id",
@@ -209,46 +257,16 @@ impl SessionReceiver for ServiceBusSessionReceiver {
             Some(&self.session),
             options,
         );
-        let res = tokio::time::timeout(
-            self.shared
-                .amqp
-                .cfg
-                .operation_timeout
-                .saturating_add(options.wait),
-            self.live.unless_lost(pulled),
-        )
-        .await
-        .unwrap_or(Err(Failure::Timeout(options.wait)));
-        let res = match res {
-            // Nothing came in time: the credit was drained, but a delivery the broker sent
-            // before it saw the drain may still be on its way. A session lock renewal is a
-            // round trip on the same connection (and keeps the lock fresh): once it is
-            // answered, such a delivery has arrived, and it is returned rather than left in
-            // the link buffer to be released unhandled when the session is closed.
-            Ok(v) if v.is_empty() => {
-                self.renew().await?;
-                let max = options
-                    .max_messages
-                    .clamp(1, self.shared.amqp.cfg.max_batch_size);
-                self.shared
-                    .stragglers(&self.link, &self.queue, &self.session, max)
-                    .await
-            }
-            other => other,
-        };
-        res.map_err(|f| {
-            self.shared.amqp.note_failure(&self.live, &f);
-            let f = match f {
-                // The link died with its connection: the receiver is done (the broker
-                // releases the session), but no lock ran out, so the error names the real
-                // cause rather than a lost lock.
-                Failure::ConnectionLost(why) => Failure::ConnectionLost(format!(
-                    "the connection carrying the session was lost ({why}); accept the session again"
-                )),
-                f => f,
-            };
-            map_failure(f, self.ctx("session_receive"))
-        })
+        let got = self.bounded(options.wait, pulled).await?;
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        // Nothing came in time: the credit was drained, but a delivery the broker sent
+        // before it saw the drain may still be on its way. A session lock renewal is a
+        // round trip on the same connection (and keeps the lock fresh): once it is
+        // answered, such a delivery has arrived, and it is returned rather than left in
+        // the link buffer to be released unhandled when the session is closed.
+        self.collect_after_drain(options.max_messages).await
     }
 
     async fn complete(&self, receipt: &Receipt) -> Result<()> {

@@ -18,15 +18,11 @@ use fe2o3_amqp::{
     session::SessionHandle,
     types::{
         definitions::{self, ReceiverSettleMode, SenderSettleMode},
-        messaging::{
-            AmqpValue, ApplicationProperties, Body, Message as AmqpMessage, MessageId as AmqpId,
-            Outcome, Properties, Source, Target,
-        },
+        messaging::{Message as AmqpMessage, Outcome, Properties, Source, Target},
         primitives::{OrderedMap, SimpleValue, Symbol, Value},
     },
 };
 use queue_core::{ExposeSecret, SecretString};
-use tokio::time::Instant;
 
 use crate::{
     config::{Credential, ServiceBusConfig},
@@ -34,6 +30,10 @@ use crate::{
     credential::{SERVICE_BUS_SCOPE, sas_expiry, sas_token, unix_secs},
     error::Failure,
 };
+
+mod rpc;
+
+pub(crate) use rpc::{Response, RpcLink};
 
 pub(crate) const SESSION_FILTER: &str = "com.microsoft:session-filter";
 
@@ -65,7 +65,7 @@ pub(crate) fn recv_failure(e: &RecvError) -> Failure {
     }
 }
 
-fn send_failure(e: &SendError) -> Failure {
+pub(crate) fn send_failure(e: &SendError) -> Failure {
     match e {
         SendError::LinkStateError(l) => link_state_failure(l),
         SendError::Detached(d) => match d {
@@ -89,7 +89,7 @@ pub(crate) fn is_connection_loss(f: &Failure) -> bool {
     }
 }
 
-fn link_name(kind: &str) -> String {
+pub(crate) fn link_name(kind: &str) -> String {
     format!("{kind}-{}", uuid::Uuid::new_v4())
 }
 
@@ -191,171 +191,45 @@ pub(crate) struct ReceiverLink {
     /// link's unsettled map until it is settled on the link, which never happens here
     /// (settlement goes through `$management`), so this is also the size of that map.
     pub(crate) delivered: AtomicU64,
+    /// For session links: the session lock's expiry the service named on the attach
+    /// (`com.microsoft:locked-until-utc`).
+    pub(crate) locked_until: Option<SystemTime>,
+    /// The connection whose spare sessions take this link's session back after a clean
+    /// detach.
+    live: Weak<Live>,
 }
 
 impl ReceiverLink {
-    /// Detaches the link and ends its session (best effort).
+    /// Detaches the link (best effort). After a clean detach its AMQP session goes back to
+    /// the connection's spares for the next receive link; otherwise it is ended.
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         let receiver = self.receiver.lock().await.take();
-        if let Some(r) = receiver {
-            let _ = tokio::time::timeout(Duration::from_secs(5), r.close()).await;
-        }
-        let session = self.session.lock().await.take();
-        if let Some(mut s) = session {
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.end()).await;
-        }
-    }
-}
-
-/// A request/response pair of links (`$cbs`, `<entity>/$management`).
-pub(crate) struct RpcLink {
-    links: tokio::sync::Mutex<(Sender, Receiver)>,
-    reply_to: String,
-    /// The session the pair lives on; dropping it ends the session.
-    _session: Mutex<SessionHandle<()>>,
-}
-
-/// A `$management` or `$cbs` response.
-pub(crate) struct Response {
-    pub(crate) status: i32,
-    pub(crate) condition: Option<String>,
-    pub(crate) description: String,
-    pub(crate) body: Value,
-}
-
-impl Response {
-    /// The body map entry `key`.
-    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
-        match &self.body {
-            Value::Map(m) => m
-                .get(&Value::String(key.to_owned()))
-                .or_else(|| m.get(&Value::Symbol(Symbol::from(key)))),
-            _ => None,
-        }
-    }
-
-    fn into_result(self) -> Result<Self, Failure> {
-        if (200..300).contains(&self.status) {
-            Ok(self)
-        } else {
-            Err(Failure::Status {
-                code: self.status,
-                condition: self.condition,
-                description: self.description,
-            })
-        }
-    }
-}
-
-fn app_string(ap: &ApplicationProperties, keys: &[&str]) -> Option<String> {
-    keys.iter().find_map(|k| match ap.0.get(*k) {
-        Some(SimpleValue::String(s)) => Some(s.clone()),
-        Some(SimpleValue::Symbol(s)) => Some(s.0.clone()),
-        _ => None,
-    })
-}
-
-fn app_int(ap: &ApplicationProperties, keys: &[&str]) -> Option<i32> {
-    keys.iter().find_map(|k| match ap.0.get(*k) {
-        Some(SimpleValue::Int(n)) => Some(*n),
-        Some(SimpleValue::Long(n)) => i32::try_from(*n).ok(),
-        Some(SimpleValue::Uint(n)) => i32::try_from(*n).ok(),
-        Some(SimpleValue::Short(n)) => Some(i32::from(*n)),
-        _ => None,
-    })
-}
-
-impl RpcLink {
-    pub(crate) async fn attach(
-        mut session: SessionHandle<()>,
-        node: &str,
-    ) -> Result<Self, Failure> {
-        let reply_to = format!("{node}-reply-{}", uuid::Uuid::new_v4());
-        let sender = Sender::builder()
-            .name(link_name("rpc-send"))
-            .target(node)
-            .sender_settle_mode(SenderSettleMode::Settled)
-            .attach(&mut session)
-            .await
-            .map_err(|e| sender_attach_failure(&e))?;
-        let receiver = Receiver::builder()
-            .name(link_name("rpc-recv"))
-            .source(node)
-            .target(reply_to.as_str())
-            .receiver_settle_mode(ReceiverSettleMode::First)
-            .attach(&mut session)
-            .await
-            .map_err(|e| receiver_attach_failure(&e))?;
-        Ok(Self {
-            links: tokio::sync::Mutex::new((sender, receiver)),
-            reply_to,
-            _session: Mutex::new(session),
-        })
-    }
-
-    /// Sends one request and waits for its response.
-    pub(crate) async fn call(
-        &self,
-        properties: Vec<(&str, SimpleValue)>,
-        body: Value,
-        timeout: Duration,
-    ) -> Result<Response, Failure> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut ap = OrderedMap::new();
-        for (k, v) in properties {
-            ap.insert(k.to_owned(), v);
-        }
-        let msg = AmqpMessage {
-            header: None,
-            delivery_annotations: None,
-            message_annotations: None,
-            properties: Some(Properties {
-                message_id: Some(AmqpId::String(id.clone())),
-                reply_to: Some(self.reply_to.clone()),
-                ..Properties::default()
-            }),
-            application_properties: Some(ApplicationProperties(ap)),
-            body: AmqpValue(body),
-            footer: None,
+        let detached = match receiver {
+            Some(r) => matches!(
+                tokio::time::timeout(Duration::from_secs(5), r.close()).await,
+                Ok(Ok(()))
+            ),
+            None => false,
         };
-        let mut links = self.links.lock().await;
-        let (sender, receiver) = &mut *links;
-        let deadline = Instant::now() + timeout;
-        tokio::time::timeout_at(deadline, sender.send(msg))
-            .await
-            .map_err(|_| Failure::Timeout(timeout))?
-            .map_err(|e| send_failure(&e))?;
-        loop {
-            let d = tokio::time::timeout_at(deadline, receiver.recv::<Body<Value>>())
-                .await
-                .map_err(|_| Failure::Timeout(timeout))?
-                .map_err(|e| recv_failure(&e))?;
-            let _ = receiver.accept(&d).await;
-            let m = d.into_message();
-            let corr = m.properties.as_ref().and_then(|p| p.correlation_id.clone());
-            if !matches!(corr, Some(AmqpId::String(ref c)) if *c == id) {
-                continue; // a late answer to an earlier, timed-out request
-            }
-            let empty = ApplicationProperties(OrderedMap::new());
-            let ap = m.application_properties.as_ref().unwrap_or(&empty);
-            let status = app_int(ap, &["statusCode", "status-code"]).unwrap_or(500);
-            let condition = app_string(ap, &["errorCondition", "error-condition"]);
-            let description =
-                app_string(ap, &["statusDescription", "status-description"]).unwrap_or_default();
-            let body = match m.body {
-                Body::Value(AmqpValue(v)) => v,
-                _ => Value::Null,
-            };
-            return Ok(Response {
-                status,
-                condition,
-                description,
-                body,
-            });
+        let Some(session) = self.session.lock().await.take() else {
+            return;
+        };
+        let live = self.live.upgrade().filter(|l| l.is_usable());
+        match live {
+            Some(live) if detached => live.put_spare(session),
+            _ => end_session(session).await,
         }
     }
 }
+
+/// Ends an AMQP session (best effort, bounded).
+async fn end_session(mut s: SessionHandle<()>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.end()).await;
+}
+
+/// Most AMQP sessions a connection keeps for later receive links.
+const MAX_SPARE_SESSIONS: usize = 64;
 
 fn attach_failure(text: &str, err: Option<definitions::Error>) -> Failure {
     match err {
@@ -366,7 +240,7 @@ fn attach_failure(text: &str, err: Option<definitions::Error>) -> Failure {
 
 /// A refused attach carries the broker's error in a detach; fe2o3 reports it as
 /// `RemoteClosedWithError` (or a detach variant) of the attach error.
-fn receiver_attach_failure(e: &fe2o3_amqp::link::ReceiverAttachError) -> Failure {
+pub(crate) fn receiver_attach_failure(e: &fe2o3_amqp::link::ReceiverAttachError) -> Failure {
     use fe2o3_amqp::link::ReceiverAttachError as E;
     match e {
         E::RemoteClosedWithError(err) => failure_of(err),
@@ -374,12 +248,93 @@ fn receiver_attach_failure(e: &fe2o3_amqp::link::ReceiverAttachError) -> Failure
     }
 }
 
-fn sender_attach_failure(e: &fe2o3_amqp::link::SenderAttachError) -> Failure {
+pub(crate) fn sender_attach_failure(e: &fe2o3_amqp::link::SenderAttachError) -> Failure {
     use fe2o3_amqp::link::SenderAttachError as E;
     match e {
         E::RemoteClosedWithError(err) => failure_of(err),
         other => attach_failure(&other.to_string(), None),
     }
+}
+
+/// Attaches a peek-lock receiver on `entity` (settle mode second, manual credit) on
+/// `amqp_session`; with `session`, a session receiver (`Some(None)`: the next available
+/// session), and with `server_wait`, how long the service may look for a session.
+async fn attach_peek_lock(
+    amqp_session: &mut SessionHandle<()>,
+    entity: &str,
+    session: Option<Option<&str>>,
+    server_wait: Option<Duration>,
+) -> Result<Receiver, fe2o3_amqp::link::ReceiverAttachError> {
+    let mut source = Source::builder().address(entity);
+    if let Some(s) = session {
+        let mut filter = OrderedMap::new();
+        filter.insert(
+            Symbol::from(SESSION_FILTER),
+            s.map_or(Value::Null, |id| Value::String(id.to_owned())),
+        );
+        source = source.filter(filter);
+    }
+    let mut props = OrderedMap::new();
+    if let Some(w) = server_wait {
+        props.insert(
+            Symbol::from("com.microsoft:timeout"),
+            Value::Uint(u32::try_from(w.as_millis()).unwrap_or(u32::MAX)),
+        );
+    }
+    Receiver::builder()
+        .name(link_name("recv"))
+        .source(source.build())
+        .target(
+            Target::builder()
+                .address(format!("recv-{}", uuid::Uuid::new_v4()))
+                .build(),
+        )
+        .receiver_settle_mode(ReceiverSettleMode::Second)
+        .sender_settle_mode(SenderSettleMode::Unsettled)
+        .credit_mode(CreditMode::Manual)
+        .auto_accept(false)
+        .properties(props)
+        .attach(amqp_session)
+        .await
+}
+
+/// The session id the service put in the attach answer's session filter.
+fn session_filter(receiver: &Receiver) -> Option<String> {
+    let v = receiver
+        .source()
+        .as_ref()?
+        .filter
+        .as_ref()?
+        .get(&Symbol::from(SESSION_FILTER))?;
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Symbol(s) => Some(s.0.clone()),
+        Value::Described(d) => match &d.value {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The attach property naming a session lock's expiry, in .NET ticks (100 ns since
+/// 0001-01-01 UTC).
+const LOCKED_UNTIL_UTC: &str = "com.microsoft:locked-until-utc";
+/// .NET ticks at the Unix epoch.
+const TICKS_AT_UNIX_EPOCH: i64 = 621_355_968_000_000_000;
+
+fn ticks_to_time(v: &Value) -> Option<SystemTime> {
+    let ticks = match v {
+        Value::Long(t) => *t,
+        Value::Ulong(t) => i64::try_from(*t).ok()?,
+        Value::Timestamp(t) => {
+            let ms = u64::try_from(t.milliseconds()).ok()?;
+            return Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        }
+        _ => return None,
+    };
+    let since_epoch = u64::try_from(ticks.checked_sub(TICKS_AT_UNIX_EPOCH)?).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(since_epoch.checked_mul(100)?))
 }
 
 /// One live connection and everything attached on it.
@@ -391,6 +346,9 @@ pub(crate) struct Live {
     senders: Mutex<HashMap<String, Arc<SenderLink>>>,
     receivers: Mutex<HashMap<String, Arc<ReceiverLink>>>,
     management: Mutex<HashMap<String, Arc<RpcLink>>>,
+    /// AMQP sessions whose receive link was detached cleanly, ready for the next one
+    /// (saves a begin and an end round trip per session receiver).
+    spare: Mutex<Vec<SessionHandle<()>>>,
     dead: AtomicBool,
     /// Wakes calls racing [`Live::lost`] when the connection is found dead.
     lost: tokio::sync::Notify,
@@ -406,6 +364,7 @@ impl Live {
             senders: Mutex::new(HashMap::new()),
             receivers: Mutex::new(HashMap::new()),
             management: Mutex::new(HashMap::new()),
+            spare: Mutex::new(Vec::new()),
             dead: AtomicBool::new(false),
             lost: tokio::sync::Notify::new(),
         }
@@ -445,6 +404,17 @@ impl Live {
 
     pub(crate) fn is_usable(&self) -> bool {
         !self.dead.load(Ordering::Acquire)
+    }
+
+    fn take_spare(&self) -> Option<SessionHandle<()>> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_spare(&self, session: SessionHandle<()>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < MAX_SPARE_SESSIONS {
+            spare.push(session);
+        }
     }
 }
 
@@ -732,61 +702,29 @@ impl Amqp {
         server_wait: Option<Duration>,
     ) -> Result<Arc<ReceiverLink>, Failure> {
         self.authorize(live, entity).await?;
-        let mut source = Source::builder().address(entity);
-        if let Some(s) = session {
-            let mut filter = OrderedMap::new();
-            filter.insert(
-                Symbol::from(SESSION_FILTER),
-                s.map_or(Value::Null, |id| Value::String(id.to_owned())),
-            );
-            source = source.filter(filter);
-        }
-        let mut props = OrderedMap::new();
-        if let Some(w) = server_wait {
-            props.insert(
-                Symbol::from("com.microsoft:timeout"),
-                Value::Uint(u32::try_from(w.as_millis()).unwrap_or(u32::MAX)),
-            );
-        }
-        let mut s = self.begin(live).await?;
-        let attached = Receiver::builder()
-            .name(link_name("recv"))
-            .source(source.build())
-            .target(
-                Target::builder()
-                    .address(format!("recv-{}", uuid::Uuid::new_v4()))
-                    .build(),
-            )
-            .receiver_settle_mode(ReceiverSettleMode::Second)
-            .sender_settle_mode(SenderSettleMode::Unsettled)
-            .credit_mode(CreditMode::Manual)
-            .auto_accept(false)
-            .properties(props)
-            .attach(&mut s)
+        let mut s = match live.take_spare() {
+            Some(s) => s,
+            None => self.begin(live).await?,
+        };
+        let attached = attach_peek_lock(&mut s, entity, session, server_wait)
             .await
             .map_err(|e| receiver_attach_failure(&e));
         let receiver = match attached {
             Ok(r) => r,
             Err(f) => {
+                // A refused attach leaves its session behind: end it rather than reuse it.
+                tokio::spawn(end_session(s));
                 self.note_failure(live, &f);
                 return Err(f);
             }
         };
-        let session_id = session.and_then(|_| {
-            receiver
-                .source()
-                .as_ref()
-                .and_then(|src| src.filter.as_ref())
-                .and_then(|f| f.get(&Symbol::from(SESSION_FILTER)))
-                .and_then(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Symbol(s) => Some(s.0.clone()),
-                    Value::Described(d) => match &d.value {
-                        Value::String(s) => Some(s.clone()),
-                        _ => None,
-                    },
-                    _ => None,
-                })
+        let session_id = session.and_then(|_| session_filter(&receiver));
+        let locked_until = session.and_then(|_| {
+            receiver.properties(|p| {
+                p.as_ref()
+                    .and_then(|p| p.get(&Symbol::from(LOCKED_UNTIL_UTC)))
+                    .and_then(ticks_to_time)
+            })
         });
         Ok(Arc::new(ReceiverLink {
             name: receiver.name().to_owned(),
@@ -796,6 +734,8 @@ impl Amqp {
             closed: AtomicBool::new(false),
             session_id,
             delivered: AtomicU64::new(0),
+            locked_until,
+            live: Arc::downgrade(live),
         }))
     }
 
