@@ -145,8 +145,6 @@ struct Case {
     prefetches: bool,
     /// Called after each kill, before the next process starts (moto's workaround).
     after_kill: Option<AfterKill>,
-    /// The grouped fake, whose dead letters are read directly.
-    fake: Option<common::GroupedFake>,
 }
 
 fn log_path(name: &str) -> PathBuf {
@@ -200,25 +198,16 @@ async fn crash_loop(case: Case, provider: SharedQueueProvider) {
         case.name
     );
     check(&case, &goods, &runs, &report);
-    let dead: Vec<(String, String)> = match &case.fake {
-        // The grouped fake keeps its dead letters aside, by message id: the only message
-        // with a run and no completion is the poison.
-        Some(fake) => fake
-            .dead_letters()
-            .into_iter()
-            .map(|d| ("poison".to_owned(), d.1))
-            .collect(),
-        None => provider
-            .receive_dead_letters(&case.queue, ReceiveOptions::new(10, Duration::from_secs(2)))
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| {
-                let body = String::from_utf8(m.body().to_vec()).unwrap();
-                (body, m.dead_letter.as_ref().unwrap().reason.clone())
-            })
-            .collect(),
-    };
+    let dead: Vec<(String, String)> = provider
+        .receive_dead_letters(&case.queue, ReceiveOptions::new(10, Duration::from_secs(2)))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let body = String::from_utf8(m.body().to_vec()).unwrap();
+            (body, m.dead_letter.as_ref().unwrap().reason.clone())
+        })
+        .collect();
     assert_eq!(
         dead,
         vec![("poison".to_owned(), "MaxAttemptsExceeded".to_owned())],
@@ -305,33 +294,26 @@ async fn crash_loop_on_memory_sessions() {
         max_buffered: 32,
         prefetches: false,
         after_kill: None,
-        fake: None,
     };
     crash_loop(case, provider).await;
 }
 
-/// SQS FIFO semantics (grouped fake, `maxReceiveCount` 10): a receive takes the whole group,
-/// so the good messages sit buffered behind the poison at every crash; at most
-/// `max_buffered_messages` of them.
+/// SQS FIFO semantics (the memory provider's `sqs` profile, `maxReceiveCount` 10): a receive
+/// takes the whole group, so the good messages sit buffered behind the poison at every
+/// crash; at most `max_buffered_messages` of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_on_grouped_fifo() {
-    let fake = common::GroupedFake::new(Duration::from_millis(500), 10);
-    let provider: SharedQueueProvider = Arc::new(fake.clone());
-    let shared = fake.clone();
-    let make: MakeProvider = Arc::new(move || {
-        let p: SharedQueueProvider = Arc::new(shared.clone());
-        Box::pin(async move { p })
-    });
+    let (mem, provider, queue) =
+        common::sqs_fifo("restart.fifo", Duration::from_millis(500), 10).await;
     let case = Case {
         name: "grouped",
-        make,
-        queue: QueueName::new("restart.fifo").unwrap(),
+        make: shared_memory(&mem),
+        queue,
         mode: SessionMode::Auto,
         goods: 8,
         max_buffered: 4,
         prefetches: true,
         after_kill: None,
-        fake: Some(fake),
     };
     crash_loop(case, provider).await;
 }
@@ -436,7 +418,6 @@ async fn crash_loop_on_service_bus_emulator() {
         max_buffered: 32,
         prefetches: false,
         after_kill: None,
-        fake: None,
     };
     crash_loop(case, provider).await;
 }
@@ -615,7 +596,6 @@ async fn crash_loop_on_sqs_fifo_moto() {
                 }
             })
         })),
-        fake: None,
     };
     crash_loop(case, provider.clone()).await;
     let _ = provider.delete_queue(&queue).await;
