@@ -12,6 +12,7 @@
 )]
 
 mod advisory;
+mod azurite;
 mod background;
 mod cmd;
 mod fuzz;

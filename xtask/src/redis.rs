@@ -20,7 +20,7 @@ use crate::cmd::Failure;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Starts the server given as `$@`, then stops it (TERM, then KILL) when stdin closes.
-const WATCHDOG: &str = r#""$@" & pid=$!
+pub(crate) const WATCHDOG: &str = r#""$@" & pid=$!
 trap '' INT
 cat >/dev/null
 kill "$pid" 2>/dev/null

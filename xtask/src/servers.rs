@@ -11,6 +11,8 @@
 //!    `crates/servicebus-emulator/tests/js/package-lock.json`, for the scenarios that drive
 //!    the emulator binary) and `QUEUE_TEST_SDK_SUMMARY` (the file those scenarios report
 //!    to; printed after the tests as the SDKs' pass counts).
+//!    Also Redis (`QUEUE_TEST_REDIS_URL`, see `redis.rs`) and Azurite's blob service
+//!    (`QUEUE_TEST_AZURITE_BLOB_ENDPOINT`, see `azurite.rs`).
 //! 4. moto is stopped afterwards, also when the tests fail. moto runs under a small Python
 //!    watchdog that stops it when its stdin closes, which happens when xtask exits for any
 //!    reason (including Ctrl-C or a kill), so no server outlives the run.
@@ -83,6 +85,15 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
         redis.url(),
         redis.pid()
     );
+    let azurite = crate::azurite::Azurite::start(&target)?;
+    if let Some(azurite) = &azurite {
+        println!(
+            "  Azure Blob:  azurite-blob at {} (pid {})",
+            azurite.endpoint(),
+            azurite.pid()
+        );
+        cargo.env("QUEUE_TEST_AZURITE_BLOB_ENDPOINT", azurite.endpoint());
+    }
     let js_sdk = ensure_js_sdk(&target)?;
     // One file per run: several `cargo xtask test` runs may share a target dir.
     let sdk_summary = target
@@ -106,6 +117,9 @@ pub(crate) fn test(ctx: &Ctx, no_servers: bool, passthrough: &[String]) -> Resul
     let result = ctx.run(&mut cargo);
     moto.stop();
     redis.stop();
+    if let Some(azurite) = azurite {
+        azurite.stop();
+    }
     print_sdk_summary(&sdk_summary);
     let _ = std::fs::remove_file(&sdk_summary);
     result
@@ -268,7 +282,7 @@ impl Moto {
 }
 
 /// True when something on `127.0.0.1:port` answers a GET with an HTTP status line.
-fn http_answers(port: u16) -> bool {
+pub(crate) fn http_answers(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
