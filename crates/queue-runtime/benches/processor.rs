@@ -10,6 +10,12 @@
 //! * `sessions/*`: 20 sessions x 25 messages, processor only, to show concurrency across keys.
 //!
 //! Only the consumption is timed (messages are enqueued before the clock starts).
+//!
+//! Before criterion's groups, the bench prints, from `RUNS` runs of each side in the same
+//! process, the median time per message of the processor and of the bare loop with their
+//! ratio (issue 18 target: <= 2x), and the per-key hand-off latency p50/p99 from timestamps
+//! (processor: handler N returns -> handler N+1 of the key starts; bare: N's receive
+//! returned and was completed -> N+1's receive returns; target p99 < 100 us).
 
 use std::{
     sync::{
@@ -23,7 +29,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use queue_memory::InMemoryProvider;
 use queue_runtime::{
     CancellationToken, Message, Outcome, Processor, ProcessorSettings, QueueName, QueueProvider,
-    QueueSpec, ReceiveOptions, SessionId, SessionSelector, SharedQueueProvider, handler_fn,
+    QueueSpec, ReceiveOptions, SessionId, SessionMode, SessionSelector, SharedQueueProvider,
+    handler_fn,
 };
 
 const THROUGHPUT_MESSAGES: usize = 1000;
@@ -60,8 +67,16 @@ async fn filled(sessions: usize, per_session: usize) -> (InMemoryProvider, Queue
     (provider, queue)
 }
 
-fn settings() -> ProcessorSettings {
+/// Settings for `sessions` messages per key (0: session-less): the session mode a user sets
+/// for that kind of queue, so no idle consumer of the other kind polls during the run.
+fn settings(sessions: bool) -> ProcessorSettings {
+    let mode = if sessions {
+        SessionMode::Required
+    } else {
+        SessionMode::None
+    };
     ProcessorSettings::default()
+        .with_session_mode(mode)
         .with_max_concurrent_messages(100)
         .with_max_concurrent_sessions(8)
         .with_receive_wait(Duration::from_millis(1))
@@ -69,7 +84,12 @@ fn settings() -> ProcessorSettings {
 }
 
 /// Runs a processor until `expected` messages were handled; returns the elapsed time.
-async fn run_processor(provider: InMemoryProvider, queue: QueueName, expected: usize) -> Duration {
+async fn run_processor(
+    provider: InMemoryProvider,
+    queue: QueueName,
+    expected: usize,
+    sessions: bool,
+) -> Duration {
     let shared: SharedQueueProvider = Arc::new(provider);
     let done = Arc::new(AtomicUsize::new(0));
     let shutdown = CancellationToken::new();
@@ -82,7 +102,7 @@ async fn run_processor(provider: InMemoryProvider, queue: QueueName, expected: u
     });
     let start = Instant::now();
     let report = Processor::new(shared, queue, handler)
-        .with_settings(settings())
+        .with_settings(settings(sessions))
         .run(shutdown)
         .await
         .unwrap();
@@ -134,8 +154,132 @@ async fn bare_session(provider: InMemoryProvider, queue: QueueName, expected: us
     start.elapsed()
 }
 
+/// Runs of each side for the printed figures.
+const RUNS: usize = 15;
+
+/// The processor run of [`run_processor`], with the handler's entry and exit times.
+async fn processor_stamps(
+    provider: InMemoryProvider,
+    queue: QueueName,
+    expected: usize,
+) -> (Duration, Vec<(Instant, Instant)>) {
+    let shared: SharedQueueProvider = Arc::new(provider);
+    let stamps = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected)));
+    let shutdown = CancellationToken::new();
+    let (st, s) = (stamps.clone(), shutdown.clone());
+    let handler = handler_fn(move |_msg, _ctx| {
+        let entry = Instant::now();
+        let mut st = st.lock().unwrap();
+        st.push((entry, Instant::now()));
+        if st.len() == expected {
+            s.cancel();
+        }
+        async { Ok(Outcome::Complete) }
+    });
+    let start = Instant::now();
+    Processor::new(shared, queue, handler)
+        .with_settings(settings(true))
+        .run(shutdown)
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    let stamps = stamps.lock().unwrap().clone();
+    (took, stamps)
+}
+
+/// The bare session loop of [`bare_session`], with the time each message was received and
+/// the time its completion returned.
+async fn bare_session_stamps(
+    provider: InMemoryProvider,
+    queue: QueueName,
+    expected: usize,
+) -> Vec<(Instant, Instant)> {
+    let session = provider
+        .accept_session(&queue, SessionSelector::Next, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stamps = Vec::with_capacity(expected);
+    while stamps.len() < expected {
+        for m in session
+            .receive(ReceiveOptions::new(1, Duration::from_millis(1)))
+            .await
+            .unwrap()
+        {
+            let got = Instant::now();
+            session.complete(&m.receipt).await.unwrap();
+            stamps.push((got, got));
+        }
+    }
+    session.close().await.unwrap();
+    stamps
+}
+
+/// Gaps between one message's handler exit and the next one's entry.
+fn handoffs(stamps: &[(Instant, Instant)]) -> Vec<Duration> {
+    stamps.windows(2).map(|w| w[1].0 - w[0].1).collect()
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(v: Vec<Duration>) -> Duration {
+    percentile(v, 0.5)
+}
+
+/// Prints the processor/bare ratios and hand-off percentiles measured in this run.
+#[allow(clippy::print_stdout, reason = "the bench prints its figures")]
+fn print_figures(rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        let (mut bare, mut proc_) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
+            bare.push(bare_receive_complete(p, q, THROUGHPUT_MESSAGES).await);
+            let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
+            proc_.push(run_processor(p, q, THROUGHPUT_MESSAGES, false).await);
+        }
+        let per = |d: Duration| d / THROUGHPUT_MESSAGES as u32;
+        let (b, p) = (per(median(bare)), per(median(proc_)));
+        println!(
+            "throughput (1000 session-less messages, median of {RUNS}): processor {p:?}/msg, \
+             bare receive+complete {b:?}/msg, ratio {:.2}x (target <= 2x)",
+            p.as_secs_f64() / b.as_secs_f64()
+        );
+        let (mut bare, mut proc_, mut bare_h, mut proc_h) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let (p, q) = filled(1, HANDOFF_MESSAGES).await;
+            let start = Instant::now();
+            let stamps = bare_session_stamps(p, q, HANDOFF_MESSAGES).await;
+            bare.push(start.elapsed());
+            bare_h.extend(handoffs(&stamps));
+            let (p, q) = filled(1, HANDOFF_MESSAGES).await;
+            let (took, stamps) = processor_stamps(p, q, HANDOFF_MESSAGES).await;
+            proc_.push(took);
+            proc_h.extend(handoffs(&stamps));
+        }
+        let per = |d: Duration| d / HANDOFF_MESSAGES as u32;
+        let (b, p) = (per(median(bare)), per(median(proc_)));
+        println!(
+            "handoff (200 messages of one key, median of {RUNS}): processor {p:?}/msg, bare \
+             session receive(1)+complete {b:?}/msg, ratio {:.2}x",
+            p.as_secs_f64() / b.as_secs_f64()
+        );
+        println!(
+            "per-key hand-off: processor p50 {:?} p99 {:?}; bare p50 {:?} p99 {:?} (target p99 < 100us)",
+            percentile(proc_h.clone(), 0.5),
+            percentile(proc_h, 0.99),
+            percentile(bare_h.clone(), 0.5),
+            percentile(bare_h, 0.99),
+        );
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let rt = runtime();
+    print_figures(&rt);
 
     let mut group = c.benchmark_group("throughput");
     group.throughput(Throughput::Elements(THROUGHPUT_MESSAGES as u64));
@@ -154,7 +298,7 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
-                total += run_processor(p, q, THROUGHPUT_MESSAGES).await;
+                total += run_processor(p, q, THROUGHPUT_MESSAGES, false).await;
             }
             total
         })
@@ -178,7 +322,7 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let (p, q) = filled(1, HANDOFF_MESSAGES).await;
-                total += run_processor(p, q, HANDOFF_MESSAGES).await;
+                total += run_processor(p, q, HANDOFF_MESSAGES, true).await;
             }
             total
         })
@@ -192,7 +336,7 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let (p, q) = filled(SESSIONS, PER_SESSION).await;
-                total += run_processor(p, q, SESSIONS * PER_SESSION).await;
+                total += run_processor(p, q, SESSIONS * PER_SESSION, true).await;
             }
             total
         })

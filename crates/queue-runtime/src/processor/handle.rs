@@ -74,7 +74,7 @@ impl Shared {
         let Some(joined) = joined else {
             self.metrics.handler_duration("cancelled", took);
             if !lock_lost {
-                self.abandon_unhandled(settler, msg, true).await;
+                Box::pin(self.abandon_unhandled(settler, msg, true)).await;
             }
             return Disposition::Abandoned;
         };
@@ -92,7 +92,7 @@ impl Shared {
     /// a gate's rejection.
     async fn precheck(&self, msg: &ReceivedMessage, settler: &Settler) -> Option<Disposition> {
         if self.hard.is_cancelled() {
-            self.abandon_unhandled(settler, msg, true).await;
+            Box::pin(self.abandon_unhandled(settler, msg, true)).await;
             return Some(Disposition::Abandoned);
         }
         let max = self.policy.settings().max_attempts;
@@ -108,7 +108,7 @@ impl Shared {
                 ),
             );
             let label = reasons::MAX_ATTEMPTS_EXCEEDED;
-            return Some(self.dead_letter(settler, msg, reason, label).await);
+            return Some(Box::pin(self.dead_letter(settler, msg, reason, label)).await);
         }
         for gate in &self.gates {
             if let Err(rejection) = gate.check(msg).await {
@@ -144,7 +144,16 @@ impl Shared {
         let task = std::panic::AssertUnwindSafe(async move { handler.handle(owned, ctx).await })
             .catch_unwind();
         tokio::pin!(task);
-        let max_timer = tokio::time::sleep(self.settings.max_lock_renewal);
+        // A renewer with a maximum ends the run through `watch.stopped`; otherwise (sessions,
+        // providers without renewal) a timer of its own bounds it. No timer per message when
+        // none is needed.
+        let limit = (!watch.bounded).then_some(self.settings.max_lock_renewal);
+        let max_timer = async move {
+            match limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::pin!(max_timer);
         let mut lock_lost = false;
         let mut renewal_over = false;
@@ -194,6 +203,8 @@ impl Shared {
         attempt: u32,
     ) -> Disposition {
         let fail = Failure { attempt, watch };
+        // Paths other than completion are boxed: their futures are large, and inline they
+        // would make every message's future (moved at each spawn and await) that large.
         match joined {
             Err(_panic) => {
                 bump(&self.status.stats.handler_failures);
@@ -204,8 +215,7 @@ impl Shared {
                 // The panic payload may quote message data: it is not logged.
                 let why = "the handler panicked";
                 tracing::error!("{why}; the message will be retried");
-                self.retry(settler, msg, &fail, None, "handler_panic", why)
-                    .await
+                Box::pin(self.retry(settler, msg, &fail, None, "handler_panic", why)).await
             }
             Ok(Err(err)) if err.is_permanent() => {
                 bump(&self.status.stats.handler_failures);
@@ -213,8 +223,7 @@ impl Shared {
                 self.status.handler_failed(err.message());
                 self.metrics.handler_duration("error", took);
                 let reason = DeadLetterReason::new(reasons::PERMANENT_FAILURE, err.message());
-                self.dead_letter(settler, msg, reason, reasons::PERMANENT_FAILURE)
-                    .await
+                Box::pin(self.dead_letter(settler, msg, reason, reasons::PERMANENT_FAILURE)).await
             }
             Ok(Err(err)) => {
                 bump(&self.status.stats.handler_failures);
@@ -222,8 +231,8 @@ impl Shared {
                 self.status.handler_failed(err.message());
                 self.metrics.handler_duration("error", took);
                 tracing::warn!(error = %err, "handler failed; the message will be retried");
-                self.retry(settler, msg, &fail, None, "handler_error", err.message())
-                    .await
+                let why = err.message();
+                Box::pin(self.retry(settler, msg, &fail, None, "handler_error", why)).await
             }
             Ok(Ok(Outcome::Complete)) => {
                 self.metrics.handler_duration("complete", took);
@@ -231,8 +240,7 @@ impl Shared {
             }
             Ok(Ok(Outcome::Retry { delay, reason })) => {
                 self.metrics.handler_duration("retry", took);
-                self.retry(settler, msg, &fail, delay, "outcome", &reason)
-                    .await
+                Box::pin(self.retry(settler, msg, &fail, delay, "outcome", &reason)).await
             }
             Ok(Ok(Outcome::DeadLetter {
                 reason,
@@ -241,7 +249,7 @@ impl Shared {
                 self.metrics.handler_duration("dead_letter", took);
                 let label = reasons::label(&reason);
                 let reason = DeadLetterReason::new(reason, description);
-                self.dead_letter(settler, msg, reason, label).await
+                Box::pin(self.dead_letter(settler, msg, reason, label)).await
             }
         }
     }

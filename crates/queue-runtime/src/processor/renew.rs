@@ -47,10 +47,11 @@ impl Shared {
         until: Option<SystemTime>,
         max: Option<Duration>,
     ) -> (LockWatch, Option<impl Future<Output = ()> + Send + 'static>) {
-        let watch = LockWatch::default();
+        let mut watch = LockWatch::default();
         if !self.caps.lock_renewal {
             return (watch, None);
         }
+        watch.bounded = max.is_some();
         let shared = self.clone();
         let w = watch.clone();
         let renew = async move {

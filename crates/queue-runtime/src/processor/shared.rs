@@ -65,6 +65,9 @@ pub(super) struct LockWatch {
     pub(super) stopped: CancellationToken,
     /// Set by the holder to stop the renewer.
     pub(super) stop: CancellationToken,
+    /// Whether the renewer itself ends renewal at its maximum (then fires `stopped`), so the
+    /// handler needs no timer of its own for `max_lock_renewal`.
+    pub(super) bounded: bool,
 }
 
 /// A received message held locally, with its lock renewer; dropping it stops the renewer.
