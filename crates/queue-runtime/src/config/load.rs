@@ -282,3 +282,28 @@ fn names_key(line: &str, key: &str, format: ConfigFormat) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with(':')),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every secret key a compiled-in provider declares is taken verbatim from the
+    /// environment (the loader keeps its own list so it works for providers not built in).
+    #[test]
+    fn secret_keys_cover_every_compiled_in_provider() {
+        #[allow(unused_mut)] // without aws and azure there is nothing to add
+        let mut declared: Vec<&str> = Vec::new();
+        #[cfg(feature = "aws")]
+        declared.extend(queue_aws::SqsSettings::SECRET_KEYS);
+        #[cfg(feature = "azure")]
+        declared.extend(queue_azure::ServiceBusSettings::SECRET_KEYS);
+        for key in declared {
+            let dotted = format!("provider.{key}");
+            assert!(SECRET_KEYS.contains(&dotted.as_str()), "{dotted} missing");
+            let var = format!("QUEUE_RUNTIME__PROVIDER__{}", key.to_ascii_uppercase());
+            assert!(is_secret_var(&var), "{var}");
+        }
+        assert!(!is_secret_var("QUEUE_RUNTIME__PROVIDER__REGION"));
+        assert!(is_secret_var("queue_runtime__provider__connection_string"));
+    }
+}
