@@ -436,12 +436,8 @@ impl Shared {
                 match tokio::time::timeout_at(until, r.recv::<Body<Value>>()).await {
                     Err(_) => break,
                     Ok(Ok(d)) => self.admit(link, entity, queue, session, d, &mut got),
-                    Ok(Err(e)) => {
-                        if got.is_empty() {
-                            return Err(recv_failure(&e));
-                        }
-                        break;
-                    }
+                    Ok(Err(e)) if got.is_empty() => return Err(recv_failure(&e)),
+                    Ok(Err(_)) => break,
                 }
             }
             if got.len() < max {
