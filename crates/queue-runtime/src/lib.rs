@@ -127,3 +127,7 @@ pub use queue_security as security;
 #[cfg(feature = "webhook")]
 #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
 pub use queue_webhook as webhook;
+
+#[cfg(feature = "claim-check")]
+#[cfg_attr(docsrs, doc(cfg(feature = "claim-check")))]
+pub use queue_claim_check as claim_check;
