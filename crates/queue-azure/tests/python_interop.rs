@@ -18,8 +18,7 @@ fn python() -> Option<String> {
     match std::env::var("QUEUE_TEST_PYTHON") {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
-            let ci = std::env::var("CI").unwrap_or_default();
-            if !matches!(ci.trim().to_ascii_lowercase().as_str(), "" | "0" | "false") {
+            if queue_core::ci::is_ci() {
                 panic!(
                     "CI is set but QUEUE_TEST_PYTHON is not: the Python interop tests must run in CI"
                 );

@@ -30,6 +30,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
+pub mod ci;
 pub mod config;
 pub mod error;
 pub mod gate;

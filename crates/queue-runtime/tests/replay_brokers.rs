@@ -100,15 +100,12 @@ async fn service_bus_emulator_redelivery_passes_copy_is_replay() {
 #[cfg(feature = "aws")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_redelivery_passes_copy_is_replay() {
-    let endpoint = match std::env::var("QUEUE_TEST_SQS_ENDPOINT") {
-        Ok(e) if !e.trim().is_empty() => e,
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("QUEUE_TEST_SQS_ENDPOINT is unset under CI=true; run `cargo xtask test`")
-        }
-        _ => {
-            eprintln!("skipped: QUEUE_TEST_SQS_ENDPOINT is unset (cargo xtask test starts moto)");
-            return;
-        }
+    let Some(endpoint) = queue_runtime::ci::test_server(
+        "QUEUE_TEST_SQS_ENDPOINT",
+        "sqs_redelivery_passes_copy_is_replay",
+        "cargo xtask test starts moto",
+    ) else {
+        return;
     };
     let config = QueueRuntimeConfig::from_toml_str(&format!(
         "queue = \"q\"\n[provider]\nkind = \"sqs\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n"

@@ -109,16 +109,11 @@ async fn in_memory_store_conformance() {
 #[cfg(feature = "redis")]
 #[allow(clippy::print_stderr, reason = "a skipped test says so")]
 fn redis_url() -> Option<String> {
-    match std::env::var("QUEUE_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("QUEUE_TEST_REDIS_URL is unset under CI=true; run `cargo xtask test`")
-        }
-        _ => {
-            eprintln!("skipped: QUEUE_TEST_REDIS_URL is unset (cargo xtask test starts Redis)");
-            None
-        }
-    }
+    queue_core::ci::test_server(
+        "QUEUE_TEST_REDIS_URL",
+        module_path!(),
+        "cargo xtask test starts Redis",
+    )
 }
 
 #[cfg(feature = "redis")]

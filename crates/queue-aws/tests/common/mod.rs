@@ -13,9 +13,7 @@ use queue_core::{MessageId, QueueName};
 pub const ENDPOINT_VAR: &str = "QUEUE_TEST_SQS_ENDPOINT";
 
 fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
-        .unwrap_or(false)
+    queue_core::ci::is_ci()
 }
 
 /// The endpoint, or `None` after printing why the test is skipped. Panics in CI.
