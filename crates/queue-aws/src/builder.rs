@@ -155,8 +155,9 @@ impl SqsBuilder {
         self
     }
 
-    /// Attempts the SDK makes per call on throttling and 5xx answers (default 3; 1 turns
-    /// SDK retries off, e.g. when a retrying decorator wraps the provider).
+    /// Attempts the SDK makes per call on throttling and 5xx answers (default 1: the SDK
+    /// does not retry; the `Retrying` layer of `queue_core::layer` does, the same way on
+    /// every provider). Set it only for a provider used without that layer.
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts.max(1));
         self

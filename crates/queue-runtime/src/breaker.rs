@@ -179,7 +179,11 @@ impl CircuitBreaker {
             | QueueError::LockLost { .. }
             | QueueError::SessionLockLost { .. } => false,
             QueueError::Auth { .. } | QueueError::Closed { .. } => true,
-            other => other.retry_class() == RetryClass::Transient,
+            // Exhausted: transient failures the `Retrying` layer already retried.
+            other => matches!(
+                other.retry_class(),
+                RetryClass::Transient | RetryClass::Exhausted
+            ),
         }
     }
 }
@@ -204,6 +208,20 @@ mod tests {
                 .with_open_duration(Duration::from_secs(10))
                 .with_half_open_successes(2),
         )
+    }
+
+    #[test]
+    fn retries_exhausted_by_the_layer_count_as_an_outage() {
+        let exhausted = QueueError::RetriesExhausted {
+            provider: "memory",
+            operation: "receive",
+            attempts: 3,
+            last: Box::new(outage()),
+        };
+        assert!(CircuitBreaker::is_outage(&exhausted));
+        assert!(!CircuitBreaker::is_outage(&QueueError::unsupported(
+            "memory", "x"
+        )));
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,6 +17,8 @@
 //! `QUEUE_FAULT_RUNS` sets the number of runs (default 2000); `QUEUE_FAULT_SEED` replays
 //! one seed. A failure names its seed.
 
+#![allow(clippy::print_stderr)] // the run summary and a replayed seed's trace
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},

@@ -1,11 +1,14 @@
-//! Building the SDK client from an [`SqsBuilder`](crate::SqsBuilder).
+//! Building the SDK client from [`SqsBuilder`].
 //!
-//! Retries: the SDK's standard retry strategy re-sends a call that failed transiently
-//! (throttling, HTTP 500/502/503/504, timeouts of one attempt, connection errors) up to
-//! `max_attempts` times in all (default 3) with exponential backoff and jitter, all within
-//! `operation_timeout`. A retried `SendMessage` is the same request again: same body, same
-//! metadata (message id) and, on FIFO queues, the same `MessageDeduplicationId`, so SQS
-//! drops a copy whose first attempt did land. Permanent errors are never retried.
+//! Retries: the SDK makes **one attempt** per call unless `with_max_attempts` asks for more.
+//! Retrying is the job of the `Retrying` layer (`queue_core::layer`), which every provider
+//! built from configuration sits behind (`queue_runtime::build_provider`), so a transient
+//! failure is retried the same way on SQS, Service Bus and memory: class-aware, bounded in
+//! attempts and time, jittered, counted in one metric (docs/adr/0007-provider-layers.md).
+//! A retried `SendMessage` carries the same message id and, on FIFO queues, the same
+//! `MessageDeduplicationId`, so SQS drops a copy whose first attempt did land. With
+//! `with_max_attempts(n)`, the SDK's standard strategy retries too (throttling, HTTP
+//! 500/502/503/504, timeouts of one attempt, connection errors), within `operation_timeout`.
 
 use std::{
     collections::HashMap,
@@ -69,10 +72,11 @@ async fn load_sdk_config(config: &SqsBuilder) -> aws_config::SdkConfig {
             .operation_timeout(config.operation_timeout)
             .build(),
     );
-    if let Some(attempts) = config.max_attempts {
-        loader = loader
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(attempts));
-    }
+    let retry = match config.max_attempts {
+        Some(attempts) => aws_config::retry::RetryConfig::standard().with_max_attempts(attempts),
+        None => aws_config::retry::RetryConfig::disabled(),
+    };
+    loader = loader.retry_config(retry);
     loader.load().await
 }
 
