@@ -42,9 +42,9 @@ pub(crate) struct ConnState {
 /// The delay before reconnect attempt `failed + 1`: `first` doubled per failure, capped at
 /// `max`, minus up to a fifth (`jitter` in `[0, 1)`) so clients do not retry in step.
 pub(crate) fn backoff(first: Duration, max: Duration, failed: u32, jitter: f64) -> Duration {
-    let step = failed.saturating_sub(1).min(20);
-    let base = first.saturating_mul(1u32 << step).min(max);
-    base.saturating_sub(base.mul_f64(0.2 * jitter.clamp(0.0, 1.0)))
+    queue_core::backoff::Backoff::new(first, max)
+        .with_jitter(queue_core::backoff::JitterMode::Down(0.2))
+        .delay(failed.max(1), jitter)
 }
 
 /// A uniform value in `[0, 1)` (from the random bits of a v4 UUID; no RNG dependency).

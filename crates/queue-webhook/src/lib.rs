@@ -35,6 +35,7 @@
 //! # }
 //! ```
 
+use queue_core::backoff::{Backoff, Jitter};
 use std::{fmt, sync::Arc, time::Duration};
 
 use axum::{
@@ -259,17 +260,18 @@ async fn enqueue(inner: &Inner, message: Message) -> Response {
     }
 }
 
-/// Sends with up to three attempts on transient errors (100 ms, then 200 ms apart). A retry
-/// cannot duplicate: the message id is the delivery id and the queue de-duplicates on it.
+/// Sends with up to three attempts on transient errors (about 100 ms, then 200 ms apart,
+/// jittered down by up to half: `queue_core::backoff`). A retry cannot duplicate: the
+/// message id is the delivery id and the queue de-duplicates on it.
 async fn send_with_retry(inner: &Inner, message: Message) -> queue_core::Result<MessageId> {
-    let mut delay = Duration::from_millis(100);
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(200));
+    let jitter = Jitter::random();
     let mut attempt = 1;
     loop {
         match inner.provider.send(&inner.queue, message.clone()).await {
             Err(e) if attempt < 3 && e.retry_class() == RetryClass::Transient => {
                 tracing::debug!(attempt, error = %e, "enqueue failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                tokio::time::sleep(backoff.delay(attempt, jitter.next_unit())).await;
                 attempt += 1;
             }
             other => return other,
