@@ -4,14 +4,13 @@
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use async_trait::async_trait;
 use queue_core::{
-    Capabilities, DeadLetterReason, Message, MessageId, ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError,
-    QueueName, QueueProvider, QueueProviderExt, QueueSpec, Receipt, ReceiveOptions,
-    ReceivedMessage, RedriveOptions, Result, SessionReceiver, SessionSelector,
+    DeadLetterReason, Message, MessageId, ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError, QueueName,
+    QueueProvider, QueueProviderExt, QueueSpec, Receipt, ReceiveOptions, RedriveOptions, Result,
 };
 use queue_memory::InMemoryProvider;
 
@@ -37,13 +36,13 @@ fn is_redriven(m: &Message) -> bool {
 }
 
 #[async_trait]
-impl QueueProvider for Faulty {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl queue_core::layer::Forward for Faulty {
+    type Inner = InMemoryProvider;
+
+    fn inner(&self) -> &InMemoryProvider {
+        &self.inner
     }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
         if !is_redriven(&message) {
             return self.inner.send(queue, message).await;
@@ -69,12 +68,6 @@ impl QueueProvider for Faulty {
         }
         Ok(id)
     }
-    async fn send_batch(&self, queue: &QueueName, m: Vec<Message>) -> Result<Vec<MessageId>> {
-        self.inner.send_batch(queue, m).await
-    }
-    async fn receive(&self, q: &QueueName, o: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
-        self.inner.receive(q, o).await
-    }
     async fn complete(&self, receipt: &Receipt) -> Result<()> {
         if self.fault == Fault::DeadLetterCompleteFails {
             return Err(QueueError::LockLost {
@@ -84,39 +77,6 @@ impl QueueProvider for Faulty {
             });
         }
         self.inner.complete(receipt).await
-    }
-    async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
-        self.inner.abandon(receipt, delay).await
-    }
-    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
-        self.inner.dead_letter(receipt, reason).await
-    }
-    async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
-        self.inner.renew_lock(receipt).await
-    }
-    async fn accept_session(
-        &self,
-        queue: &QueueName,
-        selector: SessionSelector,
-        wait: Duration,
-    ) -> Result<Option<Box<dyn SessionReceiver>>> {
-        self.inner.accept_session(queue, selector, wait).await
-    }
-    async fn receive_dead_letters(
-        &self,
-        queue: &QueueName,
-        options: ReceiveOptions,
-    ) -> Result<Vec<ReceivedMessage>> {
-        self.inner.receive_dead_letters(queue, options).await
-    }
-    async fn check_access(&self, queue: &QueueName) -> Result<()> {
-        self.inner.check_access(queue).await
-    }
-    async fn create_queue(&self, queue: &QueueName, spec: &QueueSpec) -> Result<()> {
-        self.inner.create_queue(queue, spec).await
-    }
-    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
-        self.inner.delete_queue(queue).await
     }
 }
 

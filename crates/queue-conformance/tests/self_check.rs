@@ -1,17 +1,14 @@
 //! The suite can fail: providers with one planted defect each are caught by the case that
 //! covers that behaviour.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use queue_conformance::Harness;
 use queue_core::{
     BatchEntryError, Capabilities, DeadLetterReason, Message, MessageId,
-    ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError, QueueName, QueueProvider, QueueSpec, Receipt,
-    ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE, QueueError, QueueName, QueueProvider, Receipt, ReceiveOptions,
+    ReceivedMessage, Result,
 };
 use queue_memory::InMemoryProvider;
 
@@ -48,10 +45,13 @@ struct Faulty {
 }
 
 #[async_trait]
-impl QueueProvider for Faulty {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl queue_core::layer::Forward for Faulty {
+    type Inner = InMemoryProvider;
+
+    fn inner(&self) -> &InMemoryProvider {
+        &self.inner
     }
+
     fn capabilities(&self) -> Capabilities {
         let mut c = self.inner.capabilities();
         if self.defect == Defect::UnenforcedSizeLimit {
@@ -136,33 +136,6 @@ impl QueueProvider for Faulty {
             reason
         };
         self.inner.dead_letter(receipt, reason).await
-    }
-    async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
-        self.inner.renew_lock(receipt).await
-    }
-    async fn accept_session(
-        &self,
-        queue: &QueueName,
-        selector: SessionSelector,
-        wait: Duration,
-    ) -> Result<Option<Box<dyn SessionReceiver>>> {
-        self.inner.accept_session(queue, selector, wait).await
-    }
-    async fn receive_dead_letters(
-        &self,
-        q: &QueueName,
-        o: ReceiveOptions,
-    ) -> Result<Vec<ReceivedMessage>> {
-        self.inner.receive_dead_letters(q, o).await
-    }
-    async fn check_access(&self, queue: &QueueName) -> Result<()> {
-        self.inner.check_access(queue).await
-    }
-    async fn create_queue(&self, queue: &QueueName, spec: &QueueSpec) -> Result<()> {
-        self.inner.create_queue(queue, spec).await
-    }
-    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
-        self.inner.delete_queue(queue).await
     }
 }
 

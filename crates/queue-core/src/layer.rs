@@ -36,8 +36,10 @@
 //! seed), and [`default_stack`], the stack that providers built from configuration get.
 //!
 //! Call a layered provider through [`QueueProvider`] (the trait most code has in scope).
-//! A file that imports both traits and calls a method on a concrete layer type must name
-//! the trait (`QueueProvider::send(&layer, ..)`), since both traits have a `send`.
+//! Both traits have a `send`, so a file that has both in scope and calls a method on a
+//! concrete layer type must name the trait (`QueueProvider::send(&layer, ..)`); a test
+//! double avoids that by implementing `queue_core::layer::Forward` by its path, without
+//! importing it.
 
 #[cfg(feature = "layers")]
 mod batch;

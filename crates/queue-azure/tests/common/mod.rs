@@ -1,17 +1,11 @@
 //! Shared test helpers: the in-process Service Bus emulator and providers pointed at it.
 #![allow(dead_code, unreachable_pub)]
 
-use std::{
-    sync::OnceLock,
-    time::{Duration, SystemTime},
-};
+use std::{sync::OnceLock, time::Duration};
 
 use async_trait::async_trait;
 use queue_azure::ServiceBusProvider;
-use queue_core::{
-    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
-    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
-};
+use queue_core::{Capabilities, QueueError, QueueName, QueueProvider, QueueSpec, Result};
 use servicebus_emulator::{Emulator, EmulatorConfig, QueueConfig};
 
 pub const KEY_NAME: &str = "RootManageSharedAccessKey";
@@ -114,10 +108,13 @@ impl Default for EmulatorQueues {
 }
 
 #[async_trait]
-impl QueueProvider for EmulatorQueues {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl queue_core::layer::Forward for EmulatorQueues {
+    type Inner = ServiceBusProvider;
+
+    fn inner(&self) -> &ServiceBusProvider {
+        &self.inner
     }
+
     fn capabilities(&self) -> Capabilities {
         let mut c = self.inner.capabilities();
         assert!(
@@ -126,45 +123,6 @@ impl QueueProvider for EmulatorQueues {
         );
         c.queue_management = true;
         c
-    }
-    async fn send(&self, q: &QueueName, m: Message) -> Result<MessageId> {
-        self.p().send(q, m).await
-    }
-    async fn send_batch(&self, q: &QueueName, m: Vec<Message>) -> Result<Vec<MessageId>> {
-        self.p().send_batch(q, m).await
-    }
-    async fn receive(&self, q: &QueueName, o: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
-        self.p().receive(q, o).await
-    }
-    async fn complete(&self, r: &Receipt) -> Result<()> {
-        self.p().complete(r).await
-    }
-    async fn abandon(&self, r: &Receipt, d: Option<Duration>) -> Result<()> {
-        self.p().abandon(r, d).await
-    }
-    async fn dead_letter(&self, r: &Receipt, why: DeadLetterReason) -> Result<()> {
-        self.p().dead_letter(r, why).await
-    }
-    async fn renew_lock(&self, r: &Receipt) -> Result<SystemTime> {
-        self.p().renew_lock(r).await
-    }
-    async fn accept_session(
-        &self,
-        q: &QueueName,
-        s: SessionSelector,
-        wait: Duration,
-    ) -> Result<Option<Box<dyn SessionReceiver>>> {
-        self.p().accept_session(q, s, wait).await
-    }
-    async fn receive_dead_letters(
-        &self,
-        q: &QueueName,
-        o: ReceiveOptions,
-    ) -> Result<Vec<ReceivedMessage>> {
-        self.p().receive_dead_letters(q, o).await
-    }
-    async fn check_access(&self, q: &QueueName) -> Result<()> {
-        self.p().check_access(q).await
     }
     async fn create_queue(&self, q: &QueueName, spec: &QueueSpec) -> Result<()> {
         self.emu

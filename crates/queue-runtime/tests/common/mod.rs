@@ -13,10 +13,11 @@ use std::{
 use async_trait::async_trait;
 use queue_memory::InMemoryProvider;
 use queue_runtime::CancellationToken;
+use queue_runtime::DynQueueProvider;
 use queue_runtime::{
-    Capabilities, DeadLetterReason, Message, MessageId, Processor, QueueError, QueueName,
-    QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionId,
-    SessionReceiver, SessionSelector, SharedQueueProvider, ShutdownReport,
+    Message, Processor, QueueError, QueueName, QueueProvider, QueueSpec, Receipt, ReceiveOptions,
+    ReceivedMessage, Result, SessionId, SessionReceiver, SessionSelector, SharedQueueProvider,
+    ShutdownReport,
 };
 use tokio::time::Instant;
 
@@ -193,22 +194,15 @@ impl Faulty {
 }
 
 #[async_trait]
-impl QueueProvider for Faulty {
+impl queue_runtime::layer::Forward for Faulty {
+    type Inner = DynQueueProvider;
+
+    fn inner(&self) -> &DynQueueProvider {
+        &*self.inner
+    }
+
     fn name(&self) -> &'static str {
         "faulty"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
-        self.inner.send(queue, message).await
-    }
-    async fn send_batch(
-        &self,
-        queue: &QueueName,
-        messages: Vec<Message>,
-    ) -> Result<Vec<MessageId>> {
-        self.inner.send_batch(queue, messages).await
     }
     async fn receive(
         &self,
@@ -217,15 +211,6 @@ impl QueueProvider for Faulty {
     ) -> Result<Vec<ReceivedMessage>> {
         self.check_outage("receive")?;
         self.inner.receive(queue, options).await
-    }
-    async fn complete(&self, receipt: &Receipt) -> Result<()> {
-        self.inner.complete(receipt).await
-    }
-    async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
-        self.inner.abandon(receipt, delay).await
-    }
-    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
-        self.inner.dead_letter(receipt, reason).await
     }
     async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
         if self.faults.lose_locks.load(Ordering::SeqCst) {
@@ -252,16 +237,6 @@ impl QueueProvider for Faulty {
             }) as Box<dyn SessionReceiver>
         }))
     }
-    async fn receive_dead_letters(
-        &self,
-        queue: &QueueName,
-        options: ReceiveOptions,
-    ) -> Result<Vec<ReceivedMessage>> {
-        self.inner.receive_dead_letters(queue, options).await
-    }
-    async fn check_access(&self, queue: &QueueName) -> Result<()> {
-        self.inner.check_access(queue).await
-    }
 }
 
 #[derive(Debug)]
@@ -271,28 +246,11 @@ struct FaultySession {
 }
 
 #[async_trait]
-impl SessionReceiver for FaultySession {
-    fn session_id(&self) -> &queue_runtime::SessionId {
-        self.inner.session_id()
+impl queue_runtime::layer::ForwardSession for FaultySession {
+    fn inner(&self) -> &dyn SessionReceiver {
+        &*self.inner
     }
-    fn queue(&self) -> &QueueName {
-        self.inner.queue()
-    }
-    fn locked_until(&self) -> SystemTime {
-        self.inner.locked_until()
-    }
-    async fn receive(&self, options: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
-        self.inner.receive(options).await
-    }
-    async fn complete(&self, receipt: &Receipt) -> Result<()> {
-        self.inner.complete(receipt).await
-    }
-    async fn abandon(&self, receipt: &Receipt) -> Result<()> {
-        self.inner.abandon(receipt).await
-    }
-    async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
-        self.inner.dead_letter(receipt, reason).await
-    }
+
     async fn renew_session_lock(&self) -> Result<SystemTime> {
         if self.faults.lose_locks.load(Ordering::SeqCst) {
             return Err(QueueError::SessionLockLost {
@@ -303,9 +261,6 @@ impl SessionReceiver for FaultySession {
             });
         }
         self.inner.renew_session_lock().await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
     }
 }
 
