@@ -3,7 +3,6 @@
 //! port (started in-process). Both run the same scenario: check, send from a file and from
 //! stdin, peek, dead-letter list / show / redrive / purge, stats. Destructive commands refuse
 //! without `--yes`, and no output ever holds the secret (a canary in the configuration).
-#![allow(clippy::print_stderr)] // the SQS test says why it skips
 
 use std::{
     io::Write,
@@ -236,9 +235,11 @@ fn dead_letter_commands(b: &Broker) {
 /// SQS through a configuration file holding the canary as the secret key; moto accepts any.
 #[test]
 fn every_command_works_on_sqs_moto_when_available() {
-    let Ok(endpoint) = std::env::var("QUEUE_TEST_SQS_ENDPOINT") else {
-        eprintln!("skipped: QUEUE_TEST_SQS_ENDPOINT is not set (cargo xtask test sets it)");
-        return;
+    let test = "every_command_works_on_sqs_moto_when_available";
+    let starts = "cargo xtask test starts moto";
+    let Some(endpoint) = queue_runtime::ci::test_server("QUEUE_TEST_SQS_ENDPOINT", test, starts)
+    else {
+        return; // skipped locally (said on stderr); a failure under CI
     };
     let dir = temp_dir("sqs");
     let queue = QueueName::new(format!("cli-e2e-{}", std::process::id())).unwrap();

@@ -388,8 +388,11 @@ async fn health_readiness_and_metrics_routes() {
 /// the queue is deleted.
 #[tokio::test]
 async fn on_sqs_a_redelivery_is_enqueued_once_when_moto_is_available() {
-    let Ok(endpoint) = std::env::var("QUEUE_TEST_SQS_ENDPOINT") else {
-        return; // skipped: QUEUE_TEST_SQS_ENDPOINT is not set (cargo xtask test sets it)
+    let test = "on_sqs_a_redelivery_is_enqueued_once_when_moto_is_available";
+    let starts = "cargo xtask test starts moto";
+    let Some(endpoint) = queue_core::ci::test_server("QUEUE_TEST_SQS_ENDPOINT", test, starts)
+    else {
+        return; // skipped locally (said on stderr); a failure under CI
     };
     let credentials =
         queue_aws::StaticCredentials::new(SecretString::from("test"), SecretString::from("test"));
