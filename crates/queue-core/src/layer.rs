@@ -105,6 +105,11 @@ pub trait Forward: fmt::Debug + Send + Sync + 'static {
         self.inner().capabilities()
     }
 
+    /// See [`QueueProvider::instrumented`].
+    fn instrumented(&self) -> bool {
+        self.inner().instrumented()
+    }
+
     /// See [`QueueProvider::send`].
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
         self.inner().send(queue, message).await
@@ -190,6 +195,9 @@ impl<T: Forward> QueueProvider for T {
     }
     fn capabilities(&self) -> Capabilities {
         Forward::capabilities(self)
+    }
+    fn instrumented(&self) -> bool {
+        Forward::instrumented(self)
     }
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
         Forward::send(self, queue, message).await

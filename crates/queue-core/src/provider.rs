@@ -206,6 +206,15 @@ pub trait QueueProvider: fmt::Debug + Send + Sync + 'static {
     /// What this provider can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// Whether an [`Instrumented`](crate::layer::Instrumented) layer sits in this
+    /// provider's stack, so provider-call metrics (messages received and completed,
+    /// provider errors, credential failures) are already recorded. A consumer such as the
+    /// runtime's `Processor` then leaves them to the layer instead of counting them twice.
+    /// Layers built on [`Forward`](crate::layer::Forward) pass the inner answer on.
+    fn instrumented(&self) -> bool {
+        false
+    }
+
     /// Sends one message and returns its id (the given one, or a fresh one if unset).
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId>;
 
@@ -399,6 +408,9 @@ impl<P: QueueProvider + ?Sized> QueueProvider for Arc<P> {
     }
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
+    }
+    fn instrumented(&self) -> bool {
+        (**self).instrumented()
     }
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
         (**self).send(queue, message).await

@@ -76,6 +76,9 @@ pub const ACTIVE_SESSIONS: &str = "queue_runtime_active_sessions";
 #[derive(Clone)]
 pub(crate) struct Metrics {
     labels: Vec<Label>,
+    /// Whether this processor records the provider-call metrics itself (no
+    /// `Instrumented` layer below it).
+    provider_calls: bool,
     pub(crate) received: Counter,
     pub(crate) completed: Counter,
     pub(crate) lock_lost: Counter,
@@ -98,14 +101,31 @@ const OUTCOMES: [&str; 6] = [
 ];
 
 impl Metrics {
-    pub(crate) fn new(queue: &QueueName, provider: &'static str) -> Self {
+    /// Handles for `queue` on `provider`. With `provider_instrumented` (an
+    /// `Instrumented` layer in the provider's stack, see `QueueProvider::instrumented`)
+    /// the provider-call metrics it records ([`RECEIVED`], [`COMPLETED`],
+    /// [`PROVIDER_ERRORS`], [`AUTH_FAILURES`]) are left to it, so none is counted twice.
+    pub(crate) fn new(
+        queue: &QueueName,
+        provider: &'static str,
+        provider_instrumented: bool,
+    ) -> Self {
         let labels = vec![
             Label::new("queue", queue.as_str().to_owned()),
             Label::from_static_parts("provider", provider),
         ];
+        let (received, completed) = if provider_instrumented {
+            (Counter::noop(), Counter::noop())
+        } else {
+            (
+                metrics::counter!(RECEIVED, labels.clone()),
+                metrics::counter!(COMPLETED, labels.clone()),
+            )
+        };
         Self {
-            received: metrics::counter!(RECEIVED, labels.clone()),
-            completed: metrics::counter!(COMPLETED, labels.clone()),
+            provider_calls: !provider_instrumented,
+            received,
+            completed,
             lock_lost: metrics::counter!(LOCK_LOST, labels.clone()),
             circuit_opened: metrics::counter!(CIRCUIT_OPENED, labels.clone()),
             end_to_end: metrics::histogram!(END_TO_END_LATENCY, labels.clone()),
@@ -159,6 +179,9 @@ impl Metrics {
     }
 
     pub(crate) fn provider_error(&self, operation: &'static str, err: &QueueError) {
+        if !self.provider_calls {
+            return;
+        }
         let mut labels = self.with("operation", operation);
         labels.push(Label::from_static_parts("kind", err.kind_label()));
         metrics::counter!(PROVIDER_ERRORS, labels).increment(1);

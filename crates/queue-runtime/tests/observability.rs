@@ -299,3 +299,46 @@ async fn logs_and_metrics_carry_ids_and_bounded_labels_but_no_bodies_or_secrets(
         }
     }
 }
+
+/// Under the default layer stack the `Instrumented` layer records the provider-call
+/// metrics; the processor must not count the same messages a second time.
+#[tokio::test(start_paused = true)]
+async fn provider_call_metrics_are_counted_once_under_the_default_stack() {
+    let captured = recorder();
+    // A subscriber here too: a thread without one would let tracing cache the shared
+    // callsites as disabled while the other test in this binary is capturing logs.
+    let logs = CapturedLogs::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let (mem, bare, queue) = memory("obs-stack", QueueSpec::default()).await;
+    let provider = queue_runtime::layer::default_stack(bare, Default::default());
+    assert!(provider.instrumented());
+    for n in 0..3 {
+        let body = format!("{{\"action\":\"opened-{n}\"}}");
+        provider.send(&queue, Message::new(body)).await.unwrap();
+    }
+    let handler = json_handler(|_event: Event, _ctx| async move { Ok(Outcome::Complete) });
+    let report = run_until_drained(
+        Processor::new(provider, queue.clone(), handler).with_settings(
+            ProcessorSettings::default().with_receive_wait(Duration::from_millis(200)),
+        ),
+        &mem,
+        &queue,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.completed, 3);
+
+    let values = captured.values.lock().unwrap();
+    let total = |name: &str| -> f64 {
+        values
+            .iter()
+            .filter(|((n, labels), _)| {
+                n == name && labels.iter().any(|(k, v)| k == "queue" && v == "obs-stack")
+            })
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    assert_eq!(total(telemetry::RECEIVED), 3.0, "received counted once");
+    assert_eq!(total(telemetry::COMPLETED), 3.0, "completed counted once");
+    assert_eq!(total(queue_runtime::layer::MESSAGES_SENT), 3.0);
+}

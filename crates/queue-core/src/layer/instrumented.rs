@@ -135,6 +135,10 @@ impl<P: QueueProvider + ?Sized> Forward for Instrumented<P> {
         &self.inner
     }
 
+    fn instrumented(&self) -> bool {
+        true
+    }
+
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
         let out = observe(
             self.provider,

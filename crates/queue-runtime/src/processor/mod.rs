@@ -195,7 +195,11 @@ impl Processor {
     async fn start(self, shutdown: CancellationToken) -> Result<ShutdownReport> {
         self.settings.validate()?;
         let started = Instant::now();
-        let metrics = Metrics::new(&self.queue, self.provider.name());
+        let metrics = Metrics::new(
+            &self.queue,
+            self.provider.name(),
+            self.provider.instrumented(),
+        );
         tokio::select! {
             res = self.check_access(&metrics) => res?,
             _ = shutdown.cancelled() => {
