@@ -98,7 +98,7 @@ impl Ctx {
             .ok_or_else(|| Failure::new("xtask is not inside a workspace"))?
             .to_path_buf();
         let cargo_program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let locked = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        let locked = is_ci();
         Ok(Self {
             root,
             cargo_program,
@@ -281,6 +281,35 @@ impl Ctx {
     }
 }
 
+/// Whether this runs under CI: `CI` is set to something other than empty, `0` or `false`
+/// (any case, surrounding spaces ignored). The same rule as `queue_core::ci::is_ci`, which
+/// the tests use; xtask takes no workspace dependencies (ADR 0001), so it has its own copy.
+pub(crate) fn is_ci() -> bool {
+    ci_value_means_ci(std::env::var("CI").ok().as_deref())
+}
+
+fn ci_value_means_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
+}
+
+/// Checks that npm runs, for the Node-based test servers and SDKs. Without npm this is an
+/// error under CI and a printed skip (`Ok(false)`) elsewhere; `what` says what cannot run.
+pub(crate) fn npm_available(what: &str) -> Result<bool, Failure> {
+    let npm_ok = Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if npm_ok {
+        return Ok(true);
+    }
+    let why = format!("npm (Node 20+) is not installed: {what} cannot run");
+    if is_ci() {
+        return Err(Failure::new(why));
+    }
+    println!("test: {why}; they skip");
+    Ok(false)
+}
+
 /// Prints a visible header for a step.
 pub(crate) fn section(title: &str) {
     println!("\n==> {title}");
@@ -345,6 +374,17 @@ pub(crate) fn json_string_field(json: &str, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ci_values_match_queue_core() {
+        for v in ["true", "TRUE", "1", "yes", " true "] {
+            assert!(ci_value_means_ci(Some(v)), "{v}");
+        }
+        for v in ["", " ", "0", "false", "False", "FALSE"] {
+            assert!(!ci_value_means_ci(Some(v)), "{v}");
+        }
+        assert!(!ci_value_means_ci(None));
+    }
 
     #[test]
     fn json_field_extraction_handles_escapes() {

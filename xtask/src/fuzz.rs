@@ -32,40 +32,21 @@ pub(crate) fn fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<(), Failure> {
     };
 
     let fuzz_dir = ctx.root.join("fuzz");
-    let available = fuzz_targets(&fuzz_dir);
-    if available.is_empty() {
-        return missing(format!(
-            "no fuzz targets in {}/fuzz_targets/",
-            fuzz_dir.display()
-        ));
-    }
-    for wanted in &args.targets {
-        if !available.contains(wanted) {
-            return Err(Failure::new(format!(
-                "no fuzz target `{wanted}`; available: {}",
-                available.join(", ")
-            )));
+    let targets = match select_targets(&fuzz_dir, &args.targets)? {
+        Some(targets) => targets,
+        None => {
+            return missing(format!(
+                "no fuzz targets in {}/fuzz_targets/",
+                fuzz_dir.display()
+            ));
         }
-    }
-    let targets: Vec<String> = if args.targets.is_empty() {
-        available
-    } else {
-        args.targets.clone()
     };
-
-    let nightly = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .stderr(Stdio::null())
-        .output();
-    let nightly = match nightly {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        _ => {
-            return missing(
-                "cargo-fuzz needs a nightly toolchain and `rustup run nightly rustc` does not work \
-                 (install it with `rustup toolchain install nightly`)"
-                    .to_owned(),
-            );
-        }
+    let Some(nightly) = nightly_version() else {
+        return missing(
+            "cargo-fuzz needs a nightly toolchain and `rustup run nightly rustc` does not work \
+             (install it with `rustup toolchain install nightly`)"
+                .to_owned(),
+        );
     };
     println!("using {nightly}");
     if let Err(e) = ctx.ensure_tool(CARGO_FUZZ) {
@@ -82,13 +63,50 @@ pub(crate) fn fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<(), Failure> {
         let outcome = run_target(ctx, &fuzz_dir, &target_dir, target, args.seconds, &log);
         results.push((target.clone(), outcome));
     }
+    summarize(&results, args.seconds, &nightly)
+}
 
-    println!(
-        "\nfuzz summary ({}s budget per target, {nightly}):",
-        args.seconds
-    );
+/// The targets to run: the ones asked for (each must exist), else every target found.
+/// `None` when `fuzz/fuzz_targets/` holds none.
+fn select_targets(fuzz_dir: &Path, wanted: &[String]) -> Result<Option<Vec<String>>, Failure> {
+    let available = fuzz_targets(fuzz_dir);
+    if available.is_empty() {
+        return Ok(None);
+    }
+    if let Some(unknown) = wanted.iter().find(|w| !available.contains(w)) {
+        return Err(Failure::new(format!(
+            "no fuzz target `{unknown}`; available: {}",
+            available.join(", ")
+        )));
+    }
+    Ok(Some(if wanted.is_empty() {
+        available
+    } else {
+        wanted.to_vec()
+    }))
+}
+
+/// The nightly toolchain's `rustc --version`, if `rustup run nightly` works.
+fn nightly_version() -> Option<String> {
+    let out = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Prints one line per target and fails if any target failed.
+fn summarize(
+    results: &[(String, Result<TargetRun, Failure>)],
+    seconds: u64,
+    nightly: &str,
+) -> Result<(), Failure> {
+    println!("\nfuzz summary ({seconds}s budget per target, {nightly}):");
     let mut failed = 0;
-    for (target, outcome) in &results {
+    for (target, outcome) in results {
         match outcome {
             Ok(r) => println!(
                 "  {target:<24} ok  fuzzed {}s, {} executions ({:.0}s wall incl. build)  {}",

@@ -180,16 +180,7 @@ fn ensure_js_sdk(target: &Path) -> Result<Option<PathBuf>, Failure> {
         println!("test: reusing the JavaScript SDK in {}", dir.display());
         return Ok(Some(dir));
     }
-    let npm_ok = Command::new("npm")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !npm_ok {
-        let why = "npm (Node 20+) is not installed: the JavaScript SDK scenarios cannot run";
-        if std::env::var_os("CI").is_some() {
-            return Err(Failure::new(why));
-        }
-        println!("test: {why}; they skip");
+    if !cmd::npm_available("the JavaScript SDK scenarios")? {
         return Ok(None);
     }
     std::fs::create_dir_all(&dir)
