@@ -199,6 +199,13 @@ async fn the_first_call_after_the_broker_returns_succeeds_within_one_backoff_ste
     let queue = q("back");
     p.send(&queue, Message::new("before")).await.unwrap();
     drop(emu);
+    // Dropping the emulator only signals its tasks to stop: a send right after it can
+    // still be served. The outage starts with the first send that fails.
+    let down = Instant::now() + Duration::from_secs(5);
+    while p.send(&queue, Message::new("x")).await.is_ok() {
+        assert!(Instant::now() < down, "the stopped emulator still answers");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // A long enough outage for the backoff to reach its cap.
     let outage = Instant::now();
     while outage.elapsed() < Duration::from_secs(2) {
@@ -299,8 +306,36 @@ async fn an_outage_is_logged_once_lost_reconnecting_restored_with_its_cause() {
     p.send(&queue, Message::new("c")).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Waits until `done` holds, for at most `within`; returns whether it does.
+async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+// `drop_connections` only signals the emulator's connection tasks; a send issued right
+// after it races the cut (under CPU load its transfer can reach the old connection first,
+// and then the reconnect follows in the background after the send returned). So the test
+// waits for each reconnect with a deadline instead of counting at a fixed moment, and
+// runs on one thread, where the woken connection task runs before the send's transfer is
+// written: the cut always comes first, so every send really fails once and is retried.
+#[tokio::test(flavor = "current_thread")]
 async fn a_send_is_retried_over_a_dropped_connection_with_the_same_message_id() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let retried = || logs.count("send failed; retrying with the same message id");
+
     let emu = start_at("127.0.0.1:0".parse().unwrap(), &[]).await;
     emu.create_queue(
         "retry",
@@ -326,8 +361,15 @@ async fn a_send_is_retried_over_a_dropped_connection_with_the_same_message_id() 
             .await
             .expect("the send rides over the dropped connection");
         assert_eq!(sent, id);
+        assert!(retried() > i, "send {i} was retried: {}", logs.text());
+        // One reconnect per drop, done before the next drop (which must hit a connection).
+        let want = u64::try_from(i).unwrap() + 2;
+        assert!(
+            eventually(Duration::from_secs(10), || p.connections_opened() >= want).await,
+            "reconnect after drop {i}: {} connections",
+            p.connections_opened()
+        );
     }
-    assert_eq!(p.connections_opened(), 4, "one reconnect per drop");
     let mut bodies = Vec::new();
     loop {
         let got = p
@@ -346,4 +388,5 @@ async fn a_send_is_retried_over_a_dropped_connection_with_the_same_message_id() 
         bodies,
         ["warm-up", "after-drop-0", "after-drop-1", "after-drop-2"]
     );
+    assert_eq!(p.connections_opened(), 4, "one reconnect per drop");
 }
