@@ -24,10 +24,9 @@
 //! # Ok::<(), queue_runtime::QueueError>(())
 //! ```
 
-use std::{
-    hash::{Hash, Hasher},
-    time::Duration,
-};
+use std::time::Duration;
+
+use queue_core::backoff::{Backoff, JitterMode, keyed_unit};
 
 use crate::config::RetrySettings;
 
@@ -73,32 +72,11 @@ impl RetryPolicy {
     /// `key` (usually the message id) seeds the jitter.
     pub fn delay(&self, attempt: u32, key: &str) -> Duration {
         let s = &self.settings;
-        let exp = attempt.saturating_sub(1).min(63) as i32;
-        let base = s.initial_delay.as_secs_f64() * s.multiplier.powi(exp);
-        let max = s.max_delay.as_secs_f64();
-        let base = if base.is_finite() { base.min(max) } else { max };
-        let jitter = s.jitter.clamp(0.0, 1.0);
-        let spread = if jitter > 0.0 {
-            // Uniform in [1 - jitter, 1 + jitter].
-            1.0 - jitter + 2.0 * jitter * unit_hash(key, attempt)
-        } else {
-            1.0
-        };
-        Duration::from_secs_f64((base * spread).clamp(0.0, max))
+        Backoff::new(s.initial_delay, s.max_delay)
+            .with_multiplier(s.multiplier)
+            .with_jitter(JitterMode::Spread(s.jitter))
+            .delay(attempt, keyed_unit(key, attempt))
     }
-}
-
-/// A value in `[0, 1)` derived from `key` and `attempt`.
-fn unit_hash(key: &str, attempt: u32) -> f64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    attempt.hash(&mut h);
-    // splitmix64 finaliser for a well-spread value.
-    let mut z = h.finish().wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::{
 use queue_core::{
     Capabilities, MessageGate, QueueError, QueueName, Receipt, ReceivedMessage, RetryClass,
     SessionId, SessionReceiver, SharedQueueProvider,
+    backoff::{Backoff, Jitter, JitterMode},
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -166,9 +167,15 @@ impl Shared {
         true
     }
 
-    /// Backs off after a failed receive or accept. Returns `false` on shutdown.
+    /// Backs off after a failed receive or accept: 100 ms doubling to 5 s, jittered down by
+    /// up to half so consumers that failed together do not retry together. Returns `false`
+    /// on shutdown.
     pub(super) async fn backoff(&self, consecutive: u32) -> bool {
-        let wait = Duration::from_millis(100u64 << consecutive.min(6)).min(Duration::from_secs(5));
+        static JITTER: std::sync::OnceLock<Jitter> = std::sync::OnceLock::new();
+        let unit = JITTER.get_or_init(Jitter::random).next_unit();
+        let wait = Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+            .with_jitter(JitterMode::Down(0.5))
+            .delay(consecutive.saturating_add(1), unit);
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,
             _ = self.shutdown.cancelled() => false,
