@@ -4,6 +4,8 @@
 //! test` starts moto and Azurite and sets both variables; unset, each test prints a skip
 //! note and passes, except under `CI=true`, where it fails.
 
+// Both stores are needed: the helpers below serve the S3 and the Azure Blob tests alike.
+#![cfg(all(feature = "aws", feature = "azure"))]
 #![allow(clippy::print_stderr)]
 
 mod common;
