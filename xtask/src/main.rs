@@ -182,7 +182,14 @@ fn run(ctx: &Ctx, args: &Args) -> Result<(), Failure> {
 }
 
 /// The umbrella features linted one at a time, in this order.
-const UMBRELLA_FEATURES: [&str; 5] = ["memory", "aws", "azure", "security", "webhook"];
+const UMBRELLA_FEATURES: [&str; 6] = [
+    "memory",
+    "aws",
+    "azure",
+    "security",
+    "webhook",
+    "claim-check",
+];
 
 fn lint(ctx: &Ctx) -> Result<(), Failure> {
     cmd::section("lint: rustfmt");

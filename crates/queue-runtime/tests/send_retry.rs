@@ -12,19 +12,16 @@
 //! accepts and drops every connection makes exactly `max_attempts` (3) connection attempts
 //! per send, so no SDK retries hide under the layer.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+#[cfg(feature = "aws")]
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{sync::Arc, time::Duration};
 
 use queue_runtime::{
-    Message, QueueError, QueueName, QueueProvider, QueueSpec, ReceiveOptions, RetryClass,
-    SharedQueueProvider,
+    Message, QueueName, QueueProvider, QueueSpec, ReceiveOptions, SharedQueueProvider,
     layer::{Fault, FaultInjecting, Faults, RetryConfig, When, default_stack},
 };
+#[cfg(feature = "aws")]
+use queue_runtime::{QueueError, RetryClass};
 
 /// `provider` behind a send that fails, then loses its reply, then works.
 fn flaky_stack(provider: SharedQueueProvider) -> (SharedQueueProvider, Arc<Faults>) {
@@ -143,6 +140,7 @@ async fn service_bus_send_retries_in_the_layer() {
 }
 
 /// A TCP port that accepts connections, counts them and drops them at once.
+#[cfg(feature = "aws")]
 async fn dropping_port() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
