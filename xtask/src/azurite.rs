@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::background::{Server, Spec};
 use crate::cmd::{self, Failure};
@@ -86,55 +86,14 @@ impl Azurite {
 
 /// `npm ci` of the pinned Azurite into `<target>/azurite`, unless the same lock is there.
 fn ensure_installed(target: &Path) -> Result<Option<PathBuf>, Failure> {
-    let dir = target.join("azurite");
-    let stamp = dir.join("xtask-package-lock.json");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == LOCK)
-        && dir.join("node_modules/.bin/azurite-blob").exists()
-    {
-        println!("test: reusing Azurite in {}", dir.display());
-        return Ok(Some(dir));
+    cmd::NpmInstall {
+        name: "Azurite",
+        needed_by: "the claim-check tests on Azure Blob",
+        package: PACKAGE,
+        lock: LOCK,
+        marker: "node_modules/.bin/azurite-blob",
     }
-    if !cmd::npm_available("the claim-check tests on Azure Blob")? {
-        return Ok(None);
-    }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
-    for (name, text) in [("package.json", PACKAGE), ("package-lock.json", LOCK)] {
-        std::fs::write(dir.join(name), text)
-            .map_err(|e| Failure::new(format!("cannot write {}: {e}", dir.join(name).display())))?;
-    }
-    println!(
-        "test: installing Azurite into {} (from the npm registry; first run only)",
-        dir.display()
-    );
-    let started = Instant::now();
-    let mut npm = Command::new("npm");
-    npm.args([
-        "ci",
-        "--no-audit",
-        "--no-fund",
-        "--ignore-scripts",
-        "--loglevel=error",
-    ])
-    .current_dir(&dir);
-    let out = npm
-        .output()
-        .map_err(|e| Failure::new(format!("could not run `{}`: {e}", cmd::display(&npm))))?;
-    if !out.status.success() {
-        return Err(Failure::new(format!(
-            "`npm ci` in {} failed (it needs to reach the npm registry):\n{}{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    std::fs::write(&stamp, LOCK)
-        .map_err(|e| Failure::new(format!("cannot write {}: {e}", stamp.display())))?;
-    println!(
-        "test: Azurite installed in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(Some(dir))
+    .ensure(&target.join("azurite"))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use crate::venv::Venv;
 
@@ -308,6 +309,85 @@ pub(crate) fn npm_available(what: &str) -> Result<bool, Failure> {
     }
     println!("test: {why}; they skip");
     Ok(false)
+}
+
+/// A pinned npm package set, installed with `npm ci` into a directory of its own.
+pub(crate) struct NpmInstall<'a> {
+    /// What it is, for the progress lines ("Azurite", "the JavaScript SDK").
+    pub(crate) name: &'a str,
+    /// What cannot run without npm (for the skip note or the CI error).
+    pub(crate) needed_by: &'a str,
+    /// `package.json` and `package-lock.json`, as committed.
+    pub(crate) package: &'a str,
+    pub(crate) lock: &'a str,
+    /// A file under the directory that exists once the install is complete.
+    pub(crate) marker: &'a str,
+}
+
+impl NpmInstall<'_> {
+    /// Installs into `dir` with `npm ci`, once: again only when the lock changes. Without
+    /// npm this is a skip note (`Ok(None)`), except under CI, where it fails.
+    pub(crate) fn ensure(&self, dir: &Path) -> Result<Option<PathBuf>, Failure> {
+        let stamp = dir.join("xtask-package-lock.json");
+        if std::fs::read_to_string(&stamp).is_ok_and(|s| s == self.lock)
+            && dir.join(self.marker).exists()
+        {
+            println!("test: reusing {} in {}", self.name, dir.display());
+            return Ok(Some(dir.to_path_buf()));
+        }
+        if !npm_available(self.needed_by)? {
+            return Ok(None);
+        }
+        self.install(dir)?;
+        std::fs::write(&stamp, self.lock)
+            .map_err(|e| Failure::new(format!("cannot write {}: {e}", stamp.display())))?;
+        Ok(Some(dir.to_path_buf()))
+    }
+
+    fn install(&self, dir: &Path) -> Result<(), Failure> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
+        for (file, text) in [
+            ("package.json", self.package),
+            ("package-lock.json", self.lock),
+        ] {
+            std::fs::write(dir.join(file), text).map_err(|e| {
+                Failure::new(format!("cannot write {}: {e}", dir.join(file).display()))
+            })?;
+        }
+        println!(
+            "test: installing {} into {} (from the npm registry; first run only)",
+            self.name,
+            dir.display()
+        );
+        let started = Instant::now();
+        let mut npm = Command::new("npm");
+        npm.args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--loglevel=error",
+        ])
+        .current_dir(dir);
+        let out = npm
+            .output()
+            .map_err(|e| Failure::new(format!("could not run `{}`: {e}", display(&npm))))?;
+        if !out.status.success() {
+            return Err(Failure::new(format!(
+                "`npm ci` in {} failed (it needs to reach the npm registry):\n{}{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        println!(
+            "test: {} installed in {:.0}s",
+            self.name,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
 }
 
 /// Prints a visible header for a step.

@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::background::{Server, Spec};
 use crate::cmd::{self, Ctx, Failure};
@@ -170,57 +170,14 @@ const JS_LOCK: &str = include_str!("../../crates/servicebus-emulator/tests/js/pa
 /// `<target>/js-sdk` with `npm ci`, once (again only when the lock changes). Without Node
 /// and npm this is a skip note, except under `CI`, where it fails.
 fn ensure_js_sdk(target: &Path) -> Result<Option<PathBuf>, Failure> {
-    let dir = target.join("js-sdk");
-    let stamp = dir.join("xtask-package-lock.json");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == JS_LOCK)
-        && dir
-            .join("node_modules/@azure/service-bus/package.json")
-            .exists()
-    {
-        println!("test: reusing the JavaScript SDK in {}", dir.display());
-        return Ok(Some(dir));
+    cmd::NpmInstall {
+        name: "the JavaScript SDK",
+        needed_by: "the JavaScript SDK scenarios",
+        package: JS_PACKAGE,
+        lock: JS_LOCK,
+        marker: "node_modules/@azure/service-bus/package.json",
     }
-    if !cmd::npm_available("the JavaScript SDK scenarios")? {
-        return Ok(None);
-    }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
-    for (name, text) in [("package.json", JS_PACKAGE), ("package-lock.json", JS_LOCK)] {
-        std::fs::write(dir.join(name), text)
-            .map_err(|e| Failure::new(format!("cannot write {}: {e}", dir.join(name).display())))?;
-    }
-    println!(
-        "test: installing @azure/service-bus into {} (from the npm registry; first run only)",
-        dir.display()
-    );
-    let started = Instant::now();
-    let mut npm = Command::new("npm");
-    npm.args([
-        "ci",
-        "--no-audit",
-        "--no-fund",
-        "--ignore-scripts",
-        "--loglevel=error",
-    ])
-    .current_dir(&dir);
-    let out = npm
-        .output()
-        .map_err(|e| Failure::new(format!("could not run `{}`: {e}", cmd::display(&npm))))?;
-    if !out.status.success() {
-        return Err(Failure::new(format!(
-            "`npm ci` in {} failed (it needs to reach the npm registry):\n{}{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    std::fs::write(&stamp, JS_LOCK)
-        .map_err(|e| Failure::new(format!("cannot write {}: {e}", stamp.display())))?;
-    println!(
-        "test: JavaScript SDK installed in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(Some(dir))
+    .ensure(&target.join("js-sdk"))
 }
 
 /// Prints what the official-SDK scenarios reported (pass counts per SDK and transport).
