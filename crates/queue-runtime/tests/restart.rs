@@ -433,18 +433,11 @@ mod sqs {
     use std::time::SystemTime;
 
     pub(super) fn endpoint() -> Option<String> {
-        match std::env::var("QUEUE_TEST_SQS_ENDPOINT") {
-            Ok(e) if !e.trim().is_empty() => Some(e),
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("QUEUE_TEST_SQS_ENDPOINT is unset under CI=true; run `cargo xtask test`")
-            }
-            _ => {
-                eprintln!(
-                    "skipped: QUEUE_TEST_SQS_ENDPOINT is unset (cargo xtask test starts moto)"
-                );
-                None
-            }
-        }
+        queue_runtime::ci::test_server(
+            "QUEUE_TEST_SQS_ENDPOINT",
+            "restart on SQS",
+            "`cargo xtask test` starts moto",
+        )
     }
 
     pub(super) async fn provider(endpoint: &str) -> (SharedQueueProvider, QueueRuntimeConfig) {

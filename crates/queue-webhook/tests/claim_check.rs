@@ -117,15 +117,12 @@ async fn without_claim_check_the_same_push_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_25_mib_push_goes_through_the_intake_on_sqs() {
-    let endpoint = match std::env::var("QUEUE_TEST_SQS_ENDPOINT") {
-        Ok(e) if !e.trim().is_empty() => e,
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("QUEUE_TEST_SQS_ENDPOINT is unset under CI=true; run `cargo xtask test`")
-        }
-        _ => {
-            eprintln!("skipped: QUEUE_TEST_SQS_ENDPOINT is unset (cargo xtask test starts moto)");
-            return;
-        }
+    let Some(endpoint) = queue_core::ci::test_server(
+        "QUEUE_TEST_SQS_ENDPOINT",
+        "a_25_mib_push_goes_through_the_intake_on_sqs",
+        "`cargo xtask test` starts moto",
+    ) else {
+        return;
     };
     let credentials =
         queue_aws::StaticCredentials::new(SecretString::from("test"), SecretString::from("test"));

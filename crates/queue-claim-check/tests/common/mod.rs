@@ -121,16 +121,12 @@ pub async fn round_trip_github_push(
     );
 }
 
-/// The value of `var`, or `None` with a skip note; under `CI=true` a missing variable fails.
+/// The value of `var`, or `None` with a skip note; under CI a missing variable fails
+/// (`queue_core::ci::test_server`).
 pub fn server_env(var: &str, starts: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Some(v),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{var} is unset under CI=true; run `cargo xtask test`")
-        }
-        _ => {
-            eprintln!("skipped: {var} is unset (cargo xtask test starts {starts})");
-            None
-        }
-    }
+    queue_core::ci::test_server(
+        var,
+        "claim-check server test",
+        &format!("`cargo xtask test` starts {starts}"),
+    )
 }
