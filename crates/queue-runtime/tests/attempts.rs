@@ -136,28 +136,20 @@ async fn failing_messages_do_not_spend_the_budget_of_the_rest_of_their_session_o
 #[cfg(feature = "azure")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_messages_do_not_spend_the_budget_of_the_rest_of_their_session_on_emulator() {
-    use queue_runtime::{QueueRuntimeConfig, build_provider};
+    use queue_runtime::build_provider;
     use servicebus_emulator::{
-        Emulator, EmulatorConfig, QueueConfig,
+        QueueConfig,
         broker::{EntityRef, SubQueue},
     };
-    let cfg = EmulatorConfig::new()
-        .with_key("RootManageSharedAccessKey", "CANARY-attempts-key")
-        .with_queue(
-            "attempts",
-            QueueConfig::new()
-                .with_requires_session(true)
-                .with_lock_duration(Duration::from_secs(5))
-                .with_max_delivery_count(3),
-        );
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let config = QueueRuntimeConfig::from_toml_str(&format!(
-        "queue = \"attempts\"\n[provider]\nkind = \"service-bus\"\nconnection_string = \"{}\"\n",
-        emu.connection_string(true)
-    ))
-    .unwrap();
+    let (emu, config) = common::emulator_with_queue(
+        "attempts",
+        "CANARY-attempts-key",
+        QueueConfig::new()
+            .with_requires_session(true)
+            .with_lock_duration(Duration::from_secs(5))
+            .with_max_delivery_count(3),
+    )
+    .await;
     let provider = build_provider(&config.provider).await.unwrap();
     let queue = QueueName::new("attempts").unwrap();
     common::send_to_session(&provider, &queue, "pr-1", bodies()).await;

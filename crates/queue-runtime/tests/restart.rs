@@ -384,25 +384,17 @@ async fn a_failing_message_keeps_its_attempts_across_a_restart() {
 #[cfg(feature = "azure")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_on_service_bus_emulator() {
-    use queue_runtime::{QueueRuntimeConfig, build_provider};
-    use servicebus_emulator::{Emulator, EmulatorConfig, QueueConfig};
-    let cfg = EmulatorConfig::new()
-        .with_key("RootManageSharedAccessKey", "CANARY-restart-key")
-        .with_queue(
-            "restart",
-            QueueConfig::new()
-                .with_requires_session(true)
-                .with_lock_duration(Duration::from_secs(2))
-                .with_max_delivery_count(10),
-        );
-    let emu = Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let config = QueueRuntimeConfig::from_toml_str(&format!(
-        "queue = \"restart\"\n[provider]\nkind = \"service-bus\"\nconnection_string = \"{}\"\n",
-        emu.connection_string(true)
-    ))
-    .unwrap();
+    use queue_runtime::build_provider;
+    use servicebus_emulator::QueueConfig;
+    let (_emu, config) = common::emulator_with_queue(
+        "restart",
+        "CANARY-restart-key",
+        QueueConfig::new()
+            .with_requires_session(true)
+            .with_lock_duration(Duration::from_secs(2))
+            .with_max_delivery_count(10),
+    )
+    .await;
     let provider = build_provider(&config.provider).await.unwrap();
     let settings = config.provider.clone();
     let make: MakeProvider = Arc::new(move || {

@@ -300,3 +300,28 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
         self.clone()
     }
 }
+
+/// The in-process Service Bus emulator with one queue, `queue`, and the runtime
+/// configuration (`service-bus`, a connection string with a canary key) that reaches it.
+#[cfg(feature = "azure")]
+pub async fn emulator_with_queue(
+    queue: &str,
+    key: &str,
+    config: servicebus_emulator::QueueConfig,
+) -> (
+    servicebus_emulator::Emulator,
+    queue_runtime::QueueRuntimeConfig,
+) {
+    let cfg = servicebus_emulator::EmulatorConfig::new()
+        .with_key("RootManageSharedAccessKey", key)
+        .with_queue(queue, config);
+    let emu = servicebus_emulator::Emulator::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let runtime = queue_runtime::QueueRuntimeConfig::from_toml_str(&format!(
+        "queue = \"{queue}\"\n[provider]\nkind = \"service-bus\"\nconnection_string = \"{}\"\n",
+        emu.connection_string(true)
+    ))
+    .unwrap();
+    (emu, runtime)
+}

@@ -607,14 +607,9 @@ impl Broker {
     ) -> Result<Option<Vec<u8>>, EmulatorError> {
         let now = self.clock.now();
         let mut st = self.lock_state();
-        sweep(&mut st, now);
-        let info = st
-            .queues
-            .get(queue)
-            .and_then(|q| q.sessions.get(session))
-            .filter(|i| held_by(i, owner, now))
-            .ok_or(EmulatorError::SessionLockLost)?;
-        Ok(info.state.clone())
+        Ok(held_session(&mut st, queue, session, owner, now)?
+            .state
+            .clone())
     }
 
     /// Writes a session's state. The session must be locked, by `owner` when given.
@@ -627,14 +622,7 @@ impl Broker {
     ) -> Result<(), EmulatorError> {
         let now = self.clock.now();
         let mut st = self.lock_state();
-        sweep(&mut st, now);
-        let info = st
-            .queues
-            .get_mut(queue)
-            .and_then(|q| q.sessions.get_mut(session))
-            .filter(|i| held_by(i, owner, now))
-            .ok_or(EmulatorError::SessionLockLost)?;
-        info.state = state;
+        held_session(&mut st, queue, session, owner, now)?.state = state;
         Ok(())
     }
 
@@ -781,6 +769,23 @@ fn apply_settlement(
 }
 
 /// Whether the session's lock is live and held by `owner` (anyone when `None`).
+/// After a sweep, the session `session` of `queue` if its lock is held (by `owner` when
+/// given), else `SessionLockLost`.
+fn held_session<'a>(
+    st: &'a mut State,
+    queue: &str,
+    session: &str,
+    owner: Option<OwnerId>,
+    now: Instant,
+) -> Result<&'a mut SessionInfo, EmulatorError> {
+    sweep(st, now);
+    st.queues
+        .get_mut(queue)
+        .and_then(|q| q.sessions.get_mut(session))
+        .filter(|i| held_by(i, owner, now))
+        .ok_or(EmulatorError::SessionLockLost)
+}
+
 fn held_by(i: &SessionInfo, owner: Option<OwnerId>, now: Instant) -> bool {
     i.lock
         .is_some_and(|(o, u)| u > now && owner.is_none_or(|x| x == o))
