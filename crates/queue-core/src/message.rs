@@ -3,13 +3,12 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 
-use crate::names::{MessageId, QueueName, SessionId};
+use crate::names::{MessageId, QueueName, SessionId, Text};
 
 /// String attributes (application properties) carried next to the body.
 pub type Attributes = BTreeMap<String, String>;
@@ -129,8 +128,8 @@ impl Message {
             + self.content_type.as_deref().map_or(0, str::len)
             + self.correlation_id.as_deref().map_or(0, str::len)
             + self.subject.as_deref().map_or(0, str::len)
-            + self.session_id.as_ref().map_or(0, |s| s.as_str().len())
-            + self.message_id.as_ref().map_or(0, |s| s.as_str().len())
+            + self.session_id.as_ref().map_or(0, SessionId::len)
+            + self.message_id.as_ref().map_or(0, MessageId::len)
             + self
                 .attributes
                 .iter()
@@ -167,22 +166,26 @@ pub struct Receipt {
     provider: &'static str,
     queue: QueueName,
     session: Option<SessionId>,
-    token: Arc<str>,
+    token: Text<INLINE_TOKEN>,
 }
 
+/// Longest receipt token kept inline (no allocation), such as the in-memory provider's
+/// 16 characters; longer ones (SQS receipt handles, Service Bus lock tokens) are shared.
+const INLINE_TOKEN: usize = 22;
+
 impl Receipt {
-    /// For provider implementations: wraps a provider-specific `token`.
+    /// For provider implementations: wraps a provider-specific `token` (a copy of it).
     pub fn new(
         provider: &'static str,
         queue: QueueName,
         session: Option<SessionId>,
-        token: impl Into<Arc<str>>,
+        token: impl AsRef<str>,
     ) -> Self {
         Self {
             provider,
             queue,
             session,
-            token: token.into(),
+            token: Text::new(token.as_ref()),
         }
     }
 
@@ -203,7 +206,13 @@ impl Receipt {
 
     /// For provider implementations: the provider-specific token.
     pub fn token(&self) -> &str {
-        &self.token
+        self.token.as_str()
+    }
+
+    /// For provider implementations: the token's bytes (UTF-8), without the check that
+    /// [`token`](Self::token) makes of a short token kept inline.
+    pub fn token_bytes(&self) -> &[u8] {
+        self.token.as_bytes()
     }
 }
 
@@ -361,6 +370,28 @@ mod tests {
         let rm = ReceivedMessage::new(msg, MessageId::random(), 1, SystemTime::now(), receipt);
         let text = format!("{rm:?}");
         assert!(!text.contains("CANARY"), "{text}");
+    }
+
+    #[test]
+    fn receipt_tokens_keep_their_text_inline_or_not() {
+        let q = QueueName::new("q").unwrap();
+        for token in [
+            "t",
+            "ABCDEFGHabcdefgh",
+            &"x".repeat(22),
+            &"x".repeat(23),
+            &"h".repeat(900),
+        ] {
+            let a = Receipt::new("p", q.clone(), None, token);
+            // Callers pass a `&str`, a `String` or an `Arc<str>`.
+            #[expect(clippy::unnecessary_to_owned, reason = "a `String` argument compiles")]
+            let b = Receipt::new("p", q.clone(), None, token.to_owned());
+            let c = Receipt::new("p", q.clone(), None, std::sync::Arc::<str>::from(token));
+            assert_eq!(a.token(), token);
+            assert_eq!(a.token_bytes(), token.as_bytes());
+            assert!(a == b && b == c);
+            assert_ne!(a, Receipt::new("p", q.clone(), None, format!("{token}!")));
+        }
     }
 
     #[test]

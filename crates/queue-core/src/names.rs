@@ -3,7 +3,13 @@
 //! Each newtype accepts only values that every supported provider accepts, so a value
 //! that validates here never fails later because one cloud is stricter than another.
 
-use std::{fmt, str::FromStr, sync::Arc};
+use std::{
+    cmp::Ordering,
+    fmt,
+    hash::{Hash, Hasher},
+    str::FromStr,
+    sync::Arc,
+};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -38,8 +44,23 @@ fn invalid(kind: NameKind, reason: impl Into<String>) -> QueueError {
 /// assert!("bad name".parse::<QueueName>().is_err());
 /// # Ok::<(), queue_core::QueueError>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct QueueName(Arc<str>);
+
+impl Hash for QueueName {
+    /// The `str`'s hash.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for QueueName {
+    /// The `str`'s equality; two clones of one name compare by pointer first, so looking
+    /// a queue up by the name it was created with compares no text.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl QueueName {
     /// Validates `name` and wraps it.
@@ -94,19 +115,110 @@ impl QueueName {
     }
 }
 
+/// Text kept inline when it fits in `N` bytes, else shared on the heap.
+///
+/// Ids and receipt tokens are created, cloned and dropped for every message; inline, a
+/// UUID or a short token costs no allocation and no atomic reference count. Equality,
+/// order and hash are those of the `str` (inline or not), so the representation never
+/// shows. Inline bytes are always UTF-8 (they come from a `str` or are ASCII), and
+/// [`as_str`](Self::as_str) checks them again rather than trusting that (the crate
+/// forbids `unsafe`); [`as_bytes`](Self::as_bytes) and [`len`](Self::len) do not.
+#[derive(Clone)]
+pub(crate) enum Text<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
+    Shared(Arc<str>),
+}
+
+impl<const N: usize> Text<N> {
+    /// A copy of `s`: inline when it fits.
+    pub(crate) fn new(s: &str) -> Self {
+        Self::inline(s.as_bytes()).unwrap_or_else(|| Self::Shared(Arc::from(s)))
+    }
+
+    /// ASCII `text` that fits inline, kept inline (no UTF-8 check needed).
+    pub(crate) fn ascii(text: &[u8]) -> Self {
+        debug_assert!(text.is_ascii());
+        Self::inline(text).expect("the ASCII text fits inline")
+    }
+
+    fn inline(text: &[u8]) -> Option<Self> {
+        let len = u8::try_from(text.len()).ok().filter(|_| text.len() <= N)?;
+        let mut bytes = [0u8; N];
+        bytes[..text.len()].copy_from_slice(text);
+        Some(Self::Inline { len, bytes })
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                .expect("inline text is copied from a str or ASCII"),
+            Self::Shared(s) => s,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Inline { len, .. } => usize::from(*len),
+            Self::Shared(s) => s.len(),
+        }
+    }
+}
+
+impl<const N: usize> PartialEq for Text<N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl<const N: usize> Eq for Text<N> {}
+
+impl<const N: usize> PartialOrd for Text<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<const N: usize> Ord for Text<N> {
+    /// Byte order, which is `str`'s order.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl<const N: usize> Hash for Text<N> {
+    /// Exactly the `str`'s hash.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+/// Longest session id kept inline (24 bytes in all, the size of a `String`).
+const INLINE_SESSION_ID: usize = 22;
+/// Longest message id kept inline: a hyphenated UUID (36) fits (40 bytes in all).
+const INLINE_MESSAGE_ID: usize = 38;
+
 /// An ordering key: all messages with the same session id are delivered in send order.
 ///
 /// Maps to a Service Bus `SessionId` and an SQS FIFO `MessageGroupId`. 1 to 128
 /// characters of printable ASCII other than space (SQS rejects spaces in group ids).
+/// Ids up to 22 characters are stored inline (no allocation; a clone copies 24 bytes).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(Arc<str>);
+pub struct SessionId(Text<INLINE_SESSION_ID>);
 
 /// A message id, also the de-duplication id (SQS `MessageDeduplicationId`).
 ///
 /// 1 to 128 characters of printable ASCII other than space. A GitHub delivery id
-/// (`X-GitHub-Delivery`, a UUID) is a good message id.
+/// (`X-GitHub-Delivery`, a UUID) is a good message id. Ids up to 38 characters (a UUID
+/// among them) are stored inline (no allocation; a clone copies 40 bytes).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(Arc<str>);
+pub struct MessageId(Text<INLINE_MESSAGE_ID>);
 
 fn validate_token(kind: NameKind, value: &str, max: usize) -> Result<(), QueueError> {
     if value.is_empty() {
@@ -132,12 +244,17 @@ impl SessionId {
     pub fn new(id: impl AsRef<str>) -> Result<Self, QueueError> {
         let id = id.as_ref();
         validate_token(NameKind::Session, id, MAX_SESSION_ID_LEN)?;
-        Ok(Self(Arc::from(id)))
+        Ok(Self(Text::new(id)))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
+    }
+
+    /// Its length in bytes (without the UTF-8 check of [`as_str`](Self::as_str)).
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -146,20 +263,22 @@ impl MessageId {
     pub fn new(id: impl AsRef<str>) -> Result<Self, QueueError> {
         let id = id.as_ref();
         validate_token(NameKind::Message, id, MAX_MESSAGE_ID_LEN)?;
-        Ok(Self(Arc::from(id)))
+        Ok(Self(Text::new(id)))
     }
 
     /// A fresh random id (a UUID v4 in its hyphenated form).
     pub fn random() -> Self {
-        let text = random_uuid();
-        Self(Arc::from(
-            std::str::from_utf8(&text).expect("hex digits and hyphens are ASCII"),
-        ))
+        Self(Text::ascii(&random_uuid()))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
+    }
+
+    /// Its length in bytes (without the UTF-8 check of [`as_str`](Self::as_str)).
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -230,19 +349,19 @@ macro_rules! string_newtype_impls {
     ($ty:ident) => {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
         impl fmt::Debug for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($ty), &*self.0)
+                write!(f, "{}({:?})", stringify!($ty), self.as_str())
             }
         }
 
         impl AsRef<str> for $ty {
             fn as_ref(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
@@ -269,7 +388,7 @@ macro_rules! string_newtype_impls {
 
         impl Serialize for $ty {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&self.0)
+                serializer.serialize_str(self.as_str())
             }
         }
 
@@ -377,6 +496,54 @@ mod tests {
                 .bytes()
                 .all(|c| c == b'-' || c.is_ascii_hexdigit())
         );
+    }
+
+    #[test]
+    fn inline_and_shared_ids_behave_like_their_str() {
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        let texts = [
+            "a".to_owned(),
+            "octo/repo#42".to_owned(),
+            "x".repeat(22),
+            "x".repeat(23),
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_owned(),
+            "y".repeat(38),
+            "y".repeat(39),
+            "z".repeat(128),
+        ];
+        for a in &texts {
+            let (sa, ma) = (SessionId::new(a).unwrap(), MessageId::new(a).unwrap());
+            assert_eq!(sa.as_str(), a);
+            assert_eq!(ma.as_str(), a);
+            assert_eq!(sa.len(), a.len());
+            assert_eq!(ma.len(), a.len());
+            assert_eq!(state.hash_one(&sa), state.hash_one(a.as_str()), "{a}");
+            assert_eq!(state.hash_one(&ma), state.hash_one(a.as_str()), "{a}");
+            assert_eq!(format!("{sa}"), *a);
+            assert_eq!(format!("{ma:?}"), format!("MessageId({a:?})"));
+            assert_eq!(serde_json::to_string(&ma).unwrap(), format!("{a:?}"));
+            let back: MessageId = serde_json::from_str(&format!("{a:?}")).unwrap();
+            assert_eq!(back, ma);
+            for b in &texts {
+                let (sb, mb) = (SessionId::new(b).unwrap(), MessageId::new(b).unwrap());
+                assert_eq!(sa == sb, a == b);
+                assert_eq!(ma == mb, a == b);
+                assert_eq!(sa.cmp(&sb), a.as_str().cmp(b.as_str()), "{a} {b}");
+                assert_eq!(ma.cmp(&mb), a.as_str().cmp(b.as_str()), "{a} {b}");
+            }
+        }
+        // A random id is inline, and equal to the same text parsed.
+        let r = MessageId::random();
+        assert!(matches!(r.0, Text::Inline { .. }));
+        assert_eq!(MessageId::new(r.as_str()).unwrap(), r);
+        assert_eq!(state.hash_one(&r), state.hash_one(r.as_str()));
+        assert!(matches!(
+            MessageId::new("y".repeat(39)).unwrap().0,
+            Text::Shared(_)
+        ));
+        assert_eq!(std::mem::size_of::<Option<MessageId>>(), 40);
+        assert_eq!(std::mem::size_of::<Option<SessionId>>(), 24);
     }
 
     #[test]

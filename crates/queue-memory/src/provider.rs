@@ -301,7 +301,7 @@ fn parse_receipt(receipt: &Receipt, operation: &'static str) -> Result<Token> {
     if receipt.provider() != PROVIDER {
         return Err(lost());
     }
-    Token::parse(receipt.token()).ok_or_else(lost)
+    Token::parse(receipt.token_bytes()).ok_or_else(lost)
 }
 
 impl InMemoryProvider {

@@ -70,7 +70,7 @@ impl MemorySessionReceiver {
         {
             return Err(lost());
         }
-        let token = Token::parse(receipt.token()).ok_or_else(lost)?;
+        let token = Token::parse(receipt.token_bytes()).ok_or_else(lost)?;
         self.inner.with_queue(&self.queue, op, |q, now| {
             let r = q.settle_in_session(&self.session, self.token, token, how, now);
             if r.is_ok() {

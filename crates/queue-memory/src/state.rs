@@ -86,18 +86,20 @@ pub(crate) struct Token {
 const DEAD_BIT: u32 = 1 << 31;
 
 impl Token {
-    /// The token's text: 16 characters, built without `fmt` (one allocation: the `Arc`).
-    fn text(self) -> Arc<str> {
+    /// The token's text: 16 ASCII characters, built without `fmt` or an allocation (a
+    /// receipt keeps a token this short inline).
+    fn text(self) -> [u8; ids::TOKEN_LEN] {
         let slot = match self.store {
             Store::Active => self.slot,
             Store::Dead => self.slot | DEAD_BIT,
         };
-        let text = ids::encode(slot, self.lock);
-        Arc::from(std::str::from_utf8(&text).expect("a token is ASCII"))
+        ids::encode(slot, self.lock)
     }
 
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        let (slot, lock) = ids::decode(text.as_bytes())?;
+    /// Reads a token's bytes ([`Receipt::token_bytes`]: no UTF-8 check, the decoder
+    /// accepts nothing but its 64 characters).
+    pub(crate) fn parse(text: &[u8]) -> Option<Self> {
+        let (slot, lock) = ids::decode(text)?;
         let store = if slot & DEAD_BIT == 0 {
             Store::Active
         } else {
@@ -926,6 +928,7 @@ impl Queue {
         }
         .text();
         let message_id = entry.message.message_id.clone();
+        let text = std::str::from_utf8(&text).expect("a token is ASCII");
         let receipt = Receipt::new(PROVIDER, self.name.clone(), session, text);
         let mut rm = ReceivedMessage::new(
             entry.message.clone(),
@@ -1357,7 +1360,7 @@ mod tests {
     }
 
     fn settle(q: &mut Queue, clock: &Clock, rm: &ReceivedMessage, how: Settle) {
-        let token = Token::parse(rm.receipt.token()).unwrap();
+        let token = Token::parse(rm.receipt.token_bytes()).unwrap();
         q.settle(token, how, clock.now()).unwrap();
     }
 
@@ -1417,7 +1420,7 @@ mod tests {
             );
         }
         for bad in ["", "a", "a.0000000000000001.00000000.0000000000000001"] {
-            assert!(Token::parse(bad).is_none(), "{bad}");
+            assert!(Token::parse(bad.as_bytes()).is_none(), "{bad}");
         }
     }
 }

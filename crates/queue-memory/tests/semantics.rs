@@ -555,7 +555,7 @@ async fn receipts_are_tied_to_their_provider_and_delivery() {
         p2.complete(&m1.receipt).await,
         Err(QueueError::LockLost { .. })
     ));
-    let forged = Receipt::new("sqs", q.clone(), None, m1.receipt.token().to_owned());
+    let forged = Receipt::new("sqs", q.clone(), None, m1.receipt.token());
     assert!(p1.complete(&forged).await.is_err());
     p1.complete(&m1.receipt).await.unwrap();
     assert_eq!(p2.message_count(&q).unwrap(), 1);
