@@ -8,18 +8,25 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     connstr::ConnectionString,
+    envelope::EnvelopeRef,
     github::session_id_from_key,
     limits::validate_attribute_name,
     redact::{REDACTED, redact_text},
     signature::Envelope,
 };
 
-/// Signature envelope parsing: never panics; whatever parses re-encodes to the same text
-/// (one spelling per envelope) and parses back to the same value.
+/// Signature envelope parsing: never panics; the single-pass parser accepts exactly what
+/// the step-by-step parser accepts, with the same values; whatever parses re-encodes to
+/// the same text (one spelling per envelope) and parses back to the same value.
 pub fn envelope(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    assert_eq!(
+        EnvelopeRef::parse_fast(text),
+        EnvelopeRef::parse_checked(text).ok(),
+        "the two envelope parsers disagree"
+    );
     if let Ok(env) = Envelope::parse(text) {
         let encoded = env.to_string();
         assert_eq!(encoded, text, "accepted a non-canonical envelope");

@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod canonical;
 pub mod connstr;
+mod envelope;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

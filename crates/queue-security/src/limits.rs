@@ -93,10 +93,7 @@ impl Limits {
         let Some(max) = max_attributes else {
             return Ok(());
         };
-        let count = attributes
-            .keys()
-            .filter(|k| k.as_str() != SIGNATURE_ATTRIBUTE)
-            .count();
+        let count = application_attribute_count(attributes);
         if count + 1 > max {
             return Err(SecurityError::TooManyAttributeSlots {
                 attributes: count,
@@ -123,32 +120,55 @@ impl Limits {
     /// ([`SIGNATURE_ATTRIBUTE`]) is skipped; other names starting with [`RESERVED_PREFIX`]
     /// are rejected.
     pub fn check_attributes(&self, attributes: &Attributes) -> Result<(), SecurityError> {
-        let count = attributes
-            .keys()
-            .filter(|k| k.as_str() != SIGNATURE_ATTRIBUTE)
-            .count();
+        self.check_attribute_count(application_attribute_count(attributes))?;
+        for (name, value) in attributes {
+            if name != SIGNATURE_ATTRIBUTE {
+                self.check_attribute(name, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails with [`SecurityError::TooManyAttributes`] if `count` application attributes
+    /// are more than allowed.
+    pub(crate) fn check_attribute_count(&self, count: usize) -> Result<(), SecurityError> {
         if count > self.max_attributes {
             return Err(SecurityError::TooManyAttributes {
                 count,
                 max: self.max_attributes,
             });
         }
-        for (name, value) in attributes {
-            if name == SIGNATURE_ATTRIBUTE {
-                continue;
-            }
-            if name.starts_with(RESERVED_PREFIX) {
-                return Err(SecurityError::InvalidAttribute {
-                    reason: format!(
-                        "name `{}` uses the reserved prefix `{RESERVED_PREFIX}`",
-                        crate::error::sanitize_label(name)
-                    ),
-                });
-            }
-            validate_attribute_name(name, self.max_attribute_name_len)?;
-            validate_attribute_value(name, value, self.max_attribute_value_len)?;
-        }
         Ok(())
+    }
+
+    /// Checks one application attribute: reserved prefix, name, value. Names of plain
+    /// ASCII and values of printable ASCII (nearly all) are decided by one table-driven
+    /// pass each; anything else takes the detailed checks, which also word the error.
+    pub(crate) fn check_attribute(&self, name: &str, value: &str) -> Result<(), SecurityError> {
+        if is_plain_name(name, self.max_attribute_name_len)
+            && !name.starts_with(RESERVED_PREFIX)
+            && value.len() <= self.max_attribute_value_len
+            && value
+                .bytes()
+                .fold(true, |ok, b| ok & PLAIN_VALUE_BYTE[usize::from(b)])
+        {
+            return Ok(());
+        }
+        self.check_attribute_in_detail(name, value)
+    }
+
+    #[cold]
+    fn check_attribute_in_detail(&self, name: &str, value: &str) -> Result<(), SecurityError> {
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(SecurityError::InvalidAttribute {
+                reason: format!(
+                    "name `{}` uses the reserved prefix `{RESERVED_PREFIX}`",
+                    crate::error::sanitize_label(name)
+                ),
+            });
+        }
+        validate_attribute_name(name, self.max_attribute_name_len)?;
+        validate_attribute_value(name, value, self.max_attribute_value_len)
     }
 
     /// Body size first, then attributes.
@@ -156,6 +176,60 @@ impl Limits {
         self.check_body_size("message body", message.body.len())?;
         self.check_attributes(&message.attributes)
     }
+}
+
+/// Application attributes: all but the signature.
+fn application_attribute_count(attributes: &Attributes) -> usize {
+    attributes.len() - usize::from(attributes.contains_key(SIGNATURE_ATTRIBUTE))
+}
+
+/// The bytes of attribute names, key ids and covered names: ASCII letters, digits, `-`,
+/// `_` and `.`.
+pub(crate) static NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.';
+        b += 1;
+    }
+    table
+};
+
+/// Value bytes that need no further check: printable ASCII, tab, line feed, carriage
+/// return.
+static PLAIN_VALUE_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = (c >= 0x20 && c < 0x7f) || c == b'\t' || c == b'\n' || c == b'\r';
+        b += 1;
+    }
+    table
+};
+
+/// The rule of [`validate_attribute_name`] as a yes/no answer, in one pass without
+/// branches per byte.
+fn is_plain_name(name: &str, max_len: usize) -> bool {
+    let bytes = name.as_bytes();
+    let Some(&first) = bytes.first() else {
+        return false;
+    };
+    if bytes.len() > max_len || !first.is_ascii_alphabetic() {
+        return false;
+    }
+    let (mut ok, mut previous) = (true, 0u8);
+    for &b in bytes {
+        ok &= NAME_BYTE[usize::from(b)] & !(b == b'.' && previous == b'.');
+        previous = b;
+    }
+    let reserved = |prefix: &[u8]| {
+        bytes
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    ok && !(matches!(first, b'a' | b'A') && (reserved(b"aws.") || reserved(b"amazon.")))
 }
 
 /// Validates an attribute name: 1 to `max_len` bytes of ASCII letters, digits, `-`, `_`
@@ -262,6 +336,53 @@ mod tests {
         ] {
             let err = validate_attribute_name(bad, 128).unwrap_err();
             assert_eq!(err.reason(), "InvalidAttributes", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_one_pass_name_check_agrees_with_the_detailed_one() {
+        // Every name of up to 4 characters over an alphabet with each kind of byte the
+        // rules look at, plus the reserved prefixes.
+        let alphabet = [
+            "a", "A", "w", "s", "m", "z", "n", "o", "1", "-", "_", ".", " ", "ü",
+        ];
+        let mut names = vec![String::new()];
+        let mut level = vec![String::new()];
+        for _ in 0..4 {
+            level = level
+                .iter()
+                .flat_map(|n| alphabet.iter().map(move |c| format!("{n}{c}")))
+                .collect();
+            names.extend(level.iter().cloned());
+        }
+        for prefix in ["aws.", "AwS.", "amazon.", "AMAZON.", "awsx", "amazonx"] {
+            names.push(format!("{prefix}x"));
+        }
+        for name in &names {
+            for max in [3, 128] {
+                assert_eq!(
+                    is_plain_name(name, max),
+                    validate_attribute_name(name, max).is_ok(),
+                    "{name:?} {max}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_one_pass_attribute_check_agrees_with_the_detailed_one() {
+        let limits = Limits::default().with_max_attribute_value_len(4);
+        let values = [
+            "", "abcd", "abcde", "a\tb", "\u{7f}", "\u{0}", "ü", "\u{FFFF}", "~ ",
+        ];
+        for name in ["event", "qr-sig-x", "1a"] {
+            for value in values {
+                assert_eq!(
+                    limits.check_attribute(name, value).is_ok(),
+                    limits.check_attribute_in_detail(name, value).is_ok(),
+                    "{name} {value:?}"
+                );
+            }
         }
     }
 

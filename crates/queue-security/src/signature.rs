@@ -4,6 +4,7 @@
 //! implementation.
 
 use std::{
+    cmp::Ordering,
     collections::BTreeSet,
     fmt,
     str::FromStr,
@@ -12,11 +13,12 @@ use std::{
 };
 
 use queue_core::{Attributes, Message, MessageId, QueueName, ReceivedMessage};
-use subtle::ConstantTimeEq as _;
 
 use crate::{
+    canonical::{self, Header, Sink},
+    envelope::{self, EnvelopeRef},
     error::{SecurityError, sanitize_label},
-    keys::{KeyId, KeyRing, MAX_KEY_ID_LEN, is_key_id_byte},
+    keys::{KeyId, KeyRing},
     limits::Limits,
 };
 
@@ -104,165 +106,15 @@ impl fmt::Debug for Envelope {
     }
 }
 
-fn malformed(reason: &'static str) -> SecurityError {
-    SecurityError::MalformedSignature { reason }
-}
-
-fn parse_ms(value: &str) -> Result<u64, SecurityError> {
-    let ok = !value.is_empty()
-        && value.len() <= 15
-        && value.bytes().all(|b| b.is_ascii_digit())
-        && (value == "0" || !value.starts_with('0'));
-    if !ok {
-        return Err(malformed(
-            "timestamp is not a canonical decimal of at most 15 digits",
-        ));
-    }
-    value
-        .parse()
-        .map_err(|_| malformed("timestamp out of range"))
-}
-
-/// Decodes exactly 64 lowercase hex digits (the only spelling the envelope accepts) in
-/// one pass.
-fn decode_mac(text: &str) -> Option<[u8; 32]> {
-    fn nibble(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            _ => None,
-        }
-    }
-    let digits = text.as_bytes();
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut mac = [0u8; 32];
-    for (byte, pair) in mac.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(mac)
-}
-
-fn field<'a>(
-    part: Option<&'a str>,
-    name: &'static str,
-    missing: &'static str,
-) -> Result<&'a str, SecurityError> {
-    part.and_then(|p| p.strip_prefix(name))
-        .ok_or_else(|| malformed(missing))
-}
-
-/// An envelope parsed in place: every field borrows the text (verification allocates
-/// nothing for it).
-struct EnvelopeRef<'a> {
-    key_id: &'a str,
-    signed_at_ms: u64,
-    not_before_ms: Option<u64>,
-    /// The covered names as written: comma-separated, validated, strictly ascending.
-    covered: &'a str,
-    covered_count: usize,
-    mac: [u8; 32],
-}
-
-impl<'a> EnvelopeRef<'a> {
-    fn parse(text: &'a str) -> Result<Self, SecurityError> {
-        if text.len() > MAX_ENVELOPE_LEN {
-            return Err(malformed("envelope too long"));
-        }
-        let mut parts = text.split(';');
-        check_version(field(parts.next(), "v=", "envelope must start with `v=`")?)?;
-        let key_id = field(parts.next(), "k=", "missing `k=` after the version")?;
-        if key_id.is_empty() || key_id.len() > MAX_KEY_ID_LEN || !key_id.bytes().all(is_key_id_byte)
-        {
-            return Err(malformed("invalid key id"));
-        }
-        let signed_at_ms = parse_ms(field(parts.next(), "t=", "missing `t=` after the key id")?)?;
-        let mut next = parts.next();
-        let not_before_ms = match next.and_then(|p| p.strip_prefix("n=")) {
-            Some(n) => {
-                next = parts.next();
-                Some(parse_ms(n)?)
-            }
-            None => None,
-        };
-        let covered = field(next, "a=", "missing `a=` after the timestamp")?;
-        let covered_count = check_covered(covered)?;
-        let sig = field(parts.next(), "s=", "missing `s=` after the attribute list")?;
-        if parts.next().is_some() {
-            return Err(malformed("unexpected field after `s=`"));
-        }
-        let mac = decode_mac(sig)
-            .ok_or_else(|| malformed("signature must be 64 lowercase hex digits"))?;
-        Ok(Self {
-            key_id,
-            signed_at_ms,
-            not_before_ms,
-            covered,
-            covered_count,
-            mac,
-        })
-    }
-
-    /// The covered attribute names, in order.
-    fn names(&self) -> impl Iterator<Item = &'a str> + use<'a> {
-        self.covered.split(',').filter(|name| !name.is_empty())
-    }
-}
-
-fn check_version(version: &str) -> Result<(), SecurityError> {
-    if version == "1" {
-        return Ok(());
-    }
-    // Echo only what looks like a version number; the rest is untrusted text.
-    let shown =
-        if !version.is_empty() && version.len() <= 4 && version.bytes().all(|b| b.is_ascii_digit())
-        {
-            version.to_owned()
-        } else {
-            "?".to_owned()
-        };
-    Err(SecurityError::UnsupportedVersion { version: shown })
-}
-
-/// Checks the covered-name list (`a=`): valid names, strictly ascending, at most
-/// [`MAX_COVERED_ATTRIBUTES`]. Returns how many.
-fn check_covered(list: &str) -> Result<usize, SecurityError> {
-    if list.is_empty() {
-        return Ok(0);
-    }
-    let mut previous: Option<&str> = None;
-    let mut count = 0;
-    for name in list.split(',') {
-        let valid = !name.is_empty()
-            && name.len() <= MAX_COVERED_NAME_LEN
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-        if !valid {
-            return Err(malformed("invalid covered attribute name"));
-        }
-        if previous.is_some_and(|prev| prev >= name) {
-            return Err(malformed(
-                "covered attribute names are not strictly ascending",
-            ));
-        }
-        if count == MAX_COVERED_ATTRIBUTES {
-            return Err(malformed("too many covered attributes"));
-        }
-        previous = Some(name);
-        count += 1;
-    }
-    Ok(count)
-}
-
 impl Envelope {
     /// Parses the text form strictly: one accepted spelling per envelope.
     pub fn parse(text: &str) -> Result<Self, SecurityError> {
         let parsed = EnvelopeRef::parse(text)?;
         Ok(Self {
             version: SignatureVersion::V1,
-            key_id: KeyId::new(parsed.key_id).map_err(|_| malformed("invalid key id"))?,
+            key_id: KeyId::new(parsed.key_id).map_err(|_| SecurityError::MalformedSignature {
+                reason: "invalid key id",
+            })?,
             signed_at_ms: parsed.signed_at_ms,
             not_before_ms: parsed.not_before_ms,
             covered: parsed.names().map(str::to_owned).collect(),
@@ -336,46 +188,10 @@ impl SignedFields<'_> {
     /// `bytes(x)` is a 4-byte big-endian length then `x`; `opt(x)` is `0x00` when absent,
     /// else `0x01` then `bytes(x)`; integers are 8-byte big-endian. The body's length is 8
     /// bytes. See `docs/security.md`.
-    pub fn encode_v1(&self, mut out: impl FnMut(&[u8])) {
-        fn bytes(out: &mut impl FnMut(&[u8]), value: &[u8]) {
-            // Inputs are bounded far below 4 GiB by the parser and the limits.
-            let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-            out(&len.to_be_bytes());
-            out(value);
-        }
-        fn opt(out: &mut impl FnMut(&[u8]), value: Option<&[u8]>) {
-            match value {
-                None => out(&[0]),
-                Some(v) => {
-                    out(&[1]);
-                    bytes(out, v);
-                }
-            }
-        }
-        bytes(&mut out, V1_DOMAIN);
-        bytes(&mut out, self.key_id.as_bytes());
-        out(&self.signed_at_ms.to_be_bytes());
-        match self.not_before_ms {
-            None => out(&[0]),
-            Some(n) => {
-                out(&[1]);
-                out(&n.to_be_bytes());
-            }
-        }
-        bytes(&mut out, self.queue.as_bytes());
-        bytes(&mut out, self.message_id.as_bytes());
-        opt(&mut out, self.session_id.map(str::as_bytes));
-        opt(&mut out, self.correlation_id.map(str::as_bytes));
-        opt(&mut out, self.content_type.map(str::as_bytes));
-        opt(&mut out, self.subject.map(str::as_bytes));
-        let count = u32::try_from(self.attributes.len()).unwrap_or(u32::MAX);
-        out(&count.to_be_bytes());
-        for (name, value) in self.attributes {
-            bytes(&mut out, name.as_bytes());
-            bytes(&mut out, value.as_bytes());
-        }
-        out(&(self.body.len() as u64).to_be_bytes());
-        out(self.body);
+    pub fn encode_v1(&self, out: impl FnMut(&[u8])) {
+        let mut out = canonical::FnSink(out);
+        self.encode_header(&mut out);
+        out.put(self.body);
     }
 
     /// The v1 canonical encoding as one buffer (for tests and other implementations).
@@ -385,51 +201,28 @@ impl SignedFields<'_> {
         buf
     }
 
-    /// The HMAC of the v1 canonical encoding, computed as it is encoded: no buffer
-    /// holds the encoding, and the small header pieces reach the HMAC through a stack
-    /// buffer in one or two updates.
-    fn mac(&self, key: &ring::hmac::Key) -> ring::hmac::Tag {
-        let mut feed = Feed {
-            ctx: ring::hmac::Context::with_key(key),
-            buf: [0; FEED_BUF],
-            len: 0,
-        };
-        self.encode_v1(|piece| feed.push(piece));
-        feed.flush();
-        feed.ctx.sign()
-    }
-}
-
-const FEED_BUF: usize = 256;
-
-/// Gathers small pieces of the canonical encoding before they reach the HMAC.
-struct Feed {
-    ctx: ring::hmac::Context,
-    buf: [u8; FEED_BUF],
-    len: usize,
-}
-
-impl Feed {
-    fn push(&mut self, piece: &[u8]) {
-        if self.len + piece.len() > FEED_BUF {
-            self.flush();
+    /// Everything but the body.
+    fn encode_header(&self, out: &mut impl Sink) {
+        canonical::encode_head(out, self, self.attributes.len());
+        for (name, value) in self.attributes {
+            canonical::encode_attribute(out, name, value);
         }
-        if piece.len() >= FEED_BUF {
-            self.ctx.update(piece);
-        } else {
-            self.buf[self.len..self.len + piece.len()].copy_from_slice(piece);
-            self.len += piece.len();
-        }
+        canonical::encode_body_len(out, self.body.len());
     }
 
-    fn flush(&mut self) {
-        self.ctx.update(&self.buf[..self.len]);
-        self.len = 0;
+    /// The HMAC of the v1 canonical encoding: the header gathered in a stack buffer, then
+    /// the body, in two updates.
+    #[cfg(test)]
+    fn mac(&self, key: &ring::hmac::Key) -> [u8; 32] {
+        let mut header = Header::new();
+        self.encode_header(&mut header);
+        canonical::mac(key, header.as_slice(), self.body)
     }
 }
 
 /// Writes the envelope text of a fresh signature into `text` (the same text as
-/// [`Envelope`]'s `Display`, without building an `Envelope` first).
+/// [`Envelope`]'s `Display`).
+#[cfg(test)]
 fn write_envelope(
     text: &mut String,
     key_id: &KeyId,
@@ -438,42 +231,14 @@ fn write_envelope(
     covered: &[(&str, &str)],
     mac: &[u8; 32],
 ) {
-    let names: usize = covered.iter().map(|(k, _)| k.len() + 1).sum();
-    text.reserve(40 + key_id.as_str().len() + 2 * 20 + names + 64);
-    text.push_str("v=1;k=");
-    text.push_str(key_id.as_str());
-    text.push_str(";t=");
-    push_decimal(text, signed_at_ms);
-    if let Some(n) = not_before_ms {
-        text.push_str(";n=");
-        push_decimal(text, n);
-    }
-    text.push_str(";a=");
+    envelope::push_envelope_head(text, key_id.as_str(), signed_at_ms, not_before_ms);
     for (i, (name, _)) in covered.iter().enumerate() {
         if i > 0 {
             text.push(',');
         }
         text.push_str(name);
     }
-    text.push_str(";s=");
-    let mut hex = [0u8; 64];
-    hex::encode_to_slice(mac, &mut hex).expect("64 digits for 32 bytes");
-    text.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
-}
-
-/// Appends `value` in decimal without going through `fmt`.
-fn push_decimal(text: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    text.push_str(std::str::from_utf8(&digits[start..]).expect("decimal digits are ASCII"));
+    envelope::push_envelope_mac(text, mac);
 }
 
 /// The replay nonce of a MAC: 32 hex digits of SHA-256 over it (one allocation, the
@@ -506,6 +271,15 @@ pub enum AttributeCoverage {
     All,
     /// Only these names (those present on the message are covered).
     Only(BTreeSet<String>),
+}
+
+impl AttributeCoverage {
+    fn covers(&self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(names) => names.contains(name),
+        }
+    }
 }
 
 /// Signs outgoing messages with the key ring's active key.
@@ -584,63 +358,99 @@ impl MessageSigner {
 
     /// Signs `message` for `queue` as of `at`: checks the limits, assigns a random message
     /// id if none is set (the id is covered), replaces any previous signature, and stores
-    /// the envelope in the [`SIGNATURE_ATTRIBUTE`] attribute. Returns the key id used.
+    /// the envelope in the [`SIGNATURE_ATTRIBUTE`] attribute. Returns the key id used. On
+    /// failure the message is left without a signature.
     pub fn sign_at(
         &self,
         queue: &QueueName,
         message: &mut Message,
         at: SystemTime,
     ) -> Result<KeyId, SecurityError> {
-        // A re-signed message gives back its old entry, whose key and buffer are reused.
-        let previous = message.attributes.remove_entry(SIGNATURE_ATTRIBUTE);
-        self.limits.check_message(message)?;
-        let message_id = message
-            .message_id
-            .get_or_insert_with(MessageId::random)
-            .clone();
-        let covered: Vec<(&str, &str)> = message
+        // A re-signed message lends its old signature's buffer to the new text; its slot
+        // stays in the map meanwhile (empty, and skipped like any signature).
+        let previous = message
             .attributes
-            .iter()
-            .filter(|(name, _)| match &self.coverage {
-                AttributeCoverage::All => true,
-                AttributeCoverage::Only(set) => set.contains(name.as_str()),
-            })
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let signed_at_ms = unix_ms(at);
-        let not_before_ms = message.scheduled_enqueue_time.map(unix_ms);
-        let (key_id, mac) = self.keys.with_active(|key_id, key| {
+            .get_mut(SIGNATURE_ATTRIBUTE)
+            .map(std::mem::take);
+        match self.envelope_text(queue, message, at, previous.unwrap_or_default()) {
+            Ok((key_id, text)) => {
+                match message.attributes.get_mut(SIGNATURE_ATTRIBUTE) {
+                    Some(slot) => *slot = text,
+                    None => {
+                        message
+                            .attributes
+                            .insert(SIGNATURE_ATTRIBUTE.to_owned(), text);
+                    }
+                }
+                Ok(key_id)
+            }
+            Err(error) => {
+                message.attributes.remove(SIGNATURE_ATTRIBUTE);
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks the limits and writes the new envelope into `text` (cleared first) in one
+    /// walk over the attributes: each covered one goes into the canonical header (on the
+    /// stack) and its name into the envelope's list.
+    fn envelope_text(
+        &self,
+        queue: &QueueName,
+        message: &mut Message,
+        at: SystemTime,
+        mut text: String,
+    ) -> Result<(KeyId, String), SecurityError> {
+        self.limits.check_message(message)?;
+        let message_id = message.message_id.get_or_insert_with(MessageId::random);
+        let unkeyed = SignedFields {
+            key_id: "",
+            signed_at_ms: unix_ms(at),
+            not_before_ms: message.scheduled_enqueue_time.map(unix_ms),
+            queue: queue.as_str(),
+            message_id: message_id.as_str(),
+            session_id: message.session_id.as_ref().map(|s| s.as_str()),
+            correlation_id: message.correlation_id.as_deref(),
+            content_type: message.content_type.as_deref(),
+            subject: message.subject.as_deref(),
+            attributes: &[],
+            body: &message.body,
+        };
+        text.clear();
+        text.reserve(160);
+        let key_id = self.keys.with_active(|key_id, key| {
             let fields = SignedFields {
                 key_id: key_id.as_str(),
-                signed_at_ms,
-                not_before_ms,
-                queue: queue.as_str(),
-                message_id: message_id.as_str(),
-                session_id: message.session_id.as_ref().map(|s| s.as_str()),
-                correlation_id: message.correlation_id.as_deref(),
-                content_type: message.content_type.as_deref(),
-                subject: message.subject.as_deref(),
-                attributes: &covered,
-                body: &message.body,
+                ..unkeyed
             };
-            let tag = fields.mac(key);
-            let mut mac = [0u8; 32];
-            mac.copy_from_slice(tag.as_ref());
-            (key_id.clone(), mac)
+            let mut header = Header::new();
+            canonical::encode_head(&mut header, &fields, 0);
+            let count_at = header.len() - 4;
+            envelope::push_envelope_head(
+                &mut text,
+                fields.key_id,
+                fields.signed_at_ms,
+                fields.not_before_ms,
+            );
+            let mut count = 0u32;
+            for (name, value) in &message.attributes {
+                if name == SIGNATURE_ATTRIBUTE || !self.coverage.covers(name) {
+                    continue;
+                }
+                canonical::encode_attribute(&mut header, name, value);
+                if count > 0 {
+                    text.push(',');
+                }
+                text.push_str(name);
+                count += 1;
+            }
+            header.patch_u32(count_at, count);
+            canonical::encode_body_len(&mut header, fields.body.len());
+            let mac = canonical::mac(key, header.as_slice(), fields.body);
+            envelope::push_envelope_mac(&mut text, &mac);
+            key_id.clone()
         })?;
-        let (name, mut text) =
-            previous.unwrap_or_else(|| (SIGNATURE_ATTRIBUTE.to_owned(), String::new()));
-        text.clear();
-        write_envelope(
-            &mut text,
-            &key_id,
-            signed_at_ms,
-            not_before_ms,
-            &covered,
-            &mac,
-        );
-        message.attributes.insert(name, text);
-        Ok(key_id)
+        Ok((key_id, text))
     }
 }
 
@@ -655,8 +465,45 @@ pub struct Verified {
     /// Scheduled delivery time, if the sender set one.
     pub not_before: Option<SystemTime>,
     /// The covered attribute names as the envelope lists them (comma-separated).
-    covered: String,
+    covered: CoveredNames,
     mac: [u8; 32],
+}
+
+/// Covered-name lists up to this long are kept inside [`Verified`].
+const COVERED_INLINE: usize = 64;
+
+/// The covered names as the envelope lists them, inline when short: a verification then
+/// allocates nothing for them.
+#[derive(Clone, PartialEq, Eq)]
+enum CoveredNames {
+    Inline {
+        len: u8,
+        bytes: [u8; COVERED_INLINE],
+    },
+    Heap(Box<str>),
+}
+
+impl CoveredNames {
+    fn new(names: &str) -> Self {
+        match u8::try_from(names.len()) {
+            Ok(len) if names.len() <= COVERED_INLINE => {
+                let mut bytes = [0; COVERED_INLINE];
+                bytes[..names.len()].copy_from_slice(names.as_bytes());
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(names.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `str` whole, so always valid.
+            Self::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Self::Heap(names) => names,
+        }
+    }
 }
 
 impl fmt::Debug for Verified {
@@ -666,7 +513,7 @@ impl fmt::Debug for Verified {
             .field("key_id", &self.key_id)
             .field("signed_at", &self.signed_at)
             .field("not_before", &self.not_before)
-            .field("covered_attributes", &self.covered)
+            .field("covered_attributes", &self.covered.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -675,7 +522,10 @@ impl Verified {
     /// Attributes the signature covers, in ascending order (others, if allowed, are
     /// unauthenticated).
     pub fn covered_attributes(&self) -> impl Iterator<Item = &str> {
-        self.covered.split(',').filter(|name| !name.is_empty())
+        self.covered
+            .as_str()
+            .split(',')
+            .filter(|name| !name.is_empty())
     }
 
     /// The replay nonce: 32 hex digits of SHA-256 over the MAC. Every copy of a signed
@@ -747,13 +597,23 @@ impl SignatureVerifier {
     /// [`ReceivedMessage::message_id`].
     pub fn verify(&self, received: &ReceivedMessage) -> Result<Verified, SecurityError> {
         let message = &received.message;
-        self.limits.check_message(message)?;
-        let text = message
-            .attributes
+        let attributes = &message.attributes;
+        self.limits
+            .check_body_size("message body", message.body.len())?;
+        let envelope = match attributes
             .get(SIGNATURE_ATTRIBUTE)
-            .ok_or(SecurityError::Unsigned)?;
-        let envelope = EnvelopeRef::parse(text)?;
-        let covered = self.covered_values(&envelope, &message.attributes)?;
+            .map(|t| EnvelopeRef::parse(t))
+        {
+            Some(Ok(envelope)) => envelope,
+            // Without a usable envelope the attribute limits still come first.
+            refused => {
+                self.limits.check_attributes(attributes)?;
+                return Err(refused.map_or(SecurityError::Unsigned, |r| {
+                    r.err().unwrap_or(SecurityError::Unsigned)
+                }));
+            }
+        };
+        self.limits.check_attribute_count(attributes.len() - 1)?;
         let fields = SignedFields {
             key_id: envelope.key_id,
             signed_at_ms: envelope.signed_at_ms,
@@ -764,14 +624,17 @@ impl SignatureVerifier {
             correlation_id: message.correlation_id.as_deref(),
             content_type: message.content_type.as_deref(),
             subject: message.subject.as_deref(),
-            attributes: &covered,
+            attributes: &[],
             body: &message.body,
         };
+        let mut header = Header::new();
+        canonical::encode_head(&mut header, &fields, envelope.covered_count);
+        self.encode_covered(&envelope, attributes, &mut header)?;
+        canonical::encode_body_len(&mut header, fields.body.len());
         let key_id = self.keys.with_key_named(envelope.key_id, |key_id, key| {
-            // Recompute the tag over the encoding as it is produced (no copy of the body),
-            // then compare in constant time.
-            let tag = fields.mac(key);
-            if bool::from(tag.as_ref().ct_eq(&envelope.mac[..])) {
+            // The header from the stack, then the body as it is; compared in constant time.
+            let mac = canonical::mac(key, header.as_slice(), fields.body);
+            if canonical::macs_equal(&mac, &envelope.mac) {
                 Ok(key_id.clone())
             } else {
                 Err(SecurityError::SignatureInvalid)
@@ -786,38 +649,58 @@ impl SignatureVerifier {
             key_id,
             signed_at: from_unix_ms(envelope.signed_at_ms),
             not_before: envelope.not_before_ms.map(from_unix_ms),
-            covered: envelope.covered.to_owned(),
+            covered: CoveredNames::new(envelope.covered),
             mac: envelope.mac,
         })
     }
 
-    /// The (name, value) pairs the envelope covers, in order; fails if one is missing,
-    /// or if the message carries an attribute it does not cover (unless allowed).
-    fn covered_values<'m>(
+    /// Checks each application attribute against the limits and writes the covered ones
+    /// into `header`, walking the message's attributes (sorted) and the envelope's names
+    /// (strictly ascending) side by side. The first limit violation fails at once; then a
+    /// covered name missing from the message is [`SecurityError::SignatureInvalid`]; then
+    /// an attribute the envelope does not cover fails unless allowed.
+    fn encode_covered(
         &self,
-        envelope: &EnvelopeRef<'m>,
-        attributes: &'m Attributes,
-    ) -> Result<Vec<(&'m str, &'m str)>, SecurityError> {
-        let mut covered = Vec::with_capacity(envelope.covered_count);
-        for name in envelope.names() {
-            let value = attributes
-                .get(name)
-                .ok_or(SecurityError::SignatureInvalid)?;
-            covered.push((name, value.as_str()));
+        envelope: &EnvelopeRef<'_>,
+        attributes: &Attributes,
+        header: &mut Header,
+    ) -> Result<(), SecurityError> {
+        let mut names = envelope.names().peekable();
+        let mut missing = false;
+        let mut uncovered = None;
+        for (name, value) in attributes {
+            if name == SIGNATURE_ATTRIBUTE {
+                continue;
+            }
+            self.limits.check_attribute(name, value)?;
+            loop {
+                match names.peek().map(|covered| (*covered).cmp(name.as_str())) {
+                    // A covered name that sorts before this attribute is not on the message.
+                    Some(Ordering::Less) => missing = true,
+                    Some(Ordering::Equal) => {
+                        canonical::encode_attribute(header, name, value);
+                        names.next();
+                        break;
+                    }
+                    _ => {
+                        uncovered = uncovered.or(Some(name));
+                        break;
+                    }
+                }
+                names.next();
+            }
         }
-        // Covered names are distinct and all present, so any attribute beyond them (and
-        // the signature itself) is uncovered; the search for its name runs only then.
-        let uncovered = attributes.len() - 1 > covered.len();
-        if uncovered && !self.allow_uncovered_attributes {
-            let extra = attributes
-                .keys()
-                .find(|k| {
-                    k.as_str() != SIGNATURE_ATTRIBUTE && !envelope.names().any(|n| n == k.as_str())
+        if missing || names.next().is_some() {
+            return Err(SecurityError::SignatureInvalid);
+        }
+        match uncovered {
+            Some(name) if !self.allow_uncovered_attributes => {
+                Err(SecurityError::UncoveredAttribute {
+                    name: sanitize_label(name),
                 })
-                .map_or_else(String::new, |k| sanitize_label(k));
-            return Err(SecurityError::UncoveredAttribute { name: extra });
+            }
+            _ => Ok(()),
         }
-        Ok(covered)
     }
 
     fn check_freshness(
@@ -881,27 +764,37 @@ mod tests {
     }
 
     #[test]
-    fn the_streamed_mac_equals_the_mac_of_the_whole_encoding() {
+    fn the_two_part_mac_equals_the_mac_of_the_whole_encoding() {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7; 32]);
-        let attrs = [("event", "push"), ("repo", "octo/x")];
-        // Bodies around the feed buffer's size, to cross its flush paths.
-        for body_len in [0, 1, 100, FEED_BUF - 1, FEED_BUF, FEED_BUF + 1, 5000] {
-            let body = vec![b'x'; body_len];
-            let fields = SignedFields {
-                key_id: "k1",
-                signed_at_ms: 1,
-                not_before_ms: Some(2),
-                queue: "q",
-                message_id: "m",
-                session_id: Some("s"),
-                correlation_id: None,
-                content_type: Some("application/json"),
-                subject: Some("push"),
-                attributes: &attrs,
-                body: &body,
-            };
-            let whole = ring::hmac::sign(&key, &fields.canonical_v1());
-            assert_eq!(fields.mac(&key).as_ref(), whole.as_ref(), "{body_len}");
+        // Headers below, at and above the stack buffer's size (the value's length moves the
+        // header around it), with bodies on and off block boundaries.
+        for value_len in [0, 300, 369, 370, 371, 372, 373, 1000] {
+            let value = "v".repeat(value_len);
+            let attrs = [("event", "push"), ("repo", value.as_str())];
+            for body_len in [0, 1, 55, 64, 100, 5000] {
+                let body = vec![b'x'; body_len];
+                let fields = SignedFields {
+                    key_id: "k1",
+                    signed_at_ms: 1,
+                    not_before_ms: Some(2),
+                    queue: "q",
+                    message_id: "m",
+                    session_id: Some("s"),
+                    correlation_id: None,
+                    content_type: Some("application/json"),
+                    subject: Some("push"),
+                    attributes: &attrs,
+                    body: &body,
+                };
+                let whole = fields.canonical_v1();
+                let header_len = whole.len() - body_len;
+                let expected = ring::hmac::sign(&key, &whole);
+                assert_eq!(
+                    fields.mac(&key).as_slice(),
+                    expected.as_ref(),
+                    "{header_len} + {body_len}"
+                );
+            }
         }
     }
 }
