@@ -123,6 +123,7 @@ impl Message {
     ///
     /// Providers compare their own encoded size against their limit; this estimate is what
     /// the in-memory provider and pre-send checks use.
+    #[inline]
     pub fn encoded_size(&self) -> usize {
         self.body.len()
             + self.content_type.as_deref().map_or(0, str::len)
@@ -190,27 +191,32 @@ impl Receipt {
     }
 
     /// Id of the provider that issued the receipt.
+    #[inline]
     pub fn provider(&self) -> &'static str {
         self.provider
     }
 
     /// The queue the message was received from (a dead-letter receipt names the main queue).
+    #[inline]
     pub fn queue(&self) -> &QueueName {
         &self.queue
     }
 
     /// The session the message was received through, if any.
+    #[inline]
     pub fn session(&self) -> Option<&SessionId> {
         self.session.as_ref()
     }
 
     /// For provider implementations: the provider-specific token.
+    #[inline]
     pub fn token(&self) -> &str {
         self.token.as_str()
     }
 
     /// For provider implementations: the token's bytes (UTF-8), without the check that
     /// [`token`](Self::token) makes of a short token kept inline.
+    #[inline]
     pub fn token_bytes(&self) -> &[u8] {
         self.token.as_bytes()
     }
@@ -280,6 +286,7 @@ pub struct ReceivedMessage {
 
 impl ReceivedMessage {
     /// For provider implementations: assembles a received message.
+    #[inline]
     pub fn new(
         message: Message,
         message_id: MessageId,
@@ -301,12 +308,14 @@ impl ReceivedMessage {
     }
 
     /// Sets the lock expiry.
+    #[inline]
     pub fn with_locked_until(mut self, at: SystemTime) -> Self {
         self.locked_until = Some(at);
         self
     }
 
     /// Sets the sequence number.
+    #[inline]
     pub fn with_sequence_number(mut self, seq: i64) -> Self {
         self.sequence_number = Some(seq);
         self
@@ -325,11 +334,13 @@ impl ReceivedMessage {
     }
 
     /// The body.
+    #[inline]
     pub fn body(&self) -> &Bytes {
         &self.message.body
     }
 
     /// The session id, if any.
+    #[inline]
     pub fn session_id(&self) -> Option<&SessionId> {
         self.message.session_id.as_ref()
     }

@@ -105,6 +105,7 @@ impl QueueName {
     }
 
     /// The name as a string slice.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -248,11 +249,13 @@ impl SessionId {
     }
 
     /// The id as a string slice.
+    #[inline]
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
 
     /// Its length in bytes (without the UTF-8 check of [`as_str`](Self::as_str)).
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
@@ -272,11 +275,13 @@ impl MessageId {
     }
 
     /// The id as a string slice.
+    #[inline]
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
 
     /// Its length in bytes (without the UTF-8 check of [`as_str`](Self::as_str)).
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
