@@ -42,6 +42,7 @@ impl<T> Default for Slab<T> {
 
 impl<T: Sequenced> Slab<T> {
     /// Stores `value` in a free slot; returns its key.
+    #[inline]
     pub(crate) fn insert(&mut self, value: T) -> Key {
         let seq = value.seq();
         self.len += 1;

@@ -851,6 +851,7 @@ impl Queue {
 
     /// Stores a checked message (unless it is a duplicate inside the detection window).
     /// `at` is the time of the send call.
+    #[inline]
     pub(crate) fn store(&mut self, message: Message, at: &SendTime, clock: &Clock) {
         let now = at.now;
         if let Some(window) = self.spec.duplicate_detection_window {
@@ -900,6 +901,7 @@ impl Queue {
 
     /// Locks the available entry `seq` (already out of its ready set) under `lease` and
     /// returns it.
+    #[inline]
     fn deliver(&mut self, store: Store, seq: Key, lease: &Lease) -> ReceivedMessage {
         let token = self.tokens.take();
         let entry = match store {
