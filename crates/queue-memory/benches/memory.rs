@@ -9,8 +9,11 @@
 //!   settle), `omniqueue` = the `omniqueue` crate's in-memory backend (receive + ack).
 //!   Several consumers share one channel receiver (or omniqueue consumer) behind a tokio
 //!   mutex, since both are single-consumer; the in-memory provider needs no wrapper.
-//!   Printed: `memory/mpsc` and `memory/omniqueue` throughput ratios (targets: at least
-//!   0.3 and 1.0).
+//!   `memory` calls the provider's inherent methods (as code holding an
+//!   `InMemoryProvider` does; `omniqueue`'s backend is called the same way, on its concrete
+//!   types), `memory_dyn` the same through `dyn QueueProvider` (as the `Processor` does:
+//!   one boxed future per call). Printed: `memory/mpsc` and `memory/omniqueue` throughput
+//!   ratios of both (targets: at least 0.3 and 1.0).
 //! * `scaling/d{depth}`: one consumer, batch 1, at depth 1k, 100k and 1M; printed: time
 //!   per message and its ratio to depth 1k (flat means O(1)/O(log n) operations).
 //! * `sessions/*`: 1000 session messages drained through `accept_session(Next)` and
@@ -27,9 +30,13 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use omniqueue::backends::{InMemoryBackend, InMemoryConsumer, InMemoryProducer};
 use queue_core::{
     Message, QueueName, QueueProvider, QueueSpec, ReceiveOptions, SessionId, SessionSelector,
+    SharedQueueProvider,
 };
 use queue_memory::InMemoryProvider;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+/// The name of the benchmarks that call the provider through `dyn QueueProvider`.
+const DYN: &str = "memory_dyn";
 
 /// Messages through the queue per measured iteration.
 const N: usize = 1000;
@@ -96,7 +103,32 @@ impl Shape {
     }
 }
 
+/// Calls the provider's inherent methods, as code holding an `InMemoryProvider` does.
 async fn memory_worker(p: InMemoryProvider, q: QueueName, s: Shape, body: Bytes) {
+    for _ in 0..s.rounds() {
+        if s.batch == 1 {
+            p.send(&q, Message::new(body.clone())).await.expect("send");
+        } else {
+            let msgs = (0..s.batch).map(|_| Message::new(body.clone())).collect();
+            p.send_batch(&q, msgs).await.expect("send");
+        }
+        let mut got = 0;
+        while got < s.batch {
+            let batch = p
+                .receive(&q, ReceiveOptions::new(s.batch - got, WAIT))
+                .await
+                .expect("receive");
+            for m in &batch {
+                p.complete(&m.receipt).await.expect("complete");
+            }
+            got += batch.len();
+        }
+    }
+}
+
+/// The same through `dyn QueueProvider`, as the `Processor` and generic code call it
+/// (every call allocates its boxed future).
+async fn memory_dyn_worker(p: SharedQueueProvider, q: QueueName, s: Shape, body: Bytes) {
     for _ in 0..s.rounds() {
         if s.batch == 1 {
             p.send(&q, Message::new(body.clone())).await.expect("send");
@@ -228,12 +260,15 @@ fn bench_memory(
 ) {
     let body = body();
     let key = format!("{}/{name}", s.id());
+    let dyn_calls = name == DYN;
     g.bench_function(&key, |b| {
         // Set up here, so a filtered-out benchmark costs nothing.
         let (p, q) = rt.block_on(memory_queue(s.depth, &body));
+        let shared: SharedQueueProvider = Arc::new(p.clone());
         b.to_async(rt).iter_custom(|iters| {
-            let (p, q, body, results, key) = (
+            let (p, shared, q, body, results, key) = (
                 p.clone(),
+                shared.clone(),
                 q.clone(),
                 body.clone(),
                 results.clone(),
@@ -242,9 +277,15 @@ fn bench_memory(
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    total +=
+                    total += if dyn_calls {
+                        run_workers(s, || {
+                            memory_dyn_worker(shared.clone(), q.clone(), s, body.clone())
+                        })
+                        .await
+                    } else {
                         run_workers(s, || memory_worker(p.clone(), q.clone(), s, body.clone()))
-                            .await;
+                            .await
+                    };
                 }
                 results.record(&key, total, iters);
                 total
@@ -354,6 +395,7 @@ fn round_trip(c: &mut Criterion) {
         bench_mpsc(&mut g, &rt, &results, s);
         bench_omniqueue(&mut g, &rt, &results, s);
         bench_memory(&mut g, &rt, &results, s, "memory");
+        bench_memory(&mut g, &rt, &results, s, DYN);
     }
     g.finish();
     report(
@@ -361,18 +403,22 @@ fn round_trip(c: &mut Criterion) {
     );
     for s in shapes {
         let id = s.id();
-        let (Some(mem), Some(mpsc), Some(omni)) = (
-            results.median(&format!("{id}/memory")),
+        let (Some(mpsc), Some(omni)) = (
             results.median(&format!("{id}/mpsc")),
             results.median(&format!("{id}/omniqueue")),
         ) else {
             continue;
         };
-        report(&format!(
-            "  {id:<16} memory {mem:>8.0} ns/msg  mpsc {mpsc:>7.0}  omniqueue {omni:>7.0}  memory/mpsc {:>5.2}x  memory/omniqueue {:>5.2}x",
-            mpsc / mem,
-            omni / mem
-        ));
+        for name in ["memory", DYN] {
+            let Some(mem) = results.median(&format!("{id}/{name}")) else {
+                continue;
+            };
+            report(&format!(
+                "  {id:<15} {name:<11} {mem:>6.0} ns/msg  mpsc {mpsc:>5.0}  omniqueue {omni:>5.0}  memory/mpsc {:>5.2}x  memory/omniqueue {:>5.2}x",
+                mpsc / mem,
+                omni / mem
+            ));
+        }
     }
 }
 

@@ -204,6 +204,7 @@ impl Inner {
     }
 
     /// Runs `f` on the swept queue `name`, under that queue's mutex only.
+    #[inline]
     pub(crate) fn with_queue<T>(
         &self,
         name: &QueueName,
@@ -418,6 +419,88 @@ impl InMemoryProvider {
     }
 }
 
+/// The hot operations as inherent methods. [`QueueProvider`] is used as a trait object
+/// (`dyn QueueProvider`), so `async_trait` boxes every future it returns: one allocation
+/// per call. Code holding an `InMemoryProvider` itself calls these instead (method calls
+/// find them first) and allocates nothing for the call; the trait's methods run them.
+impl InMemoryProvider {
+    /// [`QueueProvider::send`], called directly: the same operation without the boxed
+    /// future a call through the trait allocates.
+    pub async fn send(&self, queue: &QueueName, mut message: Message) -> Result<MessageId> {
+        let limits = self.inner.limits;
+        let clock = self.inner.clock;
+        // Size checks and the id need no queue: done before its lock is taken.
+        let id = check_limits(&mut message, &limits, queue)?;
+        self.inner.with_queue(queue, "send", |q, now| {
+            q.admit(&message, &limits, now, &clock)?;
+            q.store(message, &send_time(&clock, now), &clock);
+            q.signal.wake();
+            Ok(id)
+        })?
+    }
+
+    /// [`QueueProvider::send_batch`], called directly (no boxed future).
+    pub async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<Message>,
+    ) -> Result<Vec<MessageId>> {
+        let limits = self.inner.limits;
+        let clock = self.inner.clock;
+        let mut messages = messages;
+        // Validate everything first: a batch with one bad entry stores nothing.
+        let ids = messages
+            .iter_mut()
+            .map(|m| check_limits(m, &limits, queue))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.with_queue(queue, "send", |q, now| {
+            for m in &messages {
+                q.admit(m, &limits, now, &clock)?;
+            }
+            let at = send_time(&clock, now);
+            for m in messages {
+                q.store(m, &at, &clock);
+            }
+            q.signal.wake();
+            Ok(ids)
+        })?
+    }
+
+    /// [`QueueProvider::receive`], called directly (no boxed future).
+    pub async fn receive(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> Result<Vec<ReceivedMessage>> {
+        self.receive_from(queue, Store::Active, options, "receive")
+            .await
+    }
+
+    /// [`QueueProvider::complete`], called directly (no boxed future).
+    pub async fn complete(&self, receipt: &Receipt) -> Result<()> {
+        self.settle(receipt, Settle::Complete)
+    }
+
+    /// [`QueueProvider::abandon`], called directly (no boxed future).
+    pub async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
+        self.settle(receipt, Settle::Abandon { delay })
+    }
+
+    /// [`QueueProvider::dead_letter`], called directly (no boxed future).
+    pub async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
+        self.settle(receipt, Settle::DeadLetter(reason))
+    }
+
+    /// [`QueueProvider::renew_lock`], called directly (no boxed future).
+    pub async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
+        let token = parse_receipt(receipt, "renew_lock")?;
+        let until = self
+            .inner
+            .with_queue(receipt.queue(), "renew_lock", |q, now| q.renew(token, now))??;
+        Ok(self.inner.clock.to_system(until))
+    }
+}
+
 #[async_trait]
 impl QueueProvider for InMemoryProvider {
     fn name(&self) -> &'static str {
@@ -452,17 +535,8 @@ impl QueueProvider for InMemoryProvider {
         c
     }
 
-    async fn send(&self, queue: &QueueName, mut message: Message) -> Result<MessageId> {
-        let limits = self.inner.limits;
-        let clock = self.inner.clock;
-        // Size checks and the id need no queue: done before its lock is taken.
-        let id = check_limits(&mut message, &limits, queue)?;
-        self.inner.with_queue(queue, "send", |q, now| {
-            q.admit(&message, &limits, now, &clock)?;
-            q.store(message, &send_time(&clock, now), &clock);
-            q.signal.wake();
-            Ok(id)
-        })?
+    async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
+        InMemoryProvider::send(self, queue, message).await
     }
 
     async fn send_batch(
@@ -470,25 +544,7 @@ impl QueueProvider for InMemoryProvider {
         queue: &QueueName,
         messages: Vec<Message>,
     ) -> Result<Vec<MessageId>> {
-        let limits = self.inner.limits;
-        let clock = self.inner.clock;
-        let mut messages = messages;
-        // Validate everything first: a batch with one bad entry stores nothing.
-        let ids = messages
-            .iter_mut()
-            .map(|m| check_limits(m, &limits, queue))
-            .collect::<Result<Vec<_>>>()?;
-        self.inner.with_queue(queue, "send", |q, now| {
-            for m in &messages {
-                q.admit(m, &limits, now, &clock)?;
-            }
-            let at = send_time(&clock, now);
-            for m in messages {
-                q.store(m, &at, &clock);
-            }
-            q.signal.wake();
-            Ok(ids)
-        })?
+        InMemoryProvider::send_batch(self, queue, messages).await
     }
 
     async fn receive(
@@ -496,28 +552,23 @@ impl QueueProvider for InMemoryProvider {
         queue: &QueueName,
         options: ReceiveOptions,
     ) -> Result<Vec<ReceivedMessage>> {
-        self.receive_from(queue, Store::Active, options, "receive")
-            .await
+        InMemoryProvider::receive(self, queue, options).await
     }
 
     async fn complete(&self, receipt: &Receipt) -> Result<()> {
-        self.settle(receipt, Settle::Complete)
+        InMemoryProvider::complete(self, receipt).await
     }
 
     async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
-        self.settle(receipt, Settle::Abandon { delay })
+        InMemoryProvider::abandon(self, receipt, delay).await
     }
 
     async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
-        self.settle(receipt, Settle::DeadLetter(reason))
+        InMemoryProvider::dead_letter(self, receipt, reason).await
     }
 
     async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
-        let token = parse_receipt(receipt, "renew_lock")?;
-        let until = self
-            .inner
-            .with_queue(receipt.queue(), "renew_lock", |q, now| q.renew(token, now))??;
-        Ok(self.inner.clock.to_system(until))
+        InMemoryProvider::renew_lock(self, receipt).await
     }
 
     async fn accept_session(
