@@ -5,7 +5,7 @@ use std::{
     fmt,
     future::Future,
     hash::{BuildHasherDefault, Hasher},
-    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
+    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard},
     time::{Duration, SystemTime},
 };
 
@@ -214,6 +214,19 @@ impl Inner {
         // Read before the lock is taken, to keep the critical section short.
         let now = self.clock.now();
         let queues = self.queues();
+        let mut queue = Self::lock(&queues, name, operation, now)?;
+        Ok(f(&mut queue, now))
+    }
+
+    /// The queue `name` of the map `queues` (whose read guard the caller holds), locked
+    /// and swept at `now`.
+    #[inline]
+    fn lock<'a>(
+        queues: &'a QueueMap,
+        name: &QueueName,
+        operation: &'static str,
+        now: Instant,
+    ) -> Result<MutexGuard<'a, Queue>> {
         let mut queue = queues
             .get(name)
             .ok_or_else(|| not_found(name, operation))?
@@ -222,7 +235,7 @@ impl Inner {
         if queue.sweep(now) {
             queue.signal.wake();
         }
-        Ok(f(&mut queue, now))
+        Ok(queue)
     }
 
     /// Runs `attempt` until it yields something or `wait` runs out. The first attempt
@@ -431,12 +444,16 @@ impl InMemoryProvider {
         let clock = self.inner.clock;
         // Size checks and the id need no queue: done before its lock is taken.
         let id = check_limits(&mut message, &limits, queue)?;
-        self.inner.with_queue(queue, "send", |q, now| {
-            q.admit(&message, &limits, now, &clock)?;
-            q.store(message, &send_time(&clock, now), &clock);
-            q.signal.wake();
-            Ok(id)
-        })?
+        let now = clock.now();
+        let at = send_time(&clock, now);
+        // The guards, not a closure: the message moves straight into the queue (a
+        // closure would carry a copy of it).
+        let queues = self.inner.queues();
+        let mut q = Inner::lock(&queues, queue, "send", now)?;
+        q.admit(&message, &limits, now, &clock)?;
+        q.store(message, &at, &clock);
+        q.signal.wake();
+        Ok(id)
     }
 
     /// [`QueueProvider::send_batch`], called directly (no boxed future).
