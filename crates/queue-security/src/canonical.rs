@@ -85,19 +85,23 @@ pub(crate) fn encode_body_len(out: &mut impl Sink, len: usize) {
     out.put(&(len as u64).to_be_bytes());
 }
 
-/// The header of the canonical encoding, gathered before it reaches the HMAC: on the
-/// stack, or on the heap once it outgrows [`HEADER_BUF`] bytes.
-pub(crate) struct Header {
-    buf: [u8; HEADER_BUF],
+/// Bytes gathered on the stack, or on the heap once they outgrow `N`: the header of the
+/// canonical encoding before it reaches the HMAC ([`Header`]), the envelope text before it
+/// becomes the attribute value.
+pub(crate) struct StackBuf<const N: usize> {
+    buf: [u8; N],
     len: usize,
-    /// The whole header once it no longer fits `buf` (then `len` is unused).
+    /// Everything written, once it no longer fits `buf` (then `len` is unused).
     spill: Option<Vec<u8>>,
 }
 
-impl Header {
+/// The header of the canonical encoding.
+pub(crate) type Header = StackBuf<HEADER_BUF>;
+
+impl<const N: usize> StackBuf<N> {
     pub(crate) fn new() -> Self {
         Self {
-            buf: [0; HEADER_BUF],
+            buf: [0; N],
             len: 0,
             spill: None,
         }
@@ -129,7 +133,7 @@ impl Header {
     #[inline(never)]
     fn put_spilled(&mut self, bytes: &[u8]) {
         let spill = self.spill.get_or_insert_with(|| {
-            let mut spill = Vec::with_capacity(2 * HEADER_BUF + bytes.len());
+            let mut spill = Vec::with_capacity(2 * N + bytes.len());
             spill.extend_from_slice(&self.buf[..self.len]);
             spill
         });
@@ -137,11 +141,11 @@ impl Header {
     }
 }
 
-impl Sink for Header {
+impl<const N: usize> Sink for StackBuf<N> {
     #[inline]
     fn put(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
-        if self.spill.is_none() && end <= HEADER_BUF {
+        if self.spill.is_none() && end <= N {
             copy_short(&mut self.buf[self.len..end], bytes);
             self.len = end;
         } else {

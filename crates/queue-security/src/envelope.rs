@@ -6,6 +6,7 @@
 //! problem. The fuzz body [`crate::fuzzing::envelope`] checks that the two agree.
 
 use crate::{
+    canonical::Sink,
     error::SecurityError,
     keys::MAX_KEY_ID_LEN,
     limits::NAME_BYTE,
@@ -265,83 +266,95 @@ fn check_covered(list: &str) -> Result<usize, SecurityError> {
     Ok(count)
 }
 
-/// Value of each lowercase hex digit; 0xff for every other byte.
-static HEX_VALUE: [u8; 256] = {
-    let mut table = [0xff; 256];
+/// `value << 4` of each lowercase hex digit (as the first of a pair); 0x100 for every
+/// other byte.
+static HEX_HIGH: [u16; 256] = hex_table(4);
+/// `value` of each lowercase hex digit (as the second of a pair); 0x100 for every other
+/// byte.
+static HEX_LOW: [u16; 256] = hex_table(0);
+
+const fn hex_table(shift: u32) -> [u16; 256] {
+    let mut table = [0x100; 256];
     let mut i = 0;
-    while i < 10 {
-        table[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
+    while i < 16 {
+        table[HEX_DIGITS[i] as usize] = (i as u16) << shift;
         i += 1;
     }
     table
-};
+}
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// Decodes exactly 64 lowercase hex digits (the only spelling the envelope accepts),
-/// deciding validity once at the end.
+/// Decodes exactly 64 lowercase hex digits (the only spelling the envelope accepts): one
+/// table look-up per digit, validity decided once at the end.
 fn decode_mac(digits: &[u8]) -> Option<[u8; 32]> {
     let digits: &[u8; 64] = digits.try_into().ok()?;
     let mut mac = [0u8; 32];
-    let mut seen = 0u8;
+    let mut seen = 0u16;
     for (byte, pair) in mac.iter_mut().zip(digits.chunks_exact(2)) {
-        let (high, low) = (
-            HEX_VALUE[usize::from(pair[0])],
-            HEX_VALUE[usize::from(pair[1])],
-        );
-        seen |= high | low;
-        *byte = (high << 4) | (low & 0x0f);
+        let value = HEX_HIGH[usize::from(pair[0])] | HEX_LOW[usize::from(pair[1])];
+        seen |= value;
+        *byte = value.to_le_bytes()[0];
     }
-    (seen < 16).then_some(mac)
+    (seen < 0x100).then_some(mac)
 }
 
-/// Appends `v=1;k=<key>;t=<ms>[;n=<ms>];a=` (the covered names follow).
-pub(crate) fn push_envelope_head(
-    text: &mut String,
+/// Writes `v=1;k=<key>;t=<ms>[;n=<ms>];a=` (the covered names follow).
+pub(crate) fn put_envelope_head(
+    out: &mut impl Sink,
     key_id: &str,
     signed_at_ms: u64,
     not_before_ms: Option<u64>,
 ) {
-    text.push_str("v=1;k=");
-    text.push_str(key_id);
-    text.push_str(";t=");
-    push_decimal(text, signed_at_ms);
+    out.put(b"v=1;k=");
+    out.put(key_id.as_bytes());
+    out.put(b";t=");
+    put_decimal(out, signed_at_ms);
     if let Some(n) = not_before_ms {
-        text.push_str(";n=");
-        push_decimal(text, n);
+        out.put(b";n=");
+        put_decimal(out, n);
     }
-    text.push_str(";a=");
+    out.put(b";a=");
 }
 
-/// Appends `;s=<64 lowercase hex digits>`.
-pub(crate) fn push_envelope_mac(text: &mut String, mac: &[u8; 32]) {
+/// Writes `;s=<64 lowercase hex digits>`.
+pub(crate) fn put_envelope_mac(out: &mut impl Sink, mac: &[u8; 32]) {
     let mut field = [0u8; 67];
     field[..3].copy_from_slice(b";s=");
     for (pair, byte) in field[3..].chunks_exact_mut(2).zip(mac) {
         pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
         pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
     }
-    text.push_str(std::str::from_utf8(&field).unwrap_or_default());
+    out.put(&field);
 }
 
-/// Appends `value` in decimal without going through `fmt`.
-fn push_decimal(text: &mut String, mut value: u64) {
+/// "00" to "99".
+static DIGIT_PAIRS: [u8; 200] = {
+    let mut table = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        table[2 * i] = b'0' + (i / 10) as u8;
+        table[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Writes `value` in decimal, two digits per division.
+fn put_decimal(out: &mut impl Sink, mut value: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
+    while value >= 10 {
+        let pair = 2 * (value % 100) as usize;
+        value /= 100;
+        start -= 2;
+        digits[start..start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
     }
-    text.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+    if value > 0 || start == digits.len() {
+        start -= 1;
+        digits[start] = b'0' + value as u8;
+    }
+    out.put(&digits[start..]);
 }
 
 #[cfg(test)]
@@ -394,6 +407,22 @@ mod tests {
             let fast = EnvelopeRef::parse_fast(&text);
             assert_eq!(fast, EnvelopeRef::parse_checked(&text).ok(), "{count}");
             assert_eq!(fast.is_some(), count == 64);
+        }
+    }
+
+    #[test]
+    fn decimals_match_fmt() {
+        let mut values = vec![0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, u64::MAX];
+        values.extend((0..64).map(|shift| 1u64 << shift));
+        values.extend((1..20).map(|exp| 10u64.pow(exp) - 1));
+        values.extend((1..20).map(|exp| 10u64.pow(exp)));
+        for value in values {
+            let mut out = Vec::new();
+            put_decimal(
+                &mut crate::canonical::FnSink(|b: &[u8]| out.extend_from_slice(b)),
+                value,
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
         }
     }
 

@@ -15,7 +15,7 @@ use std::{
 use queue_core::{Attributes, Message, MessageId, QueueName, ReceivedMessage};
 
 use crate::{
-    canonical::{self, Header, Sink},
+    canonical::{self, Header, Sink, StackBuf},
     envelope::{self, EnvelopeRef},
     error::{SecurityError, sanitize_label},
     keys::{KeyId, KeyRing},
@@ -231,15 +231,20 @@ fn write_envelope(
     covered: &[(&str, &str)],
     mac: &[u8; 32],
 ) {
-    envelope::push_envelope_head(text, key_id.as_str(), signed_at_ms, not_before_ms);
+    let mut out = StackBuf::<ENVELOPE_BUF>::new();
+    envelope::put_envelope_head(&mut out, key_id.as_str(), signed_at_ms, not_before_ms);
     for (i, (name, _)) in covered.iter().enumerate() {
         if i > 0 {
-            text.push(',');
+            out.put(b",");
         }
-        text.push_str(name);
+        out.put(name.as_bytes());
     }
-    envelope::push_envelope_mac(text, mac);
+    envelope::put_envelope_mac(&mut out, mac);
+    text.push_str(std::str::from_utf8(out.as_slice()).unwrap());
 }
+
+/// Envelope text kept on the stack while it is written (longer texts move to the heap).
+const ENVELOPE_BUF: usize = 256;
 
 /// The replay nonce of a MAC: 32 hex digits of SHA-256 over it (one allocation, the
 /// `String` itself).
@@ -359,49 +364,38 @@ impl MessageSigner {
     /// Signs `message` for `queue` as of `at`: checks the limits, assigns a random message
     /// id if none is set (the id is covered), replaces any previous signature, and stores
     /// the envelope in the [`SIGNATURE_ATTRIBUTE`] attribute. Returns the key id used. On
-    /// failure the message is left without a signature.
+    /// failure the message is left without a signature, and without the id it did not
+    /// have.
     pub fn sign_at(
         &self,
         queue: &QueueName,
         message: &mut Message,
         at: SystemTime,
     ) -> Result<KeyId, SecurityError> {
-        // A re-signed message lends its old signature's buffer to the new text; its slot
-        // stays in the map meanwhile (empty, and skipped like any signature).
-        let previous = message
-            .attributes
-            .get_mut(SIGNATURE_ATTRIBUTE)
-            .map(std::mem::take);
-        match self.envelope_text(queue, message, at, previous.unwrap_or_default()) {
-            Ok((key_id, text)) => {
-                match message.attributes.get_mut(SIGNATURE_ATTRIBUTE) {
-                    Some(slot) => *slot = text,
-                    None => {
-                        message
-                            .attributes
-                            .insert(SIGNATURE_ATTRIBUTE.to_owned(), text);
-                    }
-                }
-                Ok(key_id)
-            }
-            Err(error) => {
-                message.attributes.remove(SIGNATURE_ATTRIBUTE);
-                Err(error)
+        let had_id = message.message_id.is_some();
+        let signed = self.sign_in_place(queue, message, at);
+        if signed.is_err() {
+            message.attributes.remove(SIGNATURE_ATTRIBUTE);
+            if !had_id {
+                message.message_id = None;
             }
         }
+        signed
     }
 
-    /// Checks the limits and writes the new envelope into `text` (cleared first) in one
-    /// walk over the attributes: each covered one goes into the canonical header (on the
-    /// stack) and its name into the envelope's list.
-    fn envelope_text(
+    /// Signs in one walk over the attributes: each is checked against the limits, each
+    /// covered one goes into the canonical header (on the stack) and its name into the
+    /// envelope text (on the stack too), and the signature's slot, if the message has one,
+    /// receives the new text in place.
+    fn sign_in_place(
         &self,
         queue: &QueueName,
         message: &mut Message,
         at: SystemTime,
-        mut text: String,
-    ) -> Result<(KeyId, String), SecurityError> {
-        self.limits.check_message(message)?;
+    ) -> Result<KeyId, SecurityError> {
+        self.limits
+            .check_body_size("message body", message.body.len())?;
+        self.check_attribute_count(&message.attributes)?;
         let message_id = message.message_id.get_or_insert_with(MessageId::random);
         let unkeyed = SignedFields {
             key_id: "",
@@ -416,9 +410,8 @@ impl MessageSigner {
             attributes: &[],
             body: &message.body,
         };
-        text.clear();
-        text.reserve(160);
-        let key_id = self.keys.with_active(|key_id, key| {
+        let attributes = &mut message.attributes;
+        let signed = self.keys.with_active(|key_id, key| {
             let fields = SignedFields {
                 key_id: key_id.as_str(),
                 ..unkeyed
@@ -426,31 +419,66 @@ impl MessageSigner {
             let mut header = Header::new();
             canonical::encode_head(&mut header, &fields, 0);
             let count_at = header.len() - 4;
-            envelope::push_envelope_head(
+            let mut text = StackBuf::<ENVELOPE_BUF>::new();
+            envelope::put_envelope_head(
                 &mut text,
                 fields.key_id,
                 fields.signed_at_ms,
                 fields.not_before_ms,
             );
+            let mut slot = None;
             let mut count = 0u32;
-            for (name, value) in &message.attributes {
-                if name == SIGNATURE_ATTRIBUTE || !self.coverage.covers(name) {
+            for (name, value) in attributes.iter_mut() {
+                if name == SIGNATURE_ATTRIBUTE {
+                    slot = Some(value);
                     continue;
                 }
-                canonical::encode_attribute(&mut header, name, value);
-                if count > 0 {
-                    text.push(',');
+                self.limits.check_attribute(name, value)?;
+                if self.coverage.covers(name) {
+                    canonical::encode_attribute(&mut header, name, value);
+                    if count > 0 {
+                        text.put(b",");
+                    }
+                    text.put(name.as_bytes());
+                    count += 1;
                 }
-                text.push_str(name);
-                count += 1;
             }
             header.patch_u32(count_at, count);
             canonical::encode_body_len(&mut header, fields.body.len());
             let mac = canonical::mac(key, header.as_slice(), fields.body);
-            envelope::push_envelope_mac(&mut text, &mac);
-            key_id.clone()
-        })?;
-        Ok((key_id, text))
+            envelope::put_envelope_mac(&mut text, &mac);
+            // Key id, digits, names and hex digits: ASCII, so this never falls back.
+            let text = std::str::from_utf8(text.as_slice()).unwrap_or_default();
+            match slot {
+                Some(slot) => {
+                    slot.clear();
+                    slot.push_str(text);
+                }
+                None => {
+                    attributes.insert(SIGNATURE_ATTRIBUTE.to_owned(), text.to_owned());
+                }
+            }
+            Ok(key_id.clone())
+        });
+        match signed {
+            Ok(signed) => signed,
+            // Without a signing key, the message's own problems are still named first.
+            Err(no_key) => {
+                self.limits.check_attributes(&message.attributes)?;
+                Err(no_key)
+            }
+        }
+    }
+
+    /// The attribute count limit, with the map searched for a signature only when the
+    /// count is right at the limit.
+    fn check_attribute_count(&self, attributes: &Attributes) -> Result<(), SecurityError> {
+        if attributes.len() <= self.limits.max_attributes {
+            return Ok(());
+        }
+        let has_signature = attributes.contains_key(SIGNATURE_ATTRIBUTE);
+        self.limits
+            .check_attribute_count(attributes.len() - usize::from(has_signature))
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use queue_core::{Message, MessageGate, MessageId, QueueName, Receipt, ReceivedMessage, SessionId};
 use queue_security::{
-    AttributeCoverage, Envelope, GateOutcome, KeyRing, MessageSigner, SIGNATURE_ATTRIBUTE,
+    AttributeCoverage, Envelope, GateOutcome, KeyRing, Limits, MessageSigner, SIGNATURE_ATTRIBUTE,
     SecurityError, SignatureGate, SignatureVerifier, UnsignedPolicy, reason,
 };
 use secrecy::SecretSlice;
@@ -713,4 +713,58 @@ async fn replay_store_failures_follow_the_policy() {
     let off = gate_at(t0()).without_replay_protection();
     off.check(&deliver(msg.clone(), 1, t0())).await.unwrap();
     off.check(&deliver(msg, 1, t0())).await.unwrap();
+}
+
+#[test]
+fn a_failed_signing_leaves_no_signature_and_no_new_id() {
+    let q = QueueName::new(QUEUE).unwrap();
+    let strict =
+        MessageSigner::new(ring()).with_limits(Limits::default().with_max_attribute_value_len(12));
+    let mut msg = signed_sample(t0());
+    msg.attributes
+        .insert("event".into(), "a-value-too-long".into());
+    assert!(matches!(
+        strict.sign_at(&q, &mut msg, t0()),
+        Err(SecurityError::InvalidAttribute { .. })
+    ));
+    assert!(!msg.attributes.contains_key(SIGNATURE_ATTRIBUTE));
+    assert_eq!(msg.message_id.as_ref().unwrap().as_str(), "msg-1");
+
+    let mut fresh = Message::new("x").with_attribute("1-bad-name", "v");
+    assert!(strict.sign_at(&q, &mut fresh, t0()).is_err());
+    assert!(fresh.message_id.is_none());
+    assert!(!fresh.attributes.contains_key(SIGNATURE_ATTRIBUTE));
+}
+
+#[test]
+fn without_a_signing_key_the_message_limits_are_named_first() {
+    let q = QueueName::new(QUEUE).unwrap();
+    let keyless = MessageSigner::new(KeyRing::new());
+    let mut bad = Message::new("x").with_attribute("1-bad-name", "v");
+    assert!(matches!(
+        keyless.sign_at(&q, &mut bad, t0()),
+        Err(SecurityError::InvalidAttribute { .. })
+    ));
+    let mut fine = Message::new("x").with_attribute("event", "v");
+    assert!(matches!(
+        keyless.sign_at(&q, &mut fine, t0()),
+        Err(SecurityError::NoActiveKey)
+    ));
+}
+
+#[test]
+fn the_attribute_limit_does_not_count_a_previous_signature() {
+    let q = QueueName::new(QUEUE).unwrap();
+    let signer = MessageSigner::new(ring()).with_limits(Limits::default().with_max_attributes(2));
+    let mut msg = signed_sample(t0());
+    assert_eq!(msg.attributes.len(), 3, "two attributes and the signature");
+    signer.sign_at(&q, &mut msg, t0()).unwrap();
+    let verifier =
+        SignatureVerifier::new(ring()).with_limits(Limits::default().with_max_attributes(2));
+    verifier.verify(&deliver(msg.clone(), 1, t0())).unwrap();
+    msg.attributes.insert("third".into(), "3".into());
+    assert!(matches!(
+        signer.sign_at(&q, &mut msg, t0()),
+        Err(SecurityError::TooManyAttributes { count: 3, max: 2 })
+    ));
 }
