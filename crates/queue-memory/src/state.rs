@@ -718,11 +718,17 @@ impl Queue {
     /// Processes every deadline that has passed: expired session locks and message locks
     /// (the message becomes available again, or is dead-lettered when it has used up its
     /// deliveries), scheduled messages becoming visible, expired TTLs and expired
-    /// duplicate-detection entries. Returns whether anything became available.
+    /// duplicate-detection entries. Returns whether anything became available. With no
+    /// deadline passed (nearly every call) this is one comparison, inlined.
+    #[inline]
     pub(crate) fn sweep(&mut self, now: Instant) -> bool {
         if self.next_sweep.is_none_or(|t| t > now) {
             return false;
         }
+        self.sweep_due(now)
+    }
+
+    fn sweep_due(&mut self, now: Instant) -> bool {
         let mut released = false;
         while let Some((until, id)) = pop_due(&mut self.timers.sessions, now, |t| t.0) {
             let expired = self.sessions.get(&id).and_then(|s| s.lock);
