@@ -40,9 +40,114 @@ pub trait AttemptStore: fmt::Debug + Send + Sync + 'static {
     fn start_run(&self, queue: &QueueName, message: &MessageId) -> u32;
     /// Forgets `message`: it was completed or dead-lettered.
     fn forget(&self, queue: &QueueName, message: &MessageId);
+
+    /// Records that a handler run of `message` starts, unless `max` runs are recorded
+    /// already: returns `Ok` with the runs recorded, this one included, or `Err` with the
+    /// runs recorded (and records nothing).
+    ///
+    /// The processor calls it instead of [`runs`](Self::runs) then
+    /// [`start_run`](Self::start_run) when no gate runs in between. The default does
+    /// exactly that; the stores of this crate look the message up once.
+    fn try_start_run(&self, queue: &QueueName, message: &MessageId, max: u32) -> Result<u32, u32> {
+        let runs = self.runs(queue, message);
+        if runs >= max {
+            return Err(runs);
+        }
+        Ok(self.start_run(queue, message))
+    }
 }
 
-type Key = (QueueName, MessageId);
+/// Fast, randomly seeded per map (message ids come from senders: a fixed hash would let
+/// one pick colliding ids).
+type Hasher = foldhash::fast::RandomState;
+
+/// Handler runs per message, per queue. Looked up by reference (no key is built or cloned
+/// to read, bump or forget a message: issue 18).
+#[derive(Default)]
+struct Ledger {
+    queues: HashMap<QueueName, HashMap<MessageId, u32, Hasher>, Hasher>,
+    len: usize,
+}
+
+impl Ledger {
+    fn get(&self, queue: &QueueName, message: &MessageId) -> u32 {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.get(message))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// [`AttemptStore::try_start_run`] on this ledger.
+    fn try_bump(
+        &mut self,
+        queue: &QueueName,
+        message: &MessageId,
+        max: u32,
+        capacity: usize,
+    ) -> Result<u32, u32> {
+        if let Some(runs) = self.queues.get_mut(queue).and_then(|q| q.get_mut(message)) {
+            if *runs >= max {
+                return Err(*runs);
+            }
+            *runs = runs.saturating_add(1);
+            return Ok(*runs);
+        }
+        if max == 0 {
+            return Err(0);
+        }
+        Ok(self.bump(queue, message, capacity))
+    }
+
+    /// Counts one more run of `message`, evicting another message's record first if the
+    /// ledger holds `capacity` messages.
+    fn bump(&mut self, queue: &QueueName, message: &MessageId, capacity: usize) -> u32 {
+        if let Some(runs) = self.queues.get_mut(queue).and_then(|q| q.get_mut(message)) {
+            *runs = runs.saturating_add(1);
+            return *runs;
+        }
+        if self.len >= capacity {
+            self.evict_one();
+        }
+        let messages = match self.queues.get_mut(queue) {
+            Some(messages) => messages,
+            None => self.queues.entry(queue.clone()).or_default(),
+        };
+        messages.insert(message.clone(), 1);
+        self.len += 1;
+        1
+    }
+
+    fn evict_one(&mut self) {
+        let victim = self
+            .queues
+            .iter()
+            .find_map(|(q, m)| m.keys().next().map(|id| (q.clone(), id.clone())));
+        if let Some((queue, id)) = victim {
+            self.remove(&queue, &id);
+        }
+    }
+
+    /// Forgets `message`; returns whether it had a record.
+    fn remove(&mut self, queue: &QueueName, message: &MessageId) -> bool {
+        let Some(messages) = self.queues.get_mut(queue) else {
+            return false;
+        };
+        if messages.remove(message).is_none() {
+            return false;
+        }
+        // An emptied queue keeps its (small) map: a processor settling one message at a
+        // time would otherwise build and free it for every message.
+        self.len -= 1;
+        true
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&QueueName, &MessageId, u32)> {
+        self.queues
+            .iter()
+            .flat_map(|(q, m)| m.iter().map(move |(id, n)| (q, id, *n)))
+    }
+}
 
 /// Entries an attempt ledger keeps by default; see [`MemoryAttemptStore::with_capacity`].
 pub const DEFAULT_ATTEMPT_CAPACITY: usize = 100_000;
@@ -53,9 +158,8 @@ pub const DEFAULT_ATTEMPT_CAPACITY: usize = 100_000;
 /// store to both), not the process. Use [`FileAttemptStore`] to keep counts across process
 /// restarts. When full, recording a new message evicts another one's record (an
 /// undercount: safe, see [`AttemptStore`]).
-#[derive(Debug)]
 pub struct MemoryAttemptStore {
-    runs: Mutex<HashMap<Key, u32>>,
+    runs: Mutex<Ledger>,
     capacity: usize,
 }
 
@@ -76,7 +180,7 @@ impl MemoryAttemptStore {
 
     /// Messages with a record.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().len
     }
 
     /// Whether no message has a record.
@@ -84,37 +188,35 @@ impl MemoryAttemptStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, u32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Increments `key` in `map`, evicting another entry if `map` is at `capacity`.
-fn bump(map: &mut HashMap<Key, u32>, key: Key, capacity: usize) -> u32 {
-    if map.len() >= capacity
-        && !map.contains_key(&key)
-        && let Some(victim) = map.keys().next().cloned()
-    {
-        map.remove(&victim);
+impl fmt::Debug for MemoryAttemptStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryAttemptStore")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .finish()
     }
-    let runs = map.entry(key).or_default();
-    *runs = runs.saturating_add(1);
-    *runs
 }
 
 impl AttemptStore for MemoryAttemptStore {
     fn runs(&self, queue: &QueueName, message: &MessageId) -> u32 {
-        let key = (queue.clone(), message.clone());
-        self.lock().get(&key).copied().unwrap_or(0)
+        self.lock().get(queue, message)
     }
 
     fn start_run(&self, queue: &QueueName, message: &MessageId) -> u32 {
-        let key = (queue.clone(), message.clone());
-        bump(&mut self.lock(), key, self.capacity)
+        self.lock().bump(queue, message, self.capacity)
     }
 
     fn forget(&self, queue: &QueueName, message: &MessageId) {
-        self.lock().remove(&(queue.clone(), message.clone()));
+        self.lock().remove(queue, message);
+    }
+
+    fn try_start_run(&self, queue: &QueueName, message: &MessageId, max: u32) -> Result<u32, u32> {
+        self.lock().try_bump(queue, message, max, self.capacity)
     }
 }
 
@@ -139,7 +241,7 @@ pub struct FileAttemptStore {
 }
 
 struct FileLog {
-    runs: HashMap<Key, u32>,
+    runs: Ledger,
     file: File,
     lines: usize,
 }
@@ -158,14 +260,14 @@ impl FileAttemptStore {
         let path = path.as_ref().to_path_buf();
         let runs = match File::open(&path) {
             Ok(file) => replay(BufReader::new(file))?,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => HashMap::new(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ledger::default(),
             Err(err) => return Err(err),
         };
         let file = compact(&path, &runs)?;
         Ok(Self {
             path,
             inner: Mutex::new(FileLog {
-                lines: runs.len(),
+                lines: runs.len,
                 runs,
                 file,
             }),
@@ -182,14 +284,14 @@ impl FileAttemptStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn append(&self, log: &mut FileLog, sign: char, key: &Key) {
-        let line = format!("{sign} {} {}\n", key.0.as_str(), key.1.as_str());
+    fn append(&self, log: &mut FileLog, sign: char, queue: &QueueName, message: &MessageId) {
+        let line = format!("{sign} {} {}\n", queue.as_str(), message.as_str());
         let mut res = log.file.write_all(line.as_bytes());
         log.lines += 1;
-        if res.is_ok() && log.lines > 4 * log.runs.len() + 4096 {
+        if res.is_ok() && log.lines > 4 * log.runs.len + 4096 {
             res = compact(&self.path, &log.runs).map(|file| {
                 log.file = file;
-                log.lines = log.runs.len();
+                log.lines = log.runs.len;
             });
         }
         if let Err(err) = res
@@ -205,8 +307,8 @@ impl FileAttemptStore {
 }
 
 /// Rebuilds the counts from a log.
-fn replay(reader: impl BufRead) -> io::Result<HashMap<Key, u32>> {
-    let mut runs = HashMap::new();
+fn replay(reader: impl BufRead) -> io::Result<Ledger> {
+    let mut runs = Ledger::default();
     let mut reader = reader;
     let mut line = Vec::new();
     loop {
@@ -231,11 +333,10 @@ fn replay(reader: impl BufRead) -> io::Result<HashMap<Key, u32>> {
         };
         match sign {
             "+" => {
-                let n: &mut u32 = runs.entry((queue, id)).or_default();
-                *n = n.saturating_add(1);
+                runs.bump(&queue, &id, usize::MAX);
             }
             "-" => {
-                runs.remove(&(queue, id));
+                runs.remove(&queue, &id);
             }
             _ => {}
         }
@@ -245,12 +346,12 @@ fn replay(reader: impl BufRead) -> io::Result<HashMap<Key, u32>> {
 
 /// Writes `runs` as a fresh log next to `path`, renames it over `path`, and returns it open
 /// for appending.
-fn compact(path: &Path, runs: &HashMap<Key, u32>) -> io::Result<File> {
+fn compact(path: &Path, runs: &Ledger) -> io::Result<File> {
     let tmp = path.with_extension("compacting");
     {
         let mut out = io::BufWriter::new(File::create(&tmp)?);
-        for ((queue, id), n) in runs {
-            for _ in 0..*n {
+        for (queue, id, n) in runs.iter() {
+            for _ in 0..n {
                 writeln!(out, "+ {} {}", queue.as_str(), id.as_str())?;
             }
         }
@@ -262,24 +363,28 @@ fn compact(path: &Path, runs: &HashMap<Key, u32>) -> io::Result<File> {
 
 impl AttemptStore for FileAttemptStore {
     fn runs(&self, queue: &QueueName, message: &MessageId) -> u32 {
-        let key = (queue.clone(), message.clone());
-        self.lock().runs.get(&key).copied().unwrap_or(0)
+        self.lock().runs.get(queue, message)
     }
 
     fn start_run(&self, queue: &QueueName, message: &MessageId) -> u32 {
-        let key = (queue.clone(), message.clone());
         let mut log = self.lock();
-        let n = bump(&mut log.runs, key.clone(), usize::MAX);
-        self.append(&mut log, '+', &key);
+        let n = log.runs.bump(queue, message, usize::MAX);
+        self.append(&mut log, '+', queue, message);
         n
     }
 
     fn forget(&self, queue: &QueueName, message: &MessageId) {
-        let key = (queue.clone(), message.clone());
         let mut log = self.lock();
-        if log.runs.remove(&key).is_some() {
-            self.append(&mut log, '-', &key);
+        if log.runs.remove(queue, message) {
+            self.append(&mut log, '-', queue, message);
         }
+    }
+
+    fn try_start_run(&self, queue: &QueueName, message: &MessageId, max: u32) -> Result<u32, u32> {
+        let mut log = self.lock();
+        let n = log.runs.try_bump(queue, message, max, usize::MAX)?;
+        self.append(&mut log, '+', queue, message);
+        Ok(n)
     }
 }
 
@@ -304,6 +409,16 @@ mod tests {
             store.start_run(&q, &key(id).1);
         }
         assert_eq!(store.len(), 2);
+        let (q, e) = key("e");
+        assert_eq!(store.try_start_run(&q, &e, 2), Ok(1));
+        assert_eq!(store.try_start_run(&q, &e, 2), Ok(2));
+        assert_eq!(
+            store.try_start_run(&q, &e, 2),
+            Err(2),
+            "nothing recorded at the limit"
+        );
+        assert_eq!(store.runs(&q, &e), 2);
+        assert_eq!(store.try_start_run(&q, &key("f").1, 0), Err(0));
     }
 
     #[test]
@@ -334,6 +449,15 @@ mod tests {
             "a torn line counts nothing"
         );
         assert_eq!(store.start_run(&q, &a), 3);
+        assert_eq!(store.try_start_run(&q, &a, 3), Err(3));
+        assert_eq!(store.try_start_run(&q, &b, 3), Ok(1));
+        drop(store);
+        let store = FileAttemptStore::open(&path).unwrap();
+        assert_eq!(
+            store.runs(&q, &b),
+            1,
+            "a run started by try_start_run is logged"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
