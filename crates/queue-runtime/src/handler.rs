@@ -39,6 +39,7 @@ use std::{
     fmt,
     future::Future,
     marker::PhantomData,
+    pin::Pin,
     time::{Duration, SystemTime},
 };
 
@@ -319,18 +320,23 @@ where
     FnHandler { f }
 }
 
-#[async_trait]
+// Written out rather than through `#[async_trait]`: the boxed future is then the closure's
+// own future, not one wrapping it and holding the message and context a second time.
 impl<F, Fut> Handler for FnHandler<F>
 where
     F: Fn(ReceivedMessage, MessageContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, HandlerError>> + Send + 'static,
 {
-    async fn handle(
-        &self,
+    fn handle<'life0, 'async_trait>(
+        &'life0 self,
         message: ReceivedMessage,
         ctx: MessageContext,
-    ) -> Result<Outcome, HandlerError> {
-        (self.f)(message, ctx).await
+    ) -> Pin<Box<dyn Future<Output = Result<Outcome, HandlerError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin((self.f)(message, ctx))
     }
 }
 
