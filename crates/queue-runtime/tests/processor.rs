@@ -758,3 +758,79 @@ async fn session_mode_picks_which_messages_are_consumed() {
         );
     }
 }
+
+/// Panics when called, before any future exists, on its first attempt.
+struct PanicsWhenCalled;
+
+impl queue_runtime::Handler for PanicsWhenCalled {
+    fn handle<'a, 'b>(
+        &'a self,
+        _message: ReceivedMessage,
+        ctx: queue_runtime::MessageContext,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Outcome, HandlerError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        assert!(ctx.attempt() > 1, "handler bug before its future exists");
+        Box::pin(async { Ok(Outcome::Complete) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_panicking_when_called_is_contained_and_retried() {
+    let (mem, provider, queue) = memory("panics-early", QueueSpec::default()).await;
+    provider.send(&queue, Message::new("a")).await.unwrap();
+    let report = run_until_drained(
+        Processor::new(provider, queue.clone(), PanicsWhenCalled).with_settings(fast_settings()),
+        &mem,
+        &queue,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.handler_panics, 1);
+    assert_eq!(report.retried, 1);
+    assert_eq!(report.completed, 1);
+}
+
+/// Session-less handlers run as futures of a few lanes, not as a task each: on a
+/// multi-threaded runtime two of them must still run on two threads at once (here each
+/// blocks its thread until the other has started, for at most 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_less_handlers_run_in_parallel_on_a_multi_threaded_runtime() {
+    let (mem, provider, queue) = memory("parallel", QueueSpec::default()).await;
+    for i in 0..2 {
+        provider
+            .send(&queue, Message::new(format!("{i}")))
+            .await
+            .unwrap();
+    }
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let met = Arc::new(AtomicUsize::new(0));
+    let (a, m) = (arrived.clone(), met.clone());
+    let handler = handler_fn(move |_msg, _ctx| {
+        a.fetch_add(1, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while a.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1)); // blocks this worker thread
+        }
+        if a.load(Ordering::SeqCst) >= 2 {
+            m.fetch_add(1, Ordering::SeqCst);
+        }
+        async { Ok(Outcome::Complete) }
+    });
+    let settings = fast_settings().with_receive_wait(Duration::from_millis(50));
+    let report = run_until_drained(
+        Processor::new(provider, queue.clone(), handler).with_settings(settings),
+        &mem,
+        &queue,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(report.completed, 2);
+    assert_eq!(
+        met.load(Ordering::SeqCst),
+        2,
+        "both handlers ran at the same time"
+    );
+}

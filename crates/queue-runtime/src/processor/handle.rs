@@ -16,6 +16,14 @@ use super::{
     shared::{Disposition, HARD_STOP_GRACE, LockWatch, Settler, Shared},
 };
 
+/// Waits for `timer`, forever if there is none.
+async fn until(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A handler's result, or the panic it raised.
 type Joined = std::thread::Result<std::result::Result<Outcome, HandlerError>>;
 
@@ -62,11 +70,10 @@ impl Shared {
         watch: &LockWatch,
         settler: &Settler,
     ) -> Disposition {
-        if let Some(done) = self.precheck(msg, settler).await {
-            return done;
-        }
-        // Recorded before the run, so that a run the process does not survive still counts.
-        let attempt = self.attempts.start_run(&self.queue, &msg.message_id);
+        let attempt = match self.precheck(msg, settler).await {
+            Ok(attempt) => attempt,
+            Err(done) => return done,
+        };
         tracing::Span::current().record("attempt", attempt);
         let started = Instant::now();
         let (joined, lock_lost) = self.run_handler(msg, watch, attempt).await;
@@ -78,7 +85,7 @@ impl Shared {
             }
             return Disposition::Abandoned;
         };
-        if lock_lost || watch.lost.is_cancelled() {
+        if lock_lost || watch.is_lost() {
             self.metrics.handler_duration("cancelled", took);
             bump(&self.status.stats.lock_lost);
             self.metrics.lock_lost.increment(1);
@@ -89,26 +96,25 @@ impl Shared {
     }
 
     /// What ends a delivery before its handler runs: the shutdown deadline, spent attempts,
-    /// a gate's rejection.
-    async fn precheck(&self, msg: &ReceivedMessage, settler: &Settler) -> Option<Disposition> {
+    /// a gate's rejection. Otherwise records the run (before it starts, so that a run the
+    /// process does not survive still counts) and returns its attempt number.
+    async fn precheck(&self, msg: &ReceivedMessage, settler: &Settler) -> Result<u32, Disposition> {
         if self.hard.is_cancelled() {
             Box::pin(self.abandon_unhandled(settler, msg, true)).await;
-            return Some(Disposition::Abandoned);
+            return Err(Disposition::Abandoned);
         }
+        let (queue, id) = (&self.queue, &msg.message_id);
         let max = self.policy.settings().max_attempts;
-        let runs = self.attempts.runs(&self.queue, &msg.message_id);
+        if self.gates.is_empty() {
+            // No gate in between: checked and recorded in one look-up.
+            return match self.attempts.try_start_run(queue, id, max) {
+                Ok(attempt) => Ok(attempt),
+                Err(runs) => Err(self.attempts_exceeded(settler, msg, runs, max).await),
+            };
+        }
+        let runs = self.attempts.runs(queue, id);
         if runs >= max {
-            // Its last allowed run started and never settled it: the process died or the
-            // lock was lost during that run. Running it again would exceed the budget.
-            let reason = DeadLetterReason::new(
-                reasons::MAX_ATTEMPTS_EXCEEDED,
-                format!(
-                    "its handler already ran {runs} times (limit {max}) without settling it \
-                     (the process stopped or the lock was lost during the last run)"
-                ),
-            );
-            let label = reasons::MAX_ATTEMPTS_EXCEEDED;
-            return Some(Box::pin(self.dead_letter(settler, msg, reason, label)).await);
+            return Err(self.attempts_exceeded(settler, msg, runs, max).await);
         }
         for gate in &self.gates {
             if let Err(rejection) = gate.check(msg).await {
@@ -116,13 +122,32 @@ impl Shared {
                 self.metrics.rejected(rejection.reason);
                 tracing::warn!(reason = rejection.reason, "message rejected by a gate");
                 let reason = DeadLetterReason::new(rejection.reason, rejection.description);
-                return Some(
-                    self.dead_letter(settler, msg, reason, rejection.reason)
-                        .await,
-                );
+                let label = rejection.reason;
+                return Err(Box::pin(self.dead_letter(settler, msg, reason, label)).await);
             }
         }
-        None
+        Ok(self.attempts.start_run(queue, id))
+    }
+
+    /// Dead-letters a message whose last allowed run started and never settled it: the
+    /// process died or the lock was lost during that run. Running it again would exceed
+    /// the budget.
+    async fn attempts_exceeded(
+        &self,
+        settler: &Settler,
+        msg: &ReceivedMessage,
+        runs: u32,
+        max: u32,
+    ) -> Disposition {
+        let reason = DeadLetterReason::new(
+            reasons::MAX_ATTEMPTS_EXCEEDED,
+            format!(
+                "its handler already ran {runs} times (limit {max}) without settling it \
+                 (the process stopped or the lock was lost during the last run)"
+            ),
+        );
+        let label = reasons::MAX_ATTEMPTS_EXCEEDED;
+        Box::pin(self.dead_letter(settler, msg, reason, label)).await
     }
 
     /// Runs the handler, cancelling it when the lock is lost, renewal ends or the shutdown
@@ -136,44 +161,46 @@ impl Shared {
     ) -> (Option<Joined>, bool) {
         let token = CancellationToken::new();
         let ctx = MessageContext::new(self.queue.clone(), msg, attempt, token.clone());
-        let handler = self.handler.clone();
-        let owned = msg.clone();
         self.metrics.in_flight.increment(1.0);
-        // Polled inline (the caller is already its own task); a panic is caught here and
-        // becomes a retry, and dropping the future is how a stuck handler is stopped.
-        let task = std::panic::AssertUnwindSafe(async move { handler.handle(owned, ctx).await })
-            .catch_unwind();
-        tokio::pin!(task);
-        // A renewer with a maximum ends the run through `watch.stopped`; otherwise (sessions,
-        // providers without renewal) a timer of its own bounds it. No timer per message when
-        // none is needed.
-        let limit = (!watch.bounded).then_some(self.settings.max_lock_renewal);
-        let max_timer = async move {
-            match limit {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
+        // Polled inline (the caller is already its own task); a panic, when the handler is
+        // called or while it runs, is caught here and becomes a retry, and dropping the
+        // future is how a stuck handler is stopped.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handler.handle(msg.clone(), ctx)
+        }));
+        let task = async move {
+            match called {
+                Ok(running) => std::panic::AssertUnwindSafe(running).catch_unwind().await,
+                Err(panic) => Err(panic),
             }
         };
-        tokio::pin!(max_timer);
-        let mut lock_lost = false;
-        let mut renewal_over = false;
+        tokio::pin!(task);
+        // A renewer with a maximum ends the run through the watch's `stopped`; otherwise
+        // (sessions, providers without renewal) a timer of its own bounds it. No timer per
+        // message when none is needed.
+        let mut max_timer = (!watch.bounded())
+            .then(|| Box::pin(tokio::time::sleep(self.settings.max_lock_renewal)));
+        let (mut lock_lost, mut renewal_over) = (false, false);
         let joined = loop {
             tokio::select! {
                 res = &mut task => break Some(res),
-                _ = watch.lost.cancelled(), if !lock_lost => {
-                    lock_lost = true;
-                    token.cancel();
-                    tracing::warn!("lock lost while the handler runs; cancelling it");
+                signals = watch.lost_or_stopped(!lock_lost, !renewal_over),
+                    if !(lock_lost && renewal_over) => {
+                    if signals.lost() && !lock_lost {
+                        lock_lost = true;
+                        token.cancel();
+                        tracing::warn!("lock lost while the handler runs; cancelling it");
+                    }
+                    if signals.stopped() && !renewal_over {
+                        renewal_over = true;
+                        token.cancel();
+                        tracing::warn!("lock renewal reached its maximum; cancelling the handler");
+                    }
                 }
-                _ = watch.stopped.cancelled(), if !renewal_over => {
+                _ = until(&mut max_timer), if !renewal_over => {
                     renewal_over = true;
-                    token.cancel();
-                    tracing::warn!("lock renewal reached its maximum; cancelling the handler");
-                }
-                _ = &mut max_timer, if !renewal_over => {
-                    renewal_over = true;
-                    watch.stop.cancel();
-                    watch.stopped.cancel();
+                    watch.release();
+                    watch.set_stopped();
                     token.cancel();
                     tracing::warn!("handler ran past max_lock_renewal; cancelling it");
                 }

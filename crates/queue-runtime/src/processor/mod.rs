@@ -213,6 +213,7 @@ impl Processor {
             sessions = ?shared.caps.sessions,
             "processor started"
         );
+        let _close = renew::CloseRenewals(shared.renewals.clone());
         shared.spawn_workers();
         shared.status.set(ProcessorState::Running);
         shared.shutdown.cancelled().await;
@@ -271,6 +272,7 @@ impl Processor {
             tracker: TaskTracker::new(),
             fatal: Mutex::default(),
             attempts: self.attempts,
+            renewals: Arc::default(),
         }
     }
 }
@@ -283,6 +285,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 impl Shared {
     /// Starts the session workers and the session-less receive loop the mode asks for.
     fn spawn_workers(self: &Arc<Self>) {
+        if self.caps.lock_renewal {
+            // Not tracked: it renews until `run` returns, drain included.
+            tokio::spawn(self.clone().drive_renewals());
+        }
         let locked = self.caps.sessions == SessionSupport::Locked;
         let mode = self.settings.session_mode;
         if locked && mode != SessionMode::None {
@@ -421,12 +427,14 @@ impl Stats {
 
 mod attempts;
 mod handle;
+mod lanes;
 mod receive;
 mod renew;
 mod sessions;
 mod settle;
 mod shared;
 mod status;
+mod watch;
 
 pub use attempts::{AttemptStore, DEFAULT_ATTEMPT_CAPACITY, FileAttemptStore, MemoryAttemptStore};
 use status::Status;

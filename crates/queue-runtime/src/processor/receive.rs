@@ -1,6 +1,6 @@
 //! The session-less receive loop, dispatch and SQS FIFO group workers.
 
-use std::{collections::VecDeque, future::Future, sync::Arc};
+use std::{collections::VecDeque, sync::Arc};
 
 use queue_core::{QueueError, ReceiveOptions, ReceivedMessage, Result, SessionId, SessionSupport};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -8,13 +8,12 @@ use tracing::Instrument;
 
 use crate::config::SessionMode;
 
-/// The semaphores and key buffers of the receive loop.
-struct Lanes {
+/// The semaphores, key buffers and handler lanes of the receive loop.
+struct Dispatch {
     /// Messages received and not yet settled.
     slots: Arc<Semaphore>,
-    /// Session-less handlers running at once, where `slots` does not already bound them
-    /// (grouped receive holds more messages than it runs).
-    messages: Option<Arc<Semaphore>>,
+    /// Where session-less messages are handled.
+    unkeyed: Lanes,
     /// Keys (groups) handled at once.
     sessions: Arc<Semaphore>,
     /// Buffered messages per key.
@@ -25,7 +24,9 @@ struct Lanes {
 
 use super::{
     bump,
-    shared::{Disposition, Groups, Held, RenewTarget, Settler, Shared},
+    lanes::Lanes,
+    renew::Now,
+    shared::{Disposition, Groups, Held, Settler, Shared},
 };
 
 impl Shared {
@@ -36,14 +37,16 @@ impl Shared {
     /// at a time per key, in the order received.
     pub(super) async fn receive_loop(self: Arc<Self>) {
         let grouped = self.caps.sessions == SessionSupport::Grouped;
-        let lanes = Lanes {
+        // Grouped receive holds more messages than it runs: the lanes bound the handlers.
+        let messages =
+            grouped.then(|| Arc::new(Semaphore::new(self.settings.max_concurrent_messages)));
+        let mut lanes = Dispatch {
             slots: Arc::new(Semaphore::new(if grouped {
                 self.settings.max_buffered_messages
             } else {
                 self.settings.max_concurrent_messages
             })),
-            messages: grouped
-                .then(|| Arc::new(Semaphore::new(self.settings.max_concurrent_messages))),
+            unkeyed: Lanes::start(&self, messages),
             sessions: Arc::new(Semaphore::new(self.settings.max_concurrent_sessions)),
             groups: Groups::default(),
             keyed: self.caps.sessions != SessionSupport::None,
@@ -63,9 +66,10 @@ impl Shared {
                 Ok(batch) => {
                     errors = 0;
                     self.provider_ok();
+                    let now = Now::read();
                     for msg in batch {
                         let permit = permits.pop();
-                        self.dispatch(msg, permit, &lanes);
+                        self.dispatch(msg, permit, &mut lanes, now);
                     }
                 }
                 Err(err) => {
@@ -88,7 +92,8 @@ impl Shared {
             _ = self.shutdown.cancelled() => return None,
         };
         let max_batch = self.caps.max_batch_size.max(1);
-        let mut permits = vec![first];
+        let mut permits = Vec::with_capacity(max_batch);
+        permits.push(first);
         while permits.len() < max_batch {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
@@ -146,42 +151,34 @@ impl Shared {
         false
     }
 
-    /// Hands a received message to its key's worker (keyed messages) or to its own task.
+    /// Hands a received message (received at `now`) to its key's worker (keyed messages)
+    /// or to its own task.
     fn dispatch(
         self: &Arc<Self>,
         msg: ReceivedMessage,
         permit: Option<OwnedSemaphorePermit>,
-        lanes: &Lanes,
+        lanes: &mut Dispatch,
+        now: Now,
     ) {
         bump(&self.status.stats.received);
         self.metrics.received.increment(1);
-        let (watch, renew) = self.renewer(
-            RenewTarget::Message(msg.receipt.clone()),
-            msg.locked_until,
-            Some(self.settings.max_lock_renewal),
-        );
+        // Renewed from now on, buffered behind its group or handled.
+        let (watch, lease) = self.hold_lock(&msg.receipt, msg.locked_until, now);
         let key = msg.session_id().cloned().filter(|_| lanes.keyed);
-        let renew = match (renew, &key) {
-            (Some(renew), Some(_)) => {
-                // Buffered behind its group: renewed by its own task while it waits.
-                tokio::spawn(renew);
-                None
-            }
-            (renew, _) => renew,
-        };
         let held = Held {
             msg,
             watch,
+            _lease: lease,
             _permit: permit,
         };
         match key {
             Some(key) => self.enqueue_keyed(key, held, lanes),
-            None => self.spawn_unkeyed(held, renew, lanes),
+            None => lanes.unkeyed.run(Box::new(held)),
         }
     }
 
     /// Queues `held` behind its key; starts the key's worker if it has none.
-    fn enqueue_keyed(self: &Arc<Self>, key: SessionId, held: Held, lanes: &Lanes) {
+    fn enqueue_keyed(self: &Arc<Self>, key: SessionId, held: Held, lanes: &Dispatch) {
         let start = {
             let mut map = lanes.groups.lock().unwrap_or_else(|e| e.into_inner());
             match map.get_mut(&key) {
@@ -202,48 +199,6 @@ impl Shared {
             self.tracker
                 .spawn(async move { shared.group_worker(key, groups, slots).await });
         }
-    }
-
-    /// Handles `held` in its own task once a handler slot is free, renewing its lock there.
-    fn spawn_unkeyed(
-        self: &Arc<Self>,
-        held: Held,
-        renew: Option<impl Future<Output = ()> + Send + 'static>,
-        lanes: &Lanes,
-    ) {
-        let shared = self.clone();
-        let slots = lanes.messages.clone();
-        // Boxed: the task then holds a pointer, and the scheduler's moves of the task's
-        // future (into the task cell, through its stages) copy 16 bytes instead of the whole
-        // processing future (issue 18: those copies were a quarter of the processor's time).
-        self.tracker.spawn(Box::pin(async move {
-            let work = async {
-                let _slot = match slots {
-                    Some(slots) => Some(slots.acquire_owned().await),
-                    None => None,
-                };
-                if shared.shutdown.is_cancelled() {
-                    let abandon = shared.abandon_unhandled(&Settler::Provider, &held.msg, true);
-                    Box::pin(abandon).await;
-                    return;
-                }
-                shared
-                    .process(&held.msg, &held.watch, &Settler::Provider)
-                    .await;
-            };
-            // Renew in this task, next to the work, until the work is done.
-            let renew = async move {
-                if let Some(renew) = renew {
-                    renew.await;
-                }
-                std::future::pending::<()>().await;
-            };
-            tokio::select! {
-                biased;
-                _ = work => {}
-                _ = renew => {}
-            }
-        }));
     }
 
     /// Processes one message group (SQS FIFO) sequentially until its buffer is empty.
@@ -277,7 +232,7 @@ impl Shared {
                 self.drain_group(&key, &groups, true).await;
                 continue;
             }
-            if next.watch.lost.is_cancelled() {
+            if next.watch.is_lost() {
                 // Its lock is gone: the broker redelivers it; later ones must wait for it.
                 bump(&self.status.stats.lock_lost);
                 self.metrics.lock_lost.increment(1);

@@ -11,7 +11,7 @@ use crate::config::SessionMode;
 
 use super::{
     bump,
-    shared::{Disposition, LockWatch, RenewTarget, Settler, Shared},
+    shared::{Disposition, LockWatch, Settler, Shared},
 };
 
 impl Shared {
@@ -113,17 +113,10 @@ impl Shared {
         async {
             bump(&self.status.stats.sessions);
             self.metrics.active_sessions.increment(1.0);
-            let watch = self.spawn_renewer(
-                RenewTarget::Session(session.clone()),
-                Some(session.locked_until()),
-                None,
-            );
+            let watch = self.spawn_session_renewer(session.clone());
             let settler = Settler::Session(session.clone());
             let mut first = true;
-            while !(self.shutdown.is_cancelled()
-                || watch.lost.is_cancelled()
-                || watch.stopped.is_cancelled())
-            {
+            while !(self.shutdown.is_cancelled() || watch.is_lost() || watch.is_stopped()) {
                 let Some(batch) = self.next_in_session(session.as_ref(), first).await else {
                     break;
                 };
@@ -132,7 +125,7 @@ impl Shared {
                     break;
                 }
             }
-            watch.stop.cancel();
+            watch.release();
             if let Err(err) = session.close().await {
                 self.metrics.provider_error("close_session", &err);
                 tracing::debug!(error = %err, "closing the session failed");

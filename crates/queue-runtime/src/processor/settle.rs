@@ -55,7 +55,8 @@ impl Shared {
                             return Err(err);
                         }
                         tracing::debug!(operation, attempt, error = %err, "settlement failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                        // Boxed: kept out of every settlement's future (issue 18).
+                        Box::pin(tokio::time::sleep(Duration::from_millis(50 << attempt))).await;
                     }
                 }
             }
@@ -190,9 +191,9 @@ impl Shared {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = self.shutdown.cancelled() => {}
-            _ = watch.lost.cancelled() => {}
+            _ = watch.lost() => {}
         }
-        if watch.lost.is_cancelled() {
+        if watch.is_lost() {
             let err = QueueError::LockLost {
                 provider: self.provider_name(),
                 queue: self.queue.to_string(),
@@ -254,9 +255,9 @@ impl Shared {
             tokio::select! {
                 _ = tokio::time::sleep(delay.min(self.settings.max_lock_renewal)) => {}
                 _ = self.shutdown.cancelled() => {}
-                _ = watch.lost.cancelled() => {}
+                _ = watch.lost() => {}
             }
-            if watch.lost.is_cancelled() {
+            if watch.is_lost() {
                 return self.settle_failed(
                     "abandon",
                     &QueueError::LockLost {

@@ -7,8 +7,8 @@ use std::{
 };
 
 use queue_core::{
-    Capabilities, MessageGate, QueueError, QueueName, Receipt, ReceivedMessage, RetryClass,
-    SessionId, SessionReceiver, SharedQueueProvider,
+    Capabilities, MessageGate, QueueError, QueueName, ReceivedMessage, RetryClass, SessionId,
+    SessionReceiver, SharedQueueProvider,
     backoff::{Backoff, Jitter, JitterMode},
 };
 use tokio::sync::OwnedSemaphorePermit;
@@ -22,7 +22,12 @@ use crate::{
     telemetry::Metrics,
 };
 
-use super::{attempts::AttemptStore, status::Status};
+pub(super) use super::watch::LockWatch;
+use super::{
+    attempts::AttemptStore,
+    renew::{Lease, Renewals},
+    status::Status,
+};
 
 /// How one delivery ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,37 +56,13 @@ pub(super) enum Settler {
     Session(Arc<dyn SessionReceiver>),
 }
 
-/// What a lock renewer is renewing.
-pub(super) enum RenewTarget {
-    Message(Receipt),
-    Session(Arc<dyn SessionReceiver>),
-}
-
-/// Signals between a lock renewer and whoever holds the lock.
-#[derive(Clone, Default)]
-pub(super) struct LockWatch {
-    /// The renewer found the lock lost: do not settle.
-    pub(super) lost: CancellationToken,
-    /// Renewal stopped (maximum reached): cancel the handler, settle if still possible.
-    pub(super) stopped: CancellationToken,
-    /// Set by the holder to stop the renewer.
-    pub(super) stop: CancellationToken,
-    /// Whether the renewer itself ends renewal at its maximum (then fires `stopped`), so the
-    /// handler needs no timer of its own for `max_lock_renewal`.
-    pub(super) bounded: bool,
-}
-
-/// A received message held locally, with its lock renewer; dropping it stops the renewer.
+/// A received message held locally, with its lock's watch and renewal; dropping it ends
+/// the renewal.
 pub(super) struct Held {
     pub(super) msg: ReceivedMessage,
     pub(super) watch: LockWatch,
+    pub(super) _lease: Option<Lease>,
     pub(super) _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.watch.stop.cancel();
-    }
 }
 
 pub(super) type Groups = Arc<Mutex<HashMap<SessionId, VecDeque<Held>>>>;
@@ -106,6 +87,8 @@ pub(super) struct Shared {
     pub(super) fatal: Mutex<Option<QueueError>>,
     /// Handler runs per message: what attempt budgets are spent on.
     pub(super) attempts: Arc<dyn AttemptStore>,
+    /// The locks of held messages, renewed by one driver task.
+    pub(super) renewals: Arc<Renewals>,
 }
 
 pub(super) const SETTLE_ATTEMPTS: u32 = 4;
