@@ -7,7 +7,7 @@
 //! on those counts only. See `docs/runtime.md` (*Attempt budgets*).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     fmt,
     fs::{self, File, OpenOptions},
     io::{self, BufRead, BufReader, Write},
@@ -78,7 +78,8 @@ impl Ledger {
             .unwrap_or(0)
     }
 
-    /// [`AttemptStore::try_start_run`] on this ledger.
+    /// [`AttemptStore::try_start_run`] on this ledger (`max` = `u32::MAX`: no limit). One
+    /// look-up of the message, unless the ledger is full and the message new.
     fn try_bump(
         &mut self,
         queue: &QueueName,
@@ -86,36 +87,38 @@ impl Ledger {
         max: u32,
         capacity: usize,
     ) -> Result<u32, u32> {
-        if let Some(runs) = self.queues.get_mut(queue).and_then(|q| q.get_mut(message)) {
-            if *runs >= max {
-                return Err(*runs);
+        if self.len >= capacity && self.get(queue, message) == 0 {
+            if max == 0 {
+                return Err(0);
             }
-            *runs = runs.saturating_add(1);
-            return Ok(*runs);
-        }
-        if max == 0 {
-            return Err(0);
-        }
-        Ok(self.bump(queue, message, capacity))
-    }
-
-    /// Counts one more run of `message`, evicting another message's record first if the
-    /// ledger holds `capacity` messages.
-    fn bump(&mut self, queue: &QueueName, message: &MessageId, capacity: usize) -> u32 {
-        if let Some(runs) = self.queues.get_mut(queue).and_then(|q| q.get_mut(message)) {
-            *runs = runs.saturating_add(1);
-            return *runs;
-        }
-        if self.len >= capacity {
             self.evict_one();
         }
         let messages = match self.queues.get_mut(queue) {
             Some(messages) => messages,
             None => self.queues.entry(queue.clone()).or_default(),
         };
-        messages.insert(message.clone(), 1);
-        self.len += 1;
-        1
+        match messages.entry(message.clone()) {
+            Entry::Occupied(runs) if *runs.get() >= max => Err(*runs.get()),
+            Entry::Occupied(mut runs) => {
+                let runs = runs.get_mut();
+                *runs = runs.saturating_add(1);
+                Ok(*runs)
+            }
+            Entry::Vacant(_) if max == 0 => Err(0),
+            Entry::Vacant(slot) => {
+                slot.insert(1);
+                self.len += 1;
+                Ok(1)
+            }
+        }
+    }
+
+    /// Counts one more run of `message`, evicting another message's record first if the
+    /// ledger holds `capacity` messages.
+    fn bump(&mut self, queue: &QueueName, message: &MessageId, capacity: usize) -> u32 {
+        match self.try_bump(queue, message, u32::MAX, capacity) {
+            Ok(runs) | Err(runs) => runs,
+        }
     }
 
     fn evict_one(&mut self) {

@@ -183,6 +183,9 @@ impl Shared {
         let (mut lock_lost, mut renewal_over) = (false, false);
         let joined = loop {
             tokio::select! {
+                // The handler first: one that is done at once never registers as a waiter
+                // on the watch or the shutdown token.
+                biased;
                 res = &mut task => break Some(res),
                 signals = watch.lost_or_stopped(!lock_lost, !renewal_over),
                     if !(lock_lost && renewal_over) => {
