@@ -4,7 +4,6 @@
 //! implementation.
 
 use std::{
-    cmp::Ordering,
     collections::BTreeSet,
     fmt,
     str::FromStr,
@@ -683,42 +682,38 @@ impl SignatureVerifier {
     }
 
     /// Checks each application attribute against the limits and writes the covered ones
-    /// into `header`, walking the message's attributes (sorted) and the envelope's names
-    /// (strictly ascending) side by side. The first limit violation fails at once; then a
-    /// covered name missing from the message is [`SecurityError::SignatureInvalid`]; then
-    /// an attribute the envelope does not cover fails unless allowed.
+    /// into `header`, walking the message's attributes (sorted) along the envelope's list
+    /// of names (strictly ascending): an attribute is covered when the rest of the list
+    /// starts with its name. The first limit violation fails at once; then a covered name
+    /// the walk did not reach (missing from the message) is
+    /// [`SecurityError::SignatureInvalid`]; then an attribute the envelope does not cover
+    /// fails unless allowed.
     fn encode_covered(
         &self,
         envelope: &EnvelopeRef<'_>,
         attributes: &Attributes,
         header: &mut Header,
     ) -> Result<(), SecurityError> {
-        let mut names = envelope.names().peekable();
-        let mut missing = false;
+        let mut rest = envelope.covered.as_bytes();
         let mut uncovered = None;
         for (name, value) in attributes {
             if name == SIGNATURE_ATTRIBUTE {
                 continue;
             }
             self.limits.check_attribute(name, value)?;
-            loop {
-                match names.peek().map(|covered| (*covered).cmp(name.as_str())) {
-                    // A covered name that sorts before this attribute is not on the message.
-                    Some(Ordering::Less) => missing = true,
-                    Some(Ordering::Equal) => {
-                        canonical::encode_attribute(header, name, value);
-                        names.next();
-                        break;
-                    }
-                    _ => {
-                        uncovered = uncovered.or(Some(name));
-                        break;
-                    }
-                }
-                names.next();
+            let len = name.len();
+            let covered = rest.get(..len) == Some(name.as_bytes())
+                && rest.get(len).is_none_or(|&b| b == b',');
+            if covered {
+                canonical::encode_attribute(header, name, value);
+                rest = rest.get(len + 1..).unwrap_or_default();
+            } else if uncovered.is_none() {
+                uncovered = Some(name);
             }
         }
-        if missing || names.next().is_some() {
+        // A covered name that is not on the message stops the walk along the list there
+        // (the attributes after it sort after it too), so the list is not used up.
+        if !rest.is_empty() {
             return Err(SecurityError::SignatureInvalid);
         }
         match uncovered {

@@ -768,3 +768,30 @@ fn the_attribute_limit_does_not_count_a_previous_signature() {
         Err(SecurityError::TooManyAttributes { count: 3, max: 2 })
     ));
 }
+
+#[test]
+fn covered_names_match_whole_and_a_missing_one_outranks_an_uncovered_one() {
+    // The sample covers `action` and `event`; each is renamed to a prefix or an
+    // extension of itself, or to a name sorting elsewhere.
+    let base = deliver(signed_sample(t0()), 1, t0());
+    let strict = SignatureVerifier::new(ring());
+    let lenient = SignatureVerifier::new(ring()).with_allow_uncovered_attributes(true);
+    for (from, to) in [
+        ("event", "even"),
+        ("event", "events"),
+        ("event", "a"),
+        ("action", "a"),
+        ("action", "actions"),
+        ("action", "zzz"),
+    ] {
+        let mut rm = base.clone();
+        let value = rm.message.attributes.remove(from).unwrap();
+        rm.message.attributes.insert(to.into(), value);
+        for verifier in [&strict, &lenient] {
+            assert!(
+                matches!(verifier.verify(&rm), Err(SecurityError::SignatureInvalid)),
+                "{from} -> {to}"
+            );
+        }
+    }
+}
