@@ -1,8 +1,9 @@
 //! Signing keys: [`KeyId`], [`KeyRing`] with rotation, loading from configuration.
 //!
 //! Key material lives in [`SecretSlice`] (zeroed on drop, `Debug` prints `[REDACTED]`).
-//! An HMAC key schedule is derived from it for each signature and dropped right after, so
-//! the only long-lived copy is the zeroizing one.
+//! Its HMAC key schedule is derived once, when the key is inserted, and kept beside it
+//! until the key is retired or the ring dropped (`ring` does not zero it; see
+//! `docs/security.md`, "What is zeroed").
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -99,6 +100,9 @@ struct Inner {
     /// `ring` does not zero it on drop; it goes with the key on retire.
     macs: BTreeMap<KeyId, ring::hmac::Key>,
     active: Option<KeyId>,
+    /// The active key's schedule (a copy of its entry in `macs`), so signing needs no
+    /// look-up.
+    active_mac: Option<ring::hmac::Key>,
     retired: BTreeSet<KeyId>,
 }
 
@@ -190,6 +194,7 @@ impl KeyRing {
                 key_id: id.to_string(),
             });
         }
+        inner.active_mac = inner.macs.get(&id).cloned();
         inner.active = Some(id);
         Ok(())
     }
@@ -208,6 +213,7 @@ impl KeyRing {
         }
         if inner.active.as_ref() == Some(&id) {
             inner.active = None;
+            inner.active_mac = None;
         }
         inner.retired.insert(id);
         Ok(())
@@ -234,9 +240,10 @@ impl KeyRing {
         f: impl FnOnce(&KeyId, &ring::hmac::Key) -> T,
     ) -> Result<T, SecurityError> {
         let inner = self.read();
-        let id = inner.active.as_ref().ok_or(SecurityError::NoActiveKey)?;
-        let key = inner.macs.get(id).ok_or(SecurityError::NoActiveKey)?;
-        Ok(f(id, key))
+        match (&inner.active, &inner.active_mac) {
+            (Some(id), Some(key)) => Ok(f(id, key)),
+            _ => Err(SecurityError::NoActiveKey),
+        }
     }
 
     /// Runs `f` with the stored id and HMAC key named `id` (a cheap clone of the stored
