@@ -411,6 +411,55 @@ impl InMemoryProvider {
         })?
     }
 
+    /// Sends `message` (every operation but a receive is synchronous: the inherent and the
+    /// trait's `async` methods both call these, so neither wraps the other's future).
+    fn send_now(&self, queue: &QueueName, mut message: Message) -> Result<MessageId> {
+        let limits = self.inner.limits;
+        let clock = self.inner.clock;
+        // Size checks and the id need no queue: done before its lock is taken.
+        let id = check_limits(&mut message, &limits, queue)?;
+        let now = clock.now();
+        let at = send_time(&clock, now);
+        // The guards, not a closure: the message moves straight into the queue (a
+        // closure would carry a copy of it).
+        let queues = self.inner.queues();
+        let mut q = Inner::lock(&queues, queue, "send", now)?;
+        q.admit(&message, &limits, now, &clock)?;
+        q.store(message, &at, &clock);
+        q.signal.wake();
+        Ok(id)
+    }
+
+    fn send_batch_now(&self, queue: &QueueName, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+        let limits = self.inner.limits;
+        let clock = self.inner.clock;
+        let mut messages = messages;
+        // Validate everything first: a batch with one bad entry stores nothing.
+        let ids = messages
+            .iter_mut()
+            .map(|m| check_limits(m, &limits, queue))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.with_queue(queue, "send", |q, now| {
+            for m in &messages {
+                q.admit(m, &limits, now, &clock)?;
+            }
+            let at = send_time(&clock, now);
+            for m in messages {
+                q.store(m, &at, &clock);
+            }
+            q.signal.wake();
+            Ok(ids)
+        })?
+    }
+
+    fn renew_now(&self, receipt: &Receipt) -> Result<SystemTime> {
+        let token = parse_receipt(receipt, "renew_lock")?;
+        let until = self
+            .inner
+            .with_queue(receipt.queue(), "renew_lock", |q, now| q.renew(token, now))??;
+        Ok(self.inner.clock.to_system(until))
+    }
+
     async fn receive_from(
         &self,
         queue: &QueueName,
@@ -436,25 +485,12 @@ impl InMemoryProvider {
 /// The hot operations as inherent methods. [`QueueProvider`] is used as a trait object
 /// (`dyn QueueProvider`), so `async_trait` boxes every future it returns: one allocation
 /// per call. Code holding an `InMemoryProvider` itself calls these instead (method calls
-/// find them first) and allocates nothing for the call; the trait's methods run them.
+/// find them first) and allocates nothing for the call. Both run the same code.
 impl InMemoryProvider {
     /// [`QueueProvider::send`], called directly: the same operation without the boxed
     /// future a call through the trait allocates.
-    pub async fn send(&self, queue: &QueueName, mut message: Message) -> Result<MessageId> {
-        let limits = self.inner.limits;
-        let clock = self.inner.clock;
-        // Size checks and the id need no queue: done before its lock is taken.
-        let id = check_limits(&mut message, &limits, queue)?;
-        let now = clock.now();
-        let at = send_time(&clock, now);
-        // The guards, not a closure: the message moves straight into the queue (a
-        // closure would carry a copy of it).
-        let queues = self.inner.queues();
-        let mut q = Inner::lock(&queues, queue, "send", now)?;
-        q.admit(&message, &limits, now, &clock)?;
-        q.store(message, &at, &clock);
-        q.signal.wake();
-        Ok(id)
+    pub async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
+        self.send_now(queue, message)
     }
 
     /// [`QueueProvider::send_batch`], called directly (no boxed future).
@@ -463,25 +499,7 @@ impl InMemoryProvider {
         queue: &QueueName,
         messages: Vec<Message>,
     ) -> Result<Vec<MessageId>> {
-        let limits = self.inner.limits;
-        let clock = self.inner.clock;
-        let mut messages = messages;
-        // Validate everything first: a batch with one bad entry stores nothing.
-        let ids = messages
-            .iter_mut()
-            .map(|m| check_limits(m, &limits, queue))
-            .collect::<Result<Vec<_>>>()?;
-        self.inner.with_queue(queue, "send", |q, now| {
-            for m in &messages {
-                q.admit(m, &limits, now, &clock)?;
-            }
-            let at = send_time(&clock, now);
-            for m in messages {
-                q.store(m, &at, &clock);
-            }
-            q.signal.wake();
-            Ok(ids)
-        })?
+        self.send_batch_now(queue, messages)
     }
 
     /// [`QueueProvider::receive`], called directly (no boxed future).
@@ -511,11 +529,7 @@ impl InMemoryProvider {
 
     /// [`QueueProvider::renew_lock`], called directly (no boxed future).
     pub async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
-        let token = parse_receipt(receipt, "renew_lock")?;
-        let until = self
-            .inner
-            .with_queue(receipt.queue(), "renew_lock", |q, now| q.renew(token, now))??;
-        Ok(self.inner.clock.to_system(until))
+        self.renew_now(receipt)
     }
 }
 
@@ -554,7 +568,7 @@ impl QueueProvider for InMemoryProvider {
     }
 
     async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
-        InMemoryProvider::send(self, queue, message).await
+        self.send_now(queue, message)
     }
 
     async fn send_batch(
@@ -562,7 +576,7 @@ impl QueueProvider for InMemoryProvider {
         queue: &QueueName,
         messages: Vec<Message>,
     ) -> Result<Vec<MessageId>> {
-        InMemoryProvider::send_batch(self, queue, messages).await
+        self.send_batch_now(queue, messages)
     }
 
     async fn receive(
@@ -570,23 +584,24 @@ impl QueueProvider for InMemoryProvider {
         queue: &QueueName,
         options: ReceiveOptions,
     ) -> Result<Vec<ReceivedMessage>> {
-        InMemoryProvider::receive(self, queue, options).await
+        self.receive_from(queue, Store::Active, options, "receive")
+            .await
     }
 
     async fn complete(&self, receipt: &Receipt) -> Result<()> {
-        InMemoryProvider::complete(self, receipt).await
+        self.settle(receipt, Settle::Complete)
     }
 
     async fn abandon(&self, receipt: &Receipt, delay: Option<Duration>) -> Result<()> {
-        InMemoryProvider::abandon(self, receipt, delay).await
+        self.settle(receipt, Settle::Abandon { delay })
     }
 
     async fn dead_letter(&self, receipt: &Receipt, reason: DeadLetterReason) -> Result<()> {
-        InMemoryProvider::dead_letter(self, receipt, reason).await
+        self.settle(receipt, Settle::DeadLetter(reason))
     }
 
     async fn renew_lock(&self, receipt: &Receipt) -> Result<SystemTime> {
-        InMemoryProvider::renew_lock(self, receipt).await
+        self.renew_now(receipt)
     }
 
     async fn accept_session(
