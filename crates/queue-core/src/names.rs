@@ -136,10 +136,17 @@ impl<const N: usize> Text<N> {
         Self::inline(s.as_bytes()).unwrap_or_else(|| Self::Shared(Arc::from(s)))
     }
 
-    /// ASCII `text` that fits inline, kept inline (no UTF-8 check needed).
-    pub(crate) fn ascii(text: &[u8]) -> Self {
+    /// ASCII `text` of a length known to fit, kept inline (no UTF-8 check needed, and a
+    /// copy of constant size).
+    pub(crate) fn ascii<const M: usize>(text: [u8; M]) -> Self {
+        const { assert!(M <= N && M <= u8::MAX as usize) };
         debug_assert!(text.is_ascii());
-        Self::inline(text).expect("the ASCII text fits inline")
+        let mut bytes = [0u8; N];
+        bytes[..M].copy_from_slice(&text);
+        Self::Inline {
+            len: M as u8,
+            bytes,
+        }
     }
 
     fn inline(text: &[u8]) -> Option<Self> {
@@ -271,7 +278,7 @@ impl MessageId {
 
     /// A fresh random id (a UUID v4 in its hyphenated form).
     pub fn random() -> Self {
-        Self(Text::ascii(&random_uuid()))
+        Self(Text::ascii(random_uuid()))
     }
 
     /// The id as a string slice.
@@ -292,14 +299,21 @@ impl MessageId {
 /// seeded hasher is read once per process, and each id is a bijective mix of a counter
 /// with that seed (unique within the process before the six version and variant bits are
 /// set, unpredictable across processes). This is on every send path, so it avoids
-/// per-call hasher seeding, clock reads and formatting.
+/// per-call hasher seeding, clock reads and formatting, and each thread takes counter
+/// values in blocks (threads sending at once do not contend on one atomic per id).
 fn random_uuid() -> [u8; 36] {
+    use std::cell::Cell;
     use std::collections::hash_map::RandomState;
     use std::hash::BuildHasher;
     use std::sync::{
         OnceLock,
         atomic::{AtomicU64, Ordering},
     };
+    const BLOCK: u64 = 1 << 12;
+    thread_local! {
+        /// This thread's counter values: `next..end`.
+        static BLOCK_LEFT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
     /// The splitmix64 finaliser: a bijection on `u64` that spreads every input bit.
     fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -315,7 +329,16 @@ fn random_uuid() -> [u8; 36] {
             .map_or(0, |d| d.as_nanos());
         (state.hash_one((nanos, 1u8)), state.hash_one((nanos, 2u8)))
     });
-    let lo = mix(COUNTER.fetch_add(1, Ordering::Relaxed) ^ s1);
+    let count = BLOCK_LEFT.with(|left| {
+        let (mut next, mut end) = left.get();
+        if next == end {
+            next = COUNTER.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        left.set((next + 1, end));
+        next
+    });
+    let lo = mix(count ^ s1);
     let hi = mix(lo ^ s0);
     // Version 4 in the 13th hex digit, variant 10xx in the 17th.
     let hi = hex16((hi & !0xf000) | 0x4000);
@@ -490,6 +513,19 @@ mod tests {
     fn random_message_ids_are_distinct_uuids() {
         let ids: std::collections::HashSet<_> = (0..1000).map(|_| MessageId::random()).collect();
         assert_eq!(ids.len(), 1000);
+        // Across threads too (each takes counter values in blocks), past a block's end.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| (0..5000).map(|_| MessageId::random()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for t in threads {
+            for id in t.join().unwrap() {
+                assert!(all.insert(id));
+            }
+        }
+        assert_eq!(all.len(), 20_000);
         let one = MessageId::random();
         assert_eq!(one.as_str().len(), 36);
         assert_eq!(one.as_str().as_bytes()[14], b'4');
