@@ -61,27 +61,63 @@ pub(crate) struct Inner {
 }
 
 /// The queue map. Queue names come from the application, not from peers, so a fast
-/// non-keyed hash (FNV-1a) is safe here.
-type QueueMap = HashMap<QueueName, Mutex<Queue>, BuildHasherDefault<Fnv>>;
+/// non-keyed hash is safe here.
+type QueueMap = HashMap<QueueName, Mutex<Queue>, BuildHasherDefault<NameHasher>>;
 
-/// FNV-1a, 64 bits.
-struct Fnv(u64);
+/// A non-keyed hash that reads a name eight bytes at a time (every operation hashes its
+/// queue's name): each word is folded in with a 64 x 64 -> 128-bit multiply, whose two
+/// halves XORed together spread every input bit over the whole result (so the bucket
+/// bits and the tag bits of the hash map both depend on every byte).
+#[derive(Default)]
+struct NameHasher(u64);
 
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+/// The fractional part of the golden ratio, an odd constant with well-spread bits.
+const FOLD: u64 = 0x9e37_79b9_7f4a_7c15;
+
+fn fold(a: u64, b: u64) -> u64 {
+    let m = u128::from(a) * u128::from(b);
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+/// The 1 to 7 bytes of `rest` in one word (two overlapping reads of four bytes, or the
+/// first, middle and last of up to three).
+fn tail(rest: &[u8]) -> u64 {
+    let n = rest.len();
+    if n >= 4 {
+        let word = |at: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&rest[at..at + 4]);
+            u64::from(u32::from_le_bytes(b))
+        };
+        word(0) | (word(n - 4) << 32)
+    } else {
+        u64::from(rest[0]) | (u64::from(rest[n / 2]) << 8) | (u64::from(rest[n - 1]) << 16)
     }
 }
 
-impl Hasher for Fnv {
+impl Hasher for NameHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        let mut h = self.0;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            h = fold(h ^ u64::from_le_bytes(b), FOLD);
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            // The length goes in too, so "a" and "a\0" differ.
+            h = fold(h ^ tail(rest), FOLD ^ rest.len() as u64);
+        }
+        self.0 = h;
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.0 = fold(self.0 ^ u64::from(i), FOLD);
     }
 }
 
@@ -675,5 +711,38 @@ impl QueueProvider for InMemoryProvider {
             }
             None => Err(not_found(queue, "delete_queue")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+
+    use super::*;
+
+    fn hash(name: &str) -> u64 {
+        BuildHasherDefault::<NameHasher>::default().hash_one(QueueName::new(name).unwrap())
+    }
+
+    #[test]
+    fn the_name_hash_depends_on_every_byte_and_the_length() {
+        let names: Vec<String> = (1..=40)
+            .flat_map(|len| {
+                (0..len).map(move |at| {
+                    let mut n = vec![b'a'; len];
+                    n[at] = b'b';
+                    String::from_utf8(n).unwrap()
+                })
+            })
+            .chain((1..=40).map(|len| "a".repeat(len)))
+            .collect();
+        let hashes: std::collections::HashSet<u64> = names.iter().map(|n| hash(n)).collect();
+        assert_eq!(hashes.len(), names.len(), "no two of these names collide");
+        // Bucket bits (the low ones) differ too for names that differ in one late byte.
+        let low: std::collections::HashSet<u64> = (0..64)
+            .map(|i| hash(&format!("queue-{i:02}")) & 0xff)
+            .collect();
+        assert!(low.len() > 40, "{}", low.len());
+        assert_eq!(hash("jobs"), hash("jobs"));
     }
 }
