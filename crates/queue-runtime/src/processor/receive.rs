@@ -106,12 +106,17 @@ impl Shared {
     /// One receive call for up to `max` messages, or `None` once shutdown fires (the call
     /// is dropped, as in [`Shared::accept_next`]).
     async fn receive_some(&self, max: usize) -> Option<Result<Vec<ReceivedMessage>>> {
-        let span = tracing::debug_span!(
-            "queue.receive",
-            queue = %self.queue,
-            provider = self.provider_name(),
-            max
-        );
+        // An `Instrumented` provider spans the call itself (`queue.call`): no second span.
+        let span = if self.provider.instrumented() {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                "queue.receive",
+                queue = %self.queue,
+                provider = self.provider_name(),
+                max
+            )
+        };
         let options = ReceiveOptions::new(max, self.settings.receive_wait);
         let call = self.provider.receive(&self.queue, options).instrument(span);
         tokio::select! {

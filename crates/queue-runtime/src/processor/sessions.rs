@@ -52,11 +52,16 @@ impl Shared {
     /// shutdown is dropped, so an idle processor stops at once (providers keep dropped
     /// calls safe: nothing is lost, at worst a lock runs out).
     async fn accept_next(&self) -> Option<Result<Option<Arc<dyn SessionReceiver>>>> {
-        let span = tracing::debug_span!(
-            "queue.accept_session",
-            queue = %self.queue,
-            provider = self.provider_name()
-        );
+        // An `Instrumented` provider spans the call itself (`queue.call`): no second span.
+        let span = if self.provider.instrumented() {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                "queue.accept_session",
+                queue = %self.queue,
+                provider = self.provider_name()
+            )
+        };
         let call = self
             .provider
             .accept_session(
