@@ -192,7 +192,11 @@ pub(crate) fn mac(key: &ring::hmac::Key, header: &[u8], body: &[u8]) -> [u8; 32]
 /// Compares two MACs in constant time: the differences are OR-ed together over all 32
 /// bytes (no early exit), and only the result goes through `subtle`'s comparison.
 pub(crate) fn macs_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Eight bytes at a time, as the MACs were written.
+    let word = |m: &[u8], i: usize| u64::from_ne_bytes(m[i..i + 8].try_into().unwrap_or_default());
+    let diff = (0..32)
+        .step_by(8)
+        .fold(0u64, |acc, i| acc | (word(a, i) ^ word(b, i)));
     bool::from(diff.ct_eq(&0))
 }
 
