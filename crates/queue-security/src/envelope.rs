@@ -157,16 +157,20 @@ fn name_len(b: &[u8]) -> usize {
 /// value and the position after the digits.
 fn ms_field(b: &[u8], at: usize, tag: &[u8; 3]) -> Option<(u64, usize)> {
     let digits = b.get(at..)?.strip_prefix(tag)?;
-    let len = digits
-        .iter()
-        .position(|c| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
+    // Digits are read and added up in one loop; more than 15 cannot overflow (16 at most
+    // are read).
+    let (mut value, mut len) = (0u64, 0);
+    for &d in digits.iter().take(16) {
+        let digit = d.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value * 10 + u64::from(digit);
+        len += 1;
+    }
     if len == 0 || len > 15 || (len > 1 && digits[0] == b'0') {
         return None;
     }
-    let value = digits[..len]
-        .iter()
-        .fold(0u64, |v, &d| v * 10 + u64::from(d - b'0'));
     Some((value, at + 3 + len))
 }
 

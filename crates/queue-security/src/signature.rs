@@ -511,6 +511,7 @@ enum CoveredNames {
 }
 
 impl CoveredNames {
+    #[inline]
     fn new(names: &str) -> Self {
         match u8::try_from(names.len()) {
             Ok(len) if names.len() <= COVERED_INLINE => {
