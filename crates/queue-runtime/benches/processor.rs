@@ -16,6 +16,9 @@
 //! ratio (issue 18 target: <= 2x), and the per-key hand-off latency p50/p99 from timestamps
 //! (processor: handler N returns -> handler N+1 of the key starts; bare: N's receive
 //! returned and was completed -> N+1's receive returns; target p99 < 100 us).
+//!
+//! `PROCESSOR_BENCH_ONLY` (see [`only_one_side`]) runs one side alone, for counting
+//! instructions under callgrind (recipe in `docs/runtime.md`, *Performance*).
 
 use std::{
     sync::{
@@ -277,8 +280,30 @@ fn print_figures(rt: &tokio::runtime::Runtime) {
     });
 }
 
+/// With `PROCESSOR_BENCH_ONLY=bare|processor|none` set, runs only that side of the
+/// throughput scenario `RUNS` times (`none`: only the set-up) and exits: for counting
+/// instructions per message under `valgrind --tool=callgrind`, which, unlike time on a
+/// shared machine, is the same from run to run.
+fn only_one_side(rt: &tokio::runtime::Runtime) {
+    let Ok(side) = std::env::var("PROCESSOR_BENCH_ONLY") else {
+        return;
+    };
+    rt.block_on(async {
+        for _ in 0..RUNS {
+            let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
+            match side.as_str() {
+                "bare" => drop(bare_receive_complete(p, q, THROUGHPUT_MESSAGES).await),
+                "processor" => drop(run_processor(p, q, THROUGHPUT_MESSAGES, false).await),
+                _ => {}
+            }
+        }
+    });
+    std::process::exit(0);
+}
+
 fn bench(c: &mut Criterion) {
     let rt = runtime();
+    only_one_side(&rt);
     print_figures(&rt);
 
     let mut group = c.benchmark_group("throughput");

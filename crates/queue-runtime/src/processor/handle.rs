@@ -162,7 +162,7 @@ impl Shared {
         let token = CancellationToken::new();
         let ctx = MessageContext::new(self.queue.clone(), msg, attempt, token.clone());
         self.metrics.in_flight.increment(1.0);
-        // Polled inline (the caller is already its own task); a panic, when the handler is
+        // Polled inline (in a lane or a key's worker); a panic, when the handler is
         // called or while it runs, is caught here and becomes a retry, and dropping the
         // future is how a stuck handler is stopped.
         let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -283,7 +283,8 @@ impl Processor {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl Shared {
-    /// Starts the session workers and the session-less receive loop the mode asks for.
+    /// Starts the lock-renewal driver (if the provider renews locks), and the session
+    /// workers and the session-less receive loop the mode asks for.
     fn spawn_workers(self: &Arc<Self>) {
         if self.caps.lock_renewal {
             // Not tracked: it renews until `run` returns, drain included.

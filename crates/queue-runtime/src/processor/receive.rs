@@ -157,7 +157,7 @@ impl Shared {
     }
 
     /// Hands a received message (received at `now`) to its key's worker (keyed messages)
-    /// or to its own task.
+    /// or to a handler lane.
     fn dispatch(
         self: &Arc<Self>,
         msg: ReceivedMessage,
