@@ -1,8 +1,10 @@
 //! Processor overhead on the memory provider, against the bare provider calls in the same run.
 //!
-//! * `throughput/*`: 1000 session-less messages; baseline = a loop of batch receive +
-//!   complete; processor = the same messages through a [`Processor`] with a handler that
-//!   completes at once.
+//! * `throughput/*`: 1000 session-less messages; baselines = a loop of batch receive +
+//!   complete, on the concrete `InMemoryProvider` (`bare_provider`: unboxed inherent
+//!   methods) and through a `SharedQueueProvider` (`bare_provider_dyn`: a boxed future per
+//!   call, as the processor calls it); processor = the same messages through a
+//!   [`Processor`] with a handler that completes at once.
 //! * `handoff/*`: 200 messages in one session (one key); baseline = accept the session and
 //!   loop receive(1) + complete; processor = the same through a [`Processor`]. The time per
 //!   message is the per-key hand-off latency: how soon message N+1 reaches the handler after
@@ -114,11 +116,33 @@ async fn run_processor(
     took
 }
 
+/// The bare loop on the concrete type: `InMemoryProvider`'s inherent methods, whose futures
+/// are not boxed.
 async fn bare_receive_complete(
     provider: InMemoryProvider,
     queue: QueueName,
     expected: usize,
 ) -> Duration {
+    let start = Instant::now();
+    let mut done = 0;
+    let max = provider.capabilities().max_batch_size;
+    while done < expected {
+        let batch = provider
+            .receive(&queue, ReceiveOptions::new(max, Duration::from_millis(1)))
+            .await
+            .unwrap();
+        for m in batch {
+            provider.complete(&m.receipt).await.unwrap();
+            done += 1;
+        }
+    }
+    start.elapsed()
+}
+
+/// The same loop through a [`SharedQueueProvider`], the way the processor (and any code
+/// holding a provider built from configuration) calls it: a boxed future per call.
+async fn bare_dyn(provider: InMemoryProvider, queue: QueueName, expected: usize) -> Duration {
+    let provider: SharedQueueProvider = Arc::new(provider);
     let start = Instant::now();
     let mut done = 0;
     let max = provider.capabilities().max_batch_size;
@@ -236,19 +260,24 @@ fn median(v: Vec<Duration>) -> Duration {
 #[allow(clippy::print_stdout, reason = "the bench prints its figures")]
 fn print_figures(rt: &tokio::runtime::Runtime) {
     rt.block_on(async {
-        let (mut bare, mut proc_) = (Vec::new(), Vec::new());
+        let (mut bare, mut dyn_, mut proc_) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RUNS {
             let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
             bare.push(bare_receive_complete(p, q, THROUGHPUT_MESSAGES).await);
             let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
+            dyn_.push(bare_dyn(p, q, THROUGHPUT_MESSAGES).await);
+            let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
             proc_.push(run_processor(p, q, THROUGHPUT_MESSAGES, false).await);
         }
         let per = |d: Duration| d / THROUGHPUT_MESSAGES as u32;
-        let (b, p) = (per(median(bare)), per(median(proc_)));
+        let (b, d, p) = (per(median(bare)), per(median(dyn_)), per(median(proc_)));
+        let ratio = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
         println!(
-            "throughput (1000 session-less messages, median of {RUNS}): processor {p:?}/msg, \
-             bare receive+complete {b:?}/msg, ratio {:.2}x (target <= 2x)",
-            p.as_secs_f64() / b.as_secs_f64()
+            "throughput (1000 session-less messages, median of {RUNS}): processor {p:?}/msg; \
+             bare receive+complete through SharedQueueProvider {d:?}/msg, ratio {:.2}x \
+             (target <= 2x); bare on the concrete type {b:?}/msg, ratio {:.2}x",
+            ratio(p, d),
+            ratio(p, b)
         );
         let (mut bare, mut proc_, mut bare_h, mut proc_h) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -280,7 +309,7 @@ fn print_figures(rt: &tokio::runtime::Runtime) {
     });
 }
 
-/// With `PROCESSOR_BENCH_ONLY=bare|processor|none` set, runs only that side of the
+/// With `PROCESSOR_BENCH_ONLY=bare|bare_dyn|processor|none` set, runs only that side of the
 /// throughput scenario `RUNS` times (`none`: only the set-up) and exits: for counting
 /// instructions per message under `valgrind --tool=callgrind`, which, unlike time on a
 /// shared machine, is the same from run to run.
@@ -293,6 +322,7 @@ fn only_one_side(rt: &tokio::runtime::Runtime) {
             let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
             match side.as_str() {
                 "bare" => drop(bare_receive_complete(p, q, THROUGHPUT_MESSAGES).await),
+                "bare_dyn" => drop(bare_dyn(p, q, THROUGHPUT_MESSAGES).await),
                 "processor" => drop(run_processor(p, q, THROUGHPUT_MESSAGES, false).await),
                 _ => {}
             }
@@ -314,6 +344,16 @@ fn bench(c: &mut Criterion) {
             for _ in 0..iters {
                 let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
                 total += bare_receive_complete(p, q, THROUGHPUT_MESSAGES).await;
+            }
+            total
+        })
+    });
+    group.bench_function("bare_provider_dyn", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (p, q) = filled(0, THROUGHPUT_MESSAGES).await;
+                total += bare_dyn(p, q, THROUGHPUT_MESSAGES).await;
             }
             total
         })
