@@ -40,6 +40,10 @@ use std::{
     future::Future,
     marker::PhantomData,
     pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -193,7 +197,40 @@ pub struct MessageContext {
     pub(crate) delivery_count: u32,
     pub(crate) attempt: u32,
     pub(crate) enqueued_at: SystemTime,
-    pub(crate) cancellation: CancellationToken,
+    pub(crate) cancellation: Arc<RunCancel>,
+}
+
+/// A handler run's cancellation. Its [`CancellationToken`] is made only when the handler
+/// asks for it (issue 18: most handlers never do, and a token is an allocation with a lock
+/// and a tree node).
+#[derive(Default)]
+pub(crate) struct RunCancel {
+    cancelled: AtomicBool,
+    token: OnceLock<CancellationToken>,
+}
+
+impl RunCancel {
+    /// Cancels the run: sets the flag, then cancels the token if one was made.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        if let Some(token) = self.token.get() {
+            token.cancel();
+        }
+    }
+
+    fn token(&self) -> &CancellationToken {
+        let token = self.token.get_or_init(CancellationToken::new);
+        // Cancelled while the token was being made, `cancel` may have found none: the flag,
+        // set before `cancel` looked, is seen here.
+        if self.cancelled.load(Ordering::SeqCst) {
+            token.cancel();
+        }
+        token
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
 }
 
 impl MessageContext {
@@ -201,7 +238,7 @@ impl MessageContext {
         queue: QueueName,
         msg: &ReceivedMessage,
         attempt: u32,
-        token: CancellationToken,
+        cancellation: Arc<RunCancel>,
     ) -> Self {
         Self {
             queue,
@@ -212,7 +249,7 @@ impl MessageContext {
             delivery_count: msg.delivery_count,
             attempt,
             enqueued_at: msg.enqueued_at,
-            cancellation: token,
+            cancellation,
         }
     }
 
@@ -256,9 +293,9 @@ impl MessageContext {
     /// `max_lock_renewal`, or the shutdown deadline passed. Whatever the handler returns
     /// after that may not be settled.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancellation
+        self.cancellation.token()
     }
-    /// Shorthand for `cancellation().is_cancelled()`.
+    /// Shorthand for `cancellation().is_cancelled()` (without making the token).
     pub fn is_cancelled(&self) -> bool {
         self.cancellation.is_cancelled()
     }
@@ -417,6 +454,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_token_is_made_on_demand_and_sees_an_earlier_cancel() {
+        let early = RunCancel::default();
+        early.cancel();
+        assert!(early.is_cancelled());
+        assert!(
+            early.token().is_cancelled(),
+            "made after the cancel, still cancelled"
+        );
+        let late = RunCancel::default();
+        let token = late.token().clone();
+        assert!(!token.is_cancelled() && !late.is_cancelled());
+        late.cancel();
+        assert!(token.is_cancelled() && late.is_cancelled());
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]

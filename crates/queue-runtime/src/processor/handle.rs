@@ -5,10 +5,9 @@ use std::sync::Arc;
 use futures::FutureExt;
 use queue_core::{DeadLetterReason, ReceivedMessage};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::handler::{HandlerError, MessageContext, Outcome, reasons};
+use crate::handler::{HandlerError, MessageContext, Outcome, RunCancel, reasons};
 
 use super::{
     bump,
@@ -159,7 +158,7 @@ impl Shared {
         watch: &LockWatch,
         attempt: u32,
     ) -> (Option<Joined>, bool) {
-        let token = CancellationToken::new();
+        let token = Arc::new(RunCancel::default());
         let ctx = MessageContext::new(self.queue.clone(), msg, attempt, token.clone());
         self.metrics.in_flight.increment(1.0);
         // Polled inline (in a lane or a key's worker); a panic, when the handler is
