@@ -172,7 +172,7 @@ pub struct Receipt {
 
 /// Longest receipt token kept inline (no allocation), such as the in-memory provider's
 /// 16 characters; longer ones (SQS receipt handles, Service Bus lock tokens) are shared.
-const INLINE_TOKEN: usize = 22;
+const INLINE_TOKEN: usize = 24;
 
 impl Receipt {
     /// For provider implementations: wraps a provider-specific `token` (a copy of it).
@@ -389,8 +389,8 @@ mod tests {
         for token in [
             "t",
             "ABCDEFGHabcdefgh",
-            &"x".repeat(22),
-            &"x".repeat(23),
+            &"x".repeat(24),
+            &"x".repeat(25),
             &"h".repeat(900),
         ] {
             let a = Receipt::new("p", q.clone(), None, token);

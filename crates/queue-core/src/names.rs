@@ -11,6 +11,7 @@ use std::{
     sync::Arc,
 };
 
+use arrayvec::ArrayString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{NameKind, QueueError};
@@ -121,67 +122,52 @@ impl QueueName {
 /// Ids and receipt tokens are created, cloned and dropped for every message; inline, a
 /// UUID or a short token costs no allocation and no atomic reference count. Equality,
 /// order and hash are those of the `str` (inline or not), so the representation never
-/// shows. Inline bytes are always UTF-8 (they come from a `str` or are ASCII), and
-/// [`as_str`](Self::as_str) checks them again rather than trusting that (the crate
-/// forbids `unsafe`); [`as_bytes`](Self::as_bytes) and [`len`](Self::len) do not.
+/// shows. The inline variant is an [`ArrayString`], which knows its bytes are UTF-8:
+/// [`as_str`](Self::as_str) costs no check (this crate forbids `unsafe`).
 #[derive(Clone)]
 pub(crate) enum Text<const N: usize> {
-    Inline { len: u8, bytes: [u8; N] },
+    Inline(ArrayString<N>),
     Shared(Arc<str>),
 }
 
 impl<const N: usize> Text<N> {
     /// A copy of `s`: inline when it fits.
     pub(crate) fn new(s: &str) -> Self {
-        Self::inline(s.as_bytes()).unwrap_or_else(|| Self::Shared(Arc::from(s)))
+        match ArrayString::from(s) {
+            Ok(inline) => Self::Inline(inline),
+            Err(_) => Self::Shared(Arc::from(s)),
+        }
     }
 
-    /// ASCII `text` of a length known to fit, kept inline (no UTF-8 check needed, and a
-    /// copy of constant size).
+    /// ASCII `text` of a length known to fit, kept inline.
     pub(crate) fn ascii<const M: usize>(text: [u8; M]) -> Self {
-        const { assert!(M <= N && M <= u8::MAX as usize) };
-        debug_assert!(text.is_ascii());
-        let mut bytes = [0u8; N];
-        bytes[..M].copy_from_slice(&text);
-        Self::Inline {
-            len: M as u8,
-            bytes,
-        }
+        const { assert!(M <= N) };
+        let text = std::str::from_utf8(&text).expect("ASCII is UTF-8");
+        Self::Inline(ArrayString::from(text).expect("fits: checked at compile time"))
     }
 
-    fn inline(text: &[u8]) -> Option<Self> {
-        let len = u8::try_from(text.len()).ok().filter(|_| text.len() <= N)?;
-        let mut bytes = [0u8; N];
-        bytes[..text.len()].copy_from_slice(text);
-        Some(Self::Inline { len, bytes })
-    }
-
+    #[inline]
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Self::Shared(s) => s.as_bytes(),
-        }
+        self.as_str().as_bytes()
     }
 
+    #[inline]
     pub(crate) fn as_str(&self) -> &str {
         match self {
-            Self::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
-                .expect("inline text is copied from a str or ASCII"),
+            Self::Inline(s) => s.as_str(),
             Self::Shared(s) => s,
         }
     }
 
+    #[inline]
     pub(crate) fn len(&self) -> usize {
-        match self {
-            Self::Inline { len, .. } => usize::from(*len),
-            Self::Shared(s) => s.len(),
-        }
+        self.as_str().len()
     }
 }
 
 impl<const N: usize> PartialEq for Text<N> {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.as_str() == other.as_str()
     }
 }
 
@@ -194,9 +180,8 @@ impl<const N: usize> PartialOrd for Text<N> {
 }
 
 impl<const N: usize> Ord for Text<N> {
-    /// Byte order, which is `str`'s order.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -207,24 +192,24 @@ impl<const N: usize> Hash for Text<N> {
     }
 }
 
-/// Longest session id kept inline (24 bytes in all, the size of a `String`).
-const INLINE_SESSION_ID: usize = 22;
-/// Longest message id kept inline: a hyphenated UUID (36) fits (40 bytes in all).
-const INLINE_MESSAGE_ID: usize = 38;
+/// Longest session id kept inline (32 bytes in all).
+const INLINE_SESSION_ID: usize = 24;
+/// Longest message id kept inline: a hyphenated UUID (36) fits (48 bytes in all).
+const INLINE_MESSAGE_ID: usize = 40;
 
 /// An ordering key: all messages with the same session id are delivered in send order.
 ///
 /// Maps to a Service Bus `SessionId` and an SQS FIFO `MessageGroupId`. 1 to 128
 /// characters of printable ASCII other than space (SQS rejects spaces in group ids).
-/// Ids up to 22 characters are stored inline (no allocation; a clone copies 24 bytes).
+/// Ids up to 24 characters are stored inline (no allocation; a clone copies 32 bytes).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(Text<INLINE_SESSION_ID>);
 
 /// A message id, also the de-duplication id (SQS `MessageDeduplicationId`).
 ///
 /// 1 to 128 characters of printable ASCII other than space. A GitHub delivery id
-/// (`X-GitHub-Delivery`, a UUID) is a good message id. Ids up to 38 characters (a UUID
-/// among them) are stored inline (no allocation; a clone copies 40 bytes).
+/// (`X-GitHub-Delivery`, a UUID) is a good message id. Ids up to 40 characters (a UUID
+/// among them) are stored inline (no allocation; a clone copies 48 bytes).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(Text<INLINE_MESSAGE_ID>);
 
@@ -261,7 +246,13 @@ impl SessionId {
         self.0.as_str()
     }
 
-    /// Its length in bytes (without the UTF-8 check of [`as_str`](Self::as_str)).
+    /// The id's bytes (printable ASCII).
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// Its length in bytes.
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.0.len()
@@ -287,7 +278,13 @@ impl MessageId {
         self.0.as_str()
     }
 
-    /// Its length in bytes (without the UTF-8 check of [`as_str`](Self::as_str)).
+    /// The id's bytes (printable ASCII).
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// Its length in bytes.
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.0.len()
@@ -546,11 +543,11 @@ mod tests {
         let texts = [
             "a".to_owned(),
             "octo/repo#42".to_owned(),
-            "x".repeat(22),
-            "x".repeat(23),
+            "x".repeat(24),
+            "x".repeat(25),
             "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_owned(),
-            "y".repeat(38),
-            "y".repeat(39),
+            "y".repeat(40),
+            "y".repeat(41),
             "z".repeat(128),
         ];
         for a in &texts {
@@ -559,6 +556,8 @@ mod tests {
             assert_eq!(ma.as_str(), a);
             assert_eq!(sa.len(), a.len());
             assert_eq!(ma.len(), a.len());
+            assert_eq!(ma.as_bytes(), a.as_bytes());
+            assert_eq!(sa.as_bytes(), a.as_bytes());
             assert_eq!(state.hash_one(&sa), state.hash_one(a.as_str()), "{a}");
             assert_eq!(state.hash_one(&ma), state.hash_one(a.as_str()), "{a}");
             assert_eq!(format!("{sa}"), *a);
@@ -576,15 +575,23 @@ mod tests {
         }
         // A random id is inline, and equal to the same text parsed.
         let r = MessageId::random();
-        assert!(matches!(r.0, Text::Inline { .. }));
+        assert!(matches!(r.0, Text::Inline(_)));
         assert_eq!(MessageId::new(r.as_str()).unwrap(), r);
         assert_eq!(state.hash_one(&r), state.hash_one(r.as_str()));
         assert!(matches!(
-            MessageId::new("y".repeat(39)).unwrap().0,
+            MessageId::new("y".repeat(41)).unwrap().0,
             Text::Shared(_)
         ));
-        assert_eq!(std::mem::size_of::<Option<MessageId>>(), 40);
-        assert_eq!(std::mem::size_of::<Option<SessionId>>(), 24);
+        assert!(matches!(
+            SessionId::new("x".repeat(24)).unwrap().0,
+            Text::Inline(_)
+        ));
+        assert!(matches!(
+            SessionId::new("x".repeat(25)).unwrap().0,
+            Text::Shared(_)
+        ));
+        assert_eq!(std::mem::size_of::<Option<MessageId>>(), 48);
+        assert_eq!(std::mem::size_of::<Option<SessionId>>(), 32);
     }
 
     #[test]
