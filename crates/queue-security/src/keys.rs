@@ -11,6 +11,7 @@ use std::{
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
+use arrayvec::ArrayString;
 use base64::{
     Engine as _, alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
@@ -39,14 +40,17 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 /// The id of a signing key: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
 ///
 /// Ids are not secret: they travel in every signature so the receiver can pick the key.
+///
+/// Kept inline (at most 64 bytes): cloning one, as every signature and verification does
+/// for its result, copies bytes instead of counting a shared reference atomically.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(Arc<str>);
+pub struct KeyId(ArrayString<MAX_KEY_ID_LEN>);
 
 /// Lets the key ring look an id up by the text of an envelope, without building a `KeyId`
 /// (ordering, equality and hashing are those of the text).
 impl std::borrow::Borrow<str> for KeyId {
     fn borrow(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
@@ -67,12 +71,16 @@ impl KeyId {
                 ),
             });
         }
-        Ok(Self(Arc::from(id)))
+        ArrayString::from(id)
+            .map(Self)
+            .map_err(|_| SecurityError::KeyConfig {
+                reason: format!("key id must be 1 to {MAX_KEY_ID_LEN} characters"),
+            })
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
@@ -82,13 +90,13 @@ pub(crate) fn is_key_id_byte(b: u8) -> bool {
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.0.as_str())
     }
 }
 
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({:?})", &*self.0)
+        write!(f, "KeyId({:?})", self.0.as_str())
     }
 }
 
@@ -246,7 +254,7 @@ impl KeyRing {
         }
     }
 
-    /// Runs `f` with the stored id and HMAC key named `id` (a cheap clone of the stored
+    /// Runs `f` with the stored id and HMAC key named `id` (a copy of the stored
     /// id, no allocation), or fails with [`SecurityError::UnknownKey`].
     pub(crate) fn with_key_named<T>(
         &self,

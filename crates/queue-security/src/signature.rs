@@ -497,7 +497,7 @@ pub struct Verified {
 }
 
 /// Covered-name lists up to this long are kept inside [`Verified`].
-const COVERED_INLINE: usize = 64;
+const COVERED_INLINE: usize = 40;
 
 /// The covered names as the envelope lists them, inline when short: a verification then
 /// allocates nothing for them.
