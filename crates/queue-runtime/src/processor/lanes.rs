@@ -17,7 +17,7 @@ use super::shared::{Held, Settler, Shared};
 
 /// The senders of the lanes, used by the receive loop in turn.
 pub(super) struct Lanes {
-    senders: Vec<mpsc::UnboundedSender<Box<Held>>>,
+    senders: Vec<mpsc::UnboundedSender<Held>>,
     next: usize,
 }
 
@@ -38,9 +38,8 @@ impl Lanes {
         Self { senders, next: 0 }
     }
 
-    /// Hands `held` to the next lane. Boxed: a `Held` is a few hundred bytes, moved several
-    /// times on its way into a lane.
-    pub(super) fn run(&mut self, held: Box<Held>) {
+    /// Hands `held` to the next lane.
+    pub(super) fn run(&mut self, held: Held) {
         let lane = &self.senders[self.next];
         self.next = (self.next + 1) % self.senders.len();
         if let Err(mpsc::error::SendError(held)) = lane.send(held) {
@@ -56,7 +55,7 @@ impl Shared {
     /// is gone and every one of them has finished.
     async fn lane(
         self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Box<Held>>,
+        mut rx: mpsc::UnboundedReceiver<Held>,
         slots: Option<Arc<Semaphore>>,
     ) {
         let mut running = FuturesUnordered::new();
@@ -76,7 +75,7 @@ impl Shared {
     }
 
     /// Waits for a handler slot, then processes `held` (abandons it if shutdown came first).
-    async fn handle_unkeyed(self: &Arc<Self>, held: Box<Held>, slots: Option<Arc<Semaphore>>) {
+    async fn handle_unkeyed(self: &Arc<Self>, held: Held, slots: Option<Arc<Semaphore>>) {
         let _slot = match &slots {
             Some(slots) => Some(slots.acquire().await),
             None => None,

@@ -167,18 +167,12 @@ impl Shared {
     ) {
         bump(&self.status.stats.received);
         self.metrics.received.increment(1);
-        // Renewed from now on, buffered behind its group or handled.
-        let (watch, lease) = self.hold_lock(&msg.receipt, msg.locked_until, now);
         let key = msg.session_id().cloned().filter(|_| lanes.keyed);
-        let held = Held {
-            msg,
-            watch,
-            _lease: lease,
-            _permit: permit,
-        };
+        // Renewed from now on, buffered behind its group or handled.
+        let held = self.hold(msg, permit, now);
         match key {
             Some(key) => self.enqueue_keyed(key, held, lanes),
-            None => lanes.unkeyed.run(Box::new(held)),
+            None => lanes.unkeyed.run(held),
         }
     }
 

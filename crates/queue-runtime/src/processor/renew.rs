@@ -7,11 +7,17 @@ use std::{
 };
 
 use futures::{StreamExt, stream::FuturesUnordered};
-use queue_core::{QueueError, Receipt, SessionReceiver};
+use queue_core::{QueueError, ReceivedMessage, SessionReceiver};
 use slab::Slab;
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit},
+    time::Instant,
+};
 
-use super::{shared::Shared, watch::LockWatch};
+use super::{
+    shared::{Held, HeldMessage, Shared},
+    watch::LockWatch,
+};
 
 /// Wait before renewing again after a transient renewal failure.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(200);
@@ -59,8 +65,8 @@ struct Table {
 
 struct Entry {
     generation: u64,
-    receipt: Receipt,
-    watch: LockWatch,
+    /// The message (for its receipt) and its lock's watch.
+    held: Arc<HeldMessage>,
     /// Next renewal.
     due: Instant,
     /// End of renewal (`max_lock_renewal` after receipt).
@@ -100,7 +106,7 @@ impl Drop for Lease {
 struct Due {
     key: usize,
     generation: u64,
-    receipt: Receipt,
+    held: Arc<HeldMessage>,
 }
 
 /// The clock readings shared by all messages of one received batch.
@@ -124,13 +130,11 @@ impl Renewals {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Renews `receipt` at `due` and every interval after, until `deadline` (then
-    /// `watch.set_stopped()`), a failure for good (then `watch.set_lost()`), or the lease
-    /// is dropped.
+    /// Renews `held`'s lock at `due` and every interval after, until `deadline` (then its
+    /// watch is set stopped), a failure for good (then set lost), or the lease is dropped.
     pub(super) fn hold(
         self: &Arc<Self>,
-        receipt: Receipt,
-        watch: LockWatch,
+        held: Arc<HeldMessage>,
         due: Instant,
         deadline: Instant,
     ) -> Lease {
@@ -139,8 +143,7 @@ impl Renewals {
         let generation = table.generation;
         let entry = Entry {
             generation,
-            receipt,
-            watch,
+            held,
             due,
             deadline,
             failures: 0,
@@ -174,14 +177,14 @@ impl Renewals {
         for (key, entry) in table.entries.iter_mut().filter(|(_, e)| !e.renewing) {
             if entry.deadline <= now && entry.deadline <= entry.due {
                 // The next renewal would come after the maximum: renewal ends here.
-                entry.watch.set_stopped();
+                entry.held.watch.set_stopped();
                 ended.push(key);
             } else if entry.due <= now {
                 entry.renewing = true;
                 due.push(Due {
                     key,
                     generation: entry.generation,
-                    receipt: entry.receipt.clone(),
+                    held: entry.held.clone(),
                 });
             } else {
                 let event = entry.next_event();
@@ -207,30 +210,32 @@ impl Table {
 }
 
 impl Shared {
-    /// Starts renewing a received message's lock (if the provider renews locks); returns
-    /// its watch and lease.
-    pub(super) fn hold_lock(
+    /// Holds a received message (received at `now`): starts renewing its lock if the
+    /// provider renews locks; `permit` is its slot.
+    pub(super) fn hold(
         &self,
-        receipt: &Receipt,
-        locked_until: Option<SystemTime>,
+        msg: ReceivedMessage,
+        permit: Option<OwnedSemaphorePermit>,
         now: Now,
-    ) -> (LockWatch, Option<Lease>) {
-        if !self.caps.lock_renewal {
-            return (LockWatch::new(false), None);
+    ) -> Held {
+        let renew = self.caps.lock_renewal;
+        let locked_until = msg.locked_until;
+        let message = Arc::new(HeldMessage {
+            msg,
+            watch: LockWatch::new(renew),
+        });
+        let lease = renew.then(|| {
+            let cap = self.settings.lock_renewal_interval;
+            let interval = renew_interval(cap, locked_until, now.system);
+            let deadline = now.instant + self.settings.max_lock_renewal;
+            self.renewals
+                .hold(message.clone(), now.instant + interval, deadline)
+        });
+        Held {
+            message,
+            _lease: lease,
+            _permit: permit,
         }
-        let watch = LockWatch::new(true);
-        let interval = renew_interval(
-            self.settings.lock_renewal_interval,
-            locked_until,
-            now.system,
-        );
-        let lease = self.renewals.hold(
-            receipt.clone(),
-            watch.clone(),
-            now.instant + interval,
-            now.instant + self.settings.max_lock_renewal,
-        );
-        (watch, Some(lease))
     }
 
     /// The driver of [`Renewals`]: sleeps until the next lock is due, renews it, and so on
@@ -260,7 +265,7 @@ impl Shared {
 
     /// One renewal call of a held message; records its result in the table.
     async fn renew_message(&self, renewal: Due) {
-        let res = self.provider.renew_lock(&renewal.receipt).await;
+        let res = self.provider.renew_lock(&renewal.held.msg.receipt).await;
         if let Err(err) = &res {
             self.metrics.provider_error("renew_lock", err);
         }
@@ -284,7 +289,7 @@ impl Shared {
                 entry.failures += 1;
                 if !err.is_transient() || entry.failures >= MAX_RENEW_FAILURES {
                     tracing::warn!(operation = "renew_lock", error = %err, "lock renewal failed; the lock is lost");
-                    entry.watch.set_lost();
+                    entry.held.watch.set_lost();
                     table.entries.remove(renewal.key);
                     return;
                 }
@@ -300,15 +305,19 @@ impl Shared {
     pub(super) fn spawn_session_renewer(
         self: &Arc<Self>,
         session: Arc<dyn SessionReceiver>,
-    ) -> LockWatch {
-        let watch = LockWatch::new(false);
+    ) -> Arc<LockWatch> {
+        let watch = Arc::new(LockWatch::new(false));
         if self.caps.lock_renewal {
             tokio::spawn(self.clone().renew_session(session, watch.clone()));
         }
         watch
     }
 
-    async fn renew_session(self: Arc<Self>, session: Arc<dyn SessionReceiver>, watch: LockWatch) {
+    async fn renew_session(
+        self: Arc<Self>,
+        session: Arc<dyn SessionReceiver>,
+        watch: Arc<LockWatch>,
+    ) {
         let mut until = Some(session.locked_until());
         let mut failures = 0u32;
         loop {

@@ -56,13 +56,27 @@ pub(super) enum Settler {
     Session(Arc<dyn SessionReceiver>),
 }
 
-/// A received message held locally, with its lock's watch and renewal; dropping it ends
-/// the renewal.
-pub(super) struct Held {
+/// A received message and the watch on its lock, in one allocation shared with the
+/// renewal table.
+pub(super) struct HeldMessage {
     pub(super) msg: ReceivedMessage,
     pub(super) watch: LockWatch,
+}
+
+/// A received message held locally, with its lock's renewal and its slot; dropping it ends
+/// the renewal and frees the slot. Small (a few words), so cheap to move.
+pub(super) struct Held {
+    pub(super) message: Arc<HeldMessage>,
     pub(super) _lease: Option<Lease>,
     pub(super) _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = HeldMessage;
+
+    fn deref(&self) -> &HeldMessage {
+        &self.message
+    }
 }
 
 pub(super) type Groups = Arc<Mutex<HashMap<SessionId, VecDeque<Held>>>>;

@@ -1,9 +1,6 @@
 //! The state of one held lock, shared by its holder and its renewer.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU8, Ordering},
-};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::Notify;
 
@@ -16,13 +13,10 @@ const RELEASED: u8 = 4;
 
 /// Signals between a lock renewer and whoever holds the lock.
 ///
-/// One allocation and one state word per held lock, and one wake-up list for all three
-/// signals (issue 18: it was three `CancellationToken`s, each its own allocation and tree
-/// node, for every message).
-#[derive(Clone)]
-pub(super) struct LockWatch(Arc<Inner>);
-
-struct Inner {
+/// One state word per held lock, and one wake-up list for all three signals (issue 18: it
+/// was three `CancellationToken`s, each its own allocation and tree node, for every
+/// message). Shared through the `Arc` of what it watches (a held message, or a session).
+pub(super) struct LockWatch {
     state: AtomicU8,
     changed: Notify,
     /// Whether the renewer itself ends renewal at its maximum (then sets `stopped`), so the
@@ -47,25 +41,25 @@ impl Signals {
 impl LockWatch {
     /// A watch on a lock whose renewer is `bounded` (see [`LockWatch::bounded`]).
     pub(super) fn new(bounded: bool) -> Self {
-        Self(Arc::new(Inner {
+        Self {
             state: AtomicU8::new(0),
             changed: Notify::new(),
             bounded,
-        }))
+        }
     }
 
     /// Whether the renewer ends renewal at its maximum by itself.
     pub(super) fn bounded(&self) -> bool {
-        self.0.bounded
+        self.bounded
     }
 
     fn get(&self) -> u8 {
-        self.0.state.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire)
     }
 
     fn set(&self, flag: u8) {
-        if self.0.state.fetch_or(flag, Ordering::AcqRel) & flag == 0 {
-            self.0.changed.notify_waiters();
+        if self.state.fetch_or(flag, Ordering::AcqRel) & flag == 0 {
+            self.changed.notify_waiters();
         }
     }
 
@@ -116,7 +110,7 @@ impl LockWatch {
 
     async fn wait(&self, mask: Signals) -> Signals {
         loop {
-            let notified = self.0.changed.notified();
+            let notified = self.changed.notified();
             tokio::pin!(notified);
             // Registered before the check, so a signal set in between still wakes us.
             notified.as_mut().enable();
@@ -131,13 +125,13 @@ impl LockWatch {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{sync::Arc, time::Duration};
 
     use super::*;
 
     #[tokio::test]
     async fn signals_wake_waiters_and_stay_set() {
-        let watch = LockWatch::new(true);
+        let watch = Arc::new(LockWatch::new(true));
         assert!(watch.bounded());
         let w = watch.clone();
         let waiter = tokio::spawn(async move { w.lost_or_stopped(true, true).await.stopped() });
