@@ -26,6 +26,12 @@ use queue_core::QueueError;
 /// and messages of a group whose locks expire together come back in group order.
 /// `accept_session` is unsupported there, and so is a scheduled enqueue time on a group
 /// message (SQS FIFO has no per-message delay).
+///
+/// `send_batch` also follows the profile. The `memory` and `service-bus` profiles store a
+/// batch all or nothing ([`batch_atomic`](queue_core::Capabilities::batch_atomic)). The
+/// `sqs` profile answers as `SqsProvider` does: each entry is accepted or refused on its
+/// own, the accepted ones are stored in order, and refused entries make a
+/// [`QueueError::PartialBatch`]; only a missing queue refuses the whole batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Profile {

@@ -11,9 +11,9 @@ use std::{
 
 use async_trait::async_trait;
 use queue_core::{
-    Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName, QueueProvider,
-    QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver, SessionSelector,
-    SessionSupport,
+    BatchEntryError, Capabilities, DeadLetterReason, Message, MessageId, QueueError, QueueName,
+    QueueProvider, QueueSpec, Receipt, ReceiveOptions, ReceivedMessage, Result, SessionReceiver,
+    SessionSelector, SessionSupport,
 };
 use tokio::time::Instant;
 
@@ -21,7 +21,10 @@ use crate::{
     clock::{Clock, later},
     profile::{Limits, Profile},
     session::MemorySessionReceiver,
-    state::{PROVIDER, Queue, SendTime, Settle, Signal, Store, Token, Waiter, check_limits},
+    state::{
+        PROVIDER, Queue, SendTime, Settle, Signal, Store, Token, Waiter, check_limits,
+        partial_batch,
+    },
 };
 
 /// The in-memory provider: the reference implementation of the queue-runtime semantics.
@@ -466,7 +469,12 @@ impl InMemoryProvider {
         Ok(id)
     }
 
+    /// `send_batch`: all or nothing, except on the `sqs` profile (see
+    /// [`send_batch_per_entry`](Self::send_batch_per_entry)).
     fn send_batch_now(&self, queue: &QueueName, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+        if self.inner.profile.grouped() {
+            return self.send_batch_per_entry(queue, messages);
+        }
         let limits = self.inner.limits;
         let clock = self.inner.clock;
         let mut messages = messages;
@@ -486,6 +494,56 @@ impl InMemoryProvider {
             q.signal.wake();
             Ok(ids)
         })?
+    }
+
+    /// The `sqs` profile's `send_batch`, as `SqsProvider` answers it: each entry is
+    /// checked on its own (size, attributes, session, schedule) and the accepted ones are
+    /// stored in input order under one lock; refused entries make a
+    /// [`QueueError::PartialBatch`] (the lone error for a one-entry batch). Only a
+    /// problem of the whole call (a missing queue) refuses everything. Duplicates within
+    /// the window count as sent, as on a single send.
+    fn send_batch_per_entry(
+        &self,
+        queue: &QueueName,
+        mut messages: Vec<Message>,
+    ) -> Result<Vec<MessageId>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limits = self.inner.limits;
+        let clock = self.inner.clock;
+        let total = messages.len();
+        // Checks that need no queue, before its lock is taken.
+        let mut ids = Vec::with_capacity(total);
+        let mut refused = Vec::new();
+        for (index, m) in messages.iter_mut().enumerate() {
+            match check_limits(m, &limits, queue) {
+                Ok(id) => ids.push(id),
+                Err(e) => refused.push(BatchEntryError::new(index, e)),
+            }
+        }
+        let not_admitted = self.inner.with_queue(queue, "send", |q, now| {
+            let at = send_time(&clock, now);
+            let mut skip = refused.iter().map(|f| f.index).peekable();
+            let mut not_admitted = Vec::new();
+            for (index, m) in messages.into_iter().enumerate() {
+                if skip.next_if_eq(&index).is_some() {
+                    continue;
+                }
+                match q.admit(&m, &limits, now, &clock) {
+                    Ok(()) => q.store(m, &at, &clock),
+                    Err(e) => not_admitted.push(BatchEntryError::new(index, e)),
+                }
+            }
+            if ids.len() > not_admitted.len() {
+                q.signal.wake();
+            }
+            not_admitted
+        })?;
+        if refused.is_empty() && not_admitted.is_empty() {
+            return Ok(ids);
+        }
+        Err(partial_batch(queue, total, ids, refused, not_admitted))
     }
 
     fn renew_now(&self, receipt: &Receipt) -> Result<SystemTime> {
@@ -598,8 +656,9 @@ impl QueueProvider for InMemoryProvider {
         c.queue_management = true;
         c.message_ttl = !grouped;
         c.max_attributes = self.inner.limits.max_attributes;
-        // `send_batch` checks every entry before storing any, and stores under one lock.
-        c.batch_atomic = true;
+        // `send_batch` checks every entry before storing any, and stores under one lock;
+        // the `sqs` profile sends the accepted entries of a batch, as SQS does.
+        c.batch_atomic = !grouped;
         c
     }
 

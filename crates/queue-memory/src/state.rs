@@ -28,8 +28,8 @@ use std::{
 
 use bytes::Bytes;
 use queue_core::{
-    DeadLetterReason, MAX_DELIVERY_COUNT_EXCEEDED, Message, MessageId, QueueError, QueueName,
-    QueueSpec, Receipt, ReceivedMessage, Result, SessionId,
+    BatchEntryError, DeadLetterReason, MAX_DELIVERY_COUNT_EXCEEDED, Message, MessageId, QueueError,
+    QueueName, QueueSpec, Receipt, ReceivedMessage, Result, SessionId,
 };
 use tokio::{sync::Notify, time::Instant};
 
@@ -1321,6 +1321,60 @@ pub(crate) fn check_limits(
         .message_id
         .get_or_insert_with(MessageId::random)
         .clone())
+}
+
+/// The answer to a batch of `total` entries of which `refused` (before the queue was
+/// locked) and `not_admitted` (by the queue) failed, both in index order; `ids` are the
+/// ids of the entries that passed the first checks, in index order. A one-entry batch
+/// fails with its entry's own error, as `SqsProvider` answers.
+pub(crate) fn partial_batch(
+    queue: &QueueName,
+    total: usize,
+    ids: Vec<MessageId>,
+    refused: Vec<BatchEntryError>,
+    not_admitted: Vec<BatchEntryError>,
+) -> QueueError {
+    let mut succeeded = Vec::with_capacity(ids.len().saturating_sub(not_admitted.len()));
+    let mut ids = ids.into_iter();
+    let mut early = refused.iter().map(|f| f.index).peekable();
+    let mut late = not_admitted.iter().map(|f| f.index).peekable();
+    for index in 0..total {
+        if early.next_if_eq(&index).is_some() {
+            continue;
+        }
+        let Some(id) = ids.next() else { break };
+        if late.next_if_eq(&index).is_none() {
+            succeeded.push((index, id));
+        }
+    }
+    let mut failed = merge_by_index(refused, not_admitted);
+    if total == 1
+        && let Some(only) = failed.pop()
+    {
+        return only.error;
+    }
+    QueueError::PartialBatch {
+        provider: PROVIDER,
+        queue: queue.to_string(),
+        operation: "send_batch",
+        total,
+        succeeded,
+        failed,
+    }
+}
+
+/// Merges two lists of entry errors, each in index order, into one in index order.
+fn merge_by_index(a: Vec<BatchEntryError>, b: Vec<BatchEntryError>) -> Vec<BatchEntryError> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut b = b.into_iter().peekable();
+    for x in a {
+        while let Some(y) = b.next_if(|y| y.index < x.index) {
+            out.push(y);
+        }
+        out.push(x);
+    }
+    out.extend(b);
+    out
 }
 
 /// Whether a just-stored entry goes straight to the session-less ready deque.

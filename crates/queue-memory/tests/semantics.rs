@@ -407,9 +407,27 @@ async fn session_strict_fifo_with_abandon_and_auto_dead_letter() {
     r.complete(&c[0].receipt).await.unwrap();
 }
 
+/// The `memory` and `service-bus` profiles store a batch all or nothing (Service Bus
+/// sends a batch as one transaction); the `sqs` profile sends the accepted entries.
 #[tokio::test(start_paused = true)]
-async fn oversize_batches_store_nothing_and_profiles_set_limits() {
+async fn oversize_batch_entries_follow_the_profile_and_profiles_set_limits() {
     let q = name("q");
+    for profile in [Profile::Memory, Profile::ServiceBus] {
+        let p = InMemoryProvider::builder()
+            .with_profile(profile)
+            .with_queue(q.clone(), QueueSpec::default())
+            .build()
+            .unwrap();
+        let caps = p.capabilities();
+        assert!(caps.batch_atomic, "{profile}");
+        let big = Message::new(vec![0u8; caps.max_message_size + 1]);
+        let err = p
+            .send_batch(&q, vec![Message::new("ok"), big, Message::new("ok")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueueError::MessageTooLarge { .. }), "{err}");
+        assert_eq!(p.message_count(&q).unwrap(), 0, "{profile}");
+    }
     let p = InMemoryProvider::builder()
         .with_profile(Profile::Sqs)
         .with_queue(q.clone(), QueueSpec::default())
@@ -418,21 +436,33 @@ async fn oversize_batches_store_nothing_and_profiles_set_limits() {
     let caps = p.capabilities();
     assert_eq!(caps.max_batch_size, 10);
     assert_eq!(caps.max_message_size, 1024 * 1024);
+    assert!(!caps.batch_atomic);
     let big = Message::new(vec![0u8; caps.max_message_size + 1]);
     let err = p
         .send_batch(&q, vec![Message::new("ok"), big])
         .await
         .unwrap_err();
     match err {
-        QueueError::MessageTooLarge { size, max, .. } => {
-            assert_eq!(
-                (size, max),
-                (caps.max_message_size + 1, caps.max_message_size)
-            );
-        }
+        QueueError::PartialBatch { failed, .. } => match &failed[..] {
+            [f] => match &f.error {
+                QueueError::MessageTooLarge { size, max, .. } => {
+                    assert_eq!(f.index, 1);
+                    assert_eq!(
+                        (*size, *max),
+                        (caps.max_message_size + 1, caps.max_message_size)
+                    );
+                }
+                e => panic!("{e}"),
+            },
+            other => panic!("{other:?}"),
+        },
         e => panic!("{e}"),
     }
-    assert_eq!(p.message_count(&q).unwrap(), 0);
+    assert_eq!(
+        p.message_count(&q).unwrap(),
+        1,
+        "the accepted entry is sent"
+    );
     let exact = Message::new(vec![0u8; caps.max_message_size]);
     p.send(&q, exact).await.unwrap();
     let many: Vec<_> = (0..25).map(|i| Message::new(format!("{i}"))).collect();
@@ -458,7 +488,7 @@ async fn the_sqs_profile_carries_nine_attributes_like_the_sqs_provider() {
     });
     p.send(&q, nine.clone()).await.unwrap();
     let err = p
-        .send_batch(&q, vec![Message::new("ok"), nine.with_attribute("a9", "v")])
+        .send_batch(&q, vec![nine.with_attribute("a9", "v")])
         .await
         .unwrap_err();
     assert!(matches!(&err, QueueError::InvalidMessage { .. }), "{err}");
@@ -466,7 +496,7 @@ async fn the_sqs_profile_carries_nine_attributes_like_the_sqs_provider() {
     assert_eq!(
         p.message_count(&q).unwrap(),
         1,
-        "nothing of the batch stored"
+        "the refused entry is not stored"
     );
     let plain = InMemoryProvider::new();
     assert_eq!(plain.capabilities().max_attributes, None);

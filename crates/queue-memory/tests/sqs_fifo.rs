@@ -274,3 +274,140 @@ async fn groups_keep_order_and_exclusivity_under_churn() {
     }
     assert_eq!(p.message_count(&q).unwrap(), 0);
 }
+
+/// The refusals `SqsProvider` reports per entry (what queue-aws's
+/// `partial_batch_failures_are_per_entry` asserts against moto): an oversize entry
+/// (`MessageTooLarge`) and one with ten attributes (`InvalidMessage`) fail alone, plus a
+/// scheduled message of a group (`Unsupported`, as on a FIFO queue); the nine others are
+/// stored in input order under the ids the error reports.
+#[tokio::test(start_paused = true)]
+async fn a_batch_sends_its_accepted_entries_and_reports_the_refused_ones() {
+    let (p, q) = sqs(QueueSpec::default());
+    assert!(!p.capabilities().batch_atomic);
+    let mut msgs: Vec<Message> = (0..12).map(|i| Message::new(format!("ok{i}"))).collect();
+    msgs[3] = Message::new(vec![b'x'; 1024 * 1024 + 1]);
+    msgs[7] = (0..10).fold(Message::new("crowded"), |m, i| {
+        m.with_attribute(format!("a{i}"), "v")
+    });
+    msgs[10] = Message::new("later")
+        .with_session_id(SessionId::new("g").unwrap())
+        .with_scheduled_enqueue_time(p.now() + Duration::from_secs(60));
+    let (succeeded, failed) = match p.send_batch(&q, msgs).await {
+        Err(QueueError::PartialBatch {
+            total,
+            succeeded,
+            failed,
+            operation,
+            ..
+        }) => {
+            assert_eq!((total, operation), (12, "send_batch"));
+            (succeeded, failed)
+        }
+        other => panic!("expected PartialBatch, got {other:?}"),
+    };
+    let failed_at: Vec<usize> = failed.iter().map(|f| f.index).collect();
+    assert_eq!(failed_at, [3, 7, 10]);
+    assert!(matches!(
+        failed[0].error,
+        QueueError::MessageTooLarge { .. }
+    ));
+    assert!(matches!(failed[1].error, QueueError::InvalidMessage { .. }));
+    assert!(matches!(failed[2].error, QueueError::Unsupported { .. }));
+    let sent_at: Vec<usize> = succeeded.iter().map(|(i, _)| *i).collect();
+    assert_eq!(sent_at, [0, 1, 2, 4, 5, 6, 8, 9, 11]);
+    let got = recv(&p, &q, 10).await;
+    assert_eq!(
+        bodies(&got),
+        [
+            "ok0", "ok1", "ok2", "ok4", "ok5", "ok6", "ok8", "ok9", "ok11"
+        ]
+    );
+    for (m, (_, id)) in got.iter().zip(&succeeded) {
+        assert_eq!(&m.message_id, id, "the reported id is the stored message's");
+    }
+}
+
+/// Refusals found before the queue is locked (limits) and by the queue (a session-less
+/// message on a queue that requires sessions) are reported together in index order.
+#[tokio::test(start_paused = true)]
+async fn refusals_of_both_kinds_come_back_in_index_order() {
+    let (p, q) = sqs(QueueSpec::default().with_sessions(true));
+    let g = SessionId::new("g").unwrap();
+    let big = Message::new(vec![b'x'; 1024 * 1024 + 1]).with_session_id(g.clone());
+    let msgs = vec![
+        Message::new("a").with_session_id(g.clone()),
+        Message::new("no group"),
+        big,
+        Message::new("b").with_session_id(g.clone()),
+        Message::new("no group either"),
+    ];
+    match p.send_batch(&q, msgs).await {
+        Err(QueueError::PartialBatch {
+            succeeded, failed, ..
+        }) => {
+            let at: Vec<usize> = failed.iter().map(|f| f.index).collect();
+            assert_eq!(at, [1, 2, 4]);
+            assert!(matches!(failed[0].error, QueueError::InvalidMessage { .. }));
+            assert!(matches!(
+                failed[1].error,
+                QueueError::MessageTooLarge { .. }
+            ));
+            assert!(matches!(failed[2].error, QueueError::InvalidMessage { .. }));
+            let at: Vec<usize> = succeeded.iter().map(|(i, _)| *i).collect();
+            assert_eq!(at, [0, 3]);
+        }
+        other => panic!("expected PartialBatch, got {other:?}"),
+    }
+    assert_eq!(bodies(&recv(&p, &q, 10).await), ["a", "b"]);
+}
+
+/// What refuses a batch as a whole: a missing queue. An empty batch sends nothing and
+/// succeeds, a one-entry batch fails with its entry's own error, and a batch whose every
+/// entry is refused is still a `PartialBatch` (as `SqsProvider` reports it).
+#[tokio::test(start_paused = true)]
+async fn whole_batch_refusals_and_edge_sizes() {
+    let (p, q) = sqs(QueueSpec::default());
+    let missing = QueueName::new("missing.fifo").unwrap();
+    let err = p
+        .send_batch(&missing, vec![Message::new("a"), Message::new("b")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::QueueNotFound { .. }), "{err}");
+    assert!(p.send_batch(&q, Vec::new()).await.unwrap().is_empty());
+    let big = || Message::new(vec![b'x'; 1024 * 1024 + 1]);
+    let err = p.send_batch(&q, vec![big()]).await.unwrap_err();
+    assert!(matches!(err, QueueError::MessageTooLarge { .. }), "{err}");
+    match p.send_batch(&q, vec![big(), big()]).await {
+        Err(QueueError::PartialBatch {
+            succeeded, failed, ..
+        }) => {
+            assert!(succeeded.is_empty());
+            assert_eq!(failed.len(), 2);
+        }
+        other => panic!("expected PartialBatch, got {other:?}"),
+    }
+    assert_eq!(p.message_count(&q).unwrap(), 0);
+}
+
+/// Duplicate detection applies entry by entry, as on single sends: a repeated id inside
+/// the window counts as sent under that id and is stored once, beside a refused entry.
+#[tokio::test(start_paused = true)]
+async fn duplicates_in_a_partly_refused_batch_count_as_sent_once() {
+    let (p, q) = sqs(QueueSpec::default().with_duplicate_detection(Duration::from_secs(300)));
+    let id = queue_core::MessageId::new("same").unwrap();
+    let msgs = vec![
+        Message::new("first").with_message_id(id.clone()),
+        Message::new(vec![b'x'; 1024 * 1024 + 1]),
+        Message::new("again").with_message_id(id.clone()),
+    ];
+    match p.send_batch(&q, msgs).await {
+        Err(QueueError::PartialBatch {
+            succeeded, failed, ..
+        }) => {
+            assert_eq!(succeeded, [(0, id.clone()), (2, id.clone())]);
+            assert_eq!(failed.len(), 1);
+        }
+        other => panic!("expected PartialBatch, got {other:?}"),
+    }
+    assert_eq!(bodies(&recv(&p, &q, 10).await), ["first"]);
+}
