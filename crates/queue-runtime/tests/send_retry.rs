@@ -11,17 +11,23 @@
 //! Plus, without any server: a provider built from configuration pointed at a port that
 //! accepts and drops every connection makes exactly `max_attempts` (3) connection attempts
 //! per send, so no SDK retries hide under the layer.
+//!
+//! And a batch with a refused entry through the same layer on the in-memory provider: the
+//! `sqs` profile (not `batch_atomic`, like SQS) ends in a `PartialBatch` over the caller's
+//! indices with the accepted entries stored once; the `memory` profile (atomic) ends in the
+//! entry's own error with nothing stored.
 
 #[cfg(feature = "aws")]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::{sync::Arc, time::Duration};
 
+use queue_runtime::QueueError;
+#[cfg(feature = "aws")]
+use queue_runtime::RetryClass;
 use queue_runtime::{
     Message, QueueName, QueueProvider, QueueSpec, ReceiveOptions, SharedQueueProvider,
     layer::{Fault, FaultInjecting, Faults, RetryConfig, When, default_stack},
 };
-#[cfg(feature = "aws")]
-use queue_runtime::{QueueError, RetryClass};
 
 /// `provider` behind a send that fails, then loses its reply, then works.
 fn flaky_stack(provider: SharedQueueProvider) -> (SharedQueueProvider, Arc<Faults>) {
@@ -77,6 +83,87 @@ async fn memory_send_retries_in_the_layer() {
     let spec = QueueSpec::default().with_duplicate_detection(Duration::from_secs(600));
     memory.create_queue(&queue, &spec).await.unwrap();
     sends_once_after_retries(Arc::new(memory), &queue, Message::new("m")).await;
+}
+
+/// `[ok-1, oversize, ok-2]` through the flaky default stack: the first
+/// `send_batch` lands but loses its reply, so the layer re-sends the batch under the same
+/// ids. Returns the answer, the number of `send_batch` calls and the bodies then stored.
+async fn batch_with_a_refused_entry(
+    profile: queue_memory::Profile,
+) -> (
+    queue_runtime::Result<Vec<queue_runtime::MessageId>>,
+    u64,
+    Vec<String>,
+) {
+    let memory = queue_memory::InMemoryProvider::builder()
+        .with_profile(profile)
+        .build()
+        .unwrap();
+    let queue = QueueName::new("batch-retry.fifo").unwrap();
+    let spec = QueueSpec::default().with_duplicate_detection(Duration::from_secs(600));
+    memory.create_queue(&queue, &spec).await.unwrap();
+    let provider: SharedQueueProvider = Arc::new(memory.clone());
+    let faults =
+        Arc::new(Faults::seeded(1).on("send_batch", When::Calls(vec![1]), Fault::LostReply));
+    let flaky = FaultInjecting::from_arc(provider, faults.clone());
+    let stack = default_stack(Arc::new(flaky), RetryConfig::default().with_seed(2));
+    let oversize = vec![b'x'; memory.capabilities().max_message_size + 1];
+    let batch = [b"ok-1".to_vec(), oversize, b"ok-2".to_vec()]
+        .into_iter()
+        .map(Message::new)
+        .collect();
+    let answer = stack.send_batch(&queue, batch).await;
+    let got = memory
+        .receive(&queue, ReceiveOptions::new(10, Duration::ZERO))
+        .await
+        .unwrap();
+    let bodies = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.body()).into_owned())
+        .collect();
+    (answer, faults.calls("send_batch"), bodies)
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_sqs_profile_partial_batch_through_the_layer() {
+    let (answer, calls, stored) = batch_with_a_refused_entry(queue_memory::Profile::Sqs).await;
+    assert_eq!(
+        calls, 2,
+        "one re-send after the lost reply, none for the refusal"
+    );
+    match answer {
+        Err(QueueError::PartialBatch {
+            total,
+            succeeded,
+            failed,
+            ..
+        }) => {
+            assert_eq!(total, 3);
+            let sent: Vec<usize> = succeeded.iter().map(|(i, _)| *i).collect();
+            assert_eq!(sent, [0, 2]);
+            assert!(
+                matches!(&failed[..], [f] if f.index == 1
+                    && matches!(f.error, QueueError::MessageTooLarge { .. })),
+                "{failed:?}"
+            );
+        }
+        other => panic!("expected PartialBatch, got {other:?}"),
+    }
+    assert_eq!(stored, ["ok-1", "ok-2"], "the accepted entries, once each");
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_atomic_profile_refuses_the_whole_batch_through_the_layer() {
+    let (answer, calls, stored) = batch_with_a_refused_entry(queue_memory::Profile::Memory).await;
+    assert_eq!(calls, 2);
+    assert!(
+        matches!(answer, Err(QueueError::MessageTooLarge { .. })),
+        "{answer:?}"
+    );
+    assert!(
+        stored.is_empty(),
+        "an atomic batch with a refused entry stores nothing"
+    );
 }
 
 #[cfg(feature = "aws")]
