@@ -834,3 +834,44 @@ async fn session_less_handlers_run_in_parallel_on_a_multi_threaded_runtime() {
         "both handlers ran at the same time"
     );
 }
+
+/// Dropping `run`'s future mid-run leaves its handlers running in their lanes: their locks
+/// must keep being renewed (the renewal driver stops only once no task of the processor is
+/// left, or when a finished `run` closes it).
+#[tokio::test(start_paused = true)]
+async fn locks_are_still_renewed_after_the_run_future_is_dropped() {
+    let spec = QueueSpec::default().with_lock_duration(Duration::from_secs(5));
+    let (mem, provider, queue) = memory("dropped-run", spec).await;
+    provider.send(&queue, Message::new("slow")).await.unwrap();
+    let (started, completed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let (s, c) = (started.clone(), completed.clone());
+    let handler = handler_fn(move |_msg, ctx| {
+        let (s, c) = (s.clone(), c.clone());
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            // Twelve lock durations.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(!ctx.is_cancelled(), "the lock was lost");
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(Outcome::Complete)
+        }
+    });
+    let processor = Processor::new(provider, queue.clone(), handler).with_settings(fast_settings());
+    let run = tokio::spawn(processor.run(CancellationToken::new()));
+    assert!(
+        wait_until(Duration::from_secs(10), || started.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    run.abort(); // drops the `run` future; the lane with the handler goes on
+    assert!(
+        wait_until(Duration::from_secs(120), || mem
+            .message_count(&queue)
+            .unwrap()
+            == 0)
+        .await,
+        "the message was completed"
+    );
+    assert_eq!(completed.load(Ordering::SeqCst), 1);
+    assert_eq!(started.load(Ordering::SeqCst), 1, "never redelivered");
+}

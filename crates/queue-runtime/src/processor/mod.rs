@@ -213,12 +213,13 @@ impl Processor {
             sessions = ?shared.caps.sessions,
             "processor started"
         );
-        let _close = renew::CloseRenewals(shared.renewals.clone());
         shared.spawn_workers();
         shared.status.set(ProcessorState::Running);
         shared.shutdown.cancelled().await;
         shared.status.set(ProcessorState::Stopping);
         let drained = shared.drain().await;
+        // Deliveries still unsettled now are left to expire (see `ShutdownReport::unsettled`).
+        shared.renewals.close();
         let report = shared.status.stats.report(drained, started.elapsed());
         let fatal = shared
             .fatal

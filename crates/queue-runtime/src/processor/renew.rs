@@ -239,22 +239,23 @@ impl Shared {
     }
 
     /// The driver of [`Renewals`]: sleeps until the next lock is due, renews it, and so on
-    /// until the processor stops. Renewal calls run concurrently, polled here (a call
-    /// starts as soon as its lock is due, with no task hop).
+    /// until `run` closes the table after its drain, or (its future dropped mid-run) until
+    /// no task of the processor is left. Renewal calls run concurrently, polled here (a
+    /// call starts as soon as its lock is due, with no task hop).
     pub(super) async fn drive_renewals(self: Arc<Self>) {
         let mut calls = FuturesUnordered::new();
         loop {
             let Some((due, next)) = self.renewals.collect(Instant::now()) else {
                 return;
             };
+            if Arc::strong_count(&self) == 1 && calls.is_empty() {
+                return; // Every other task of the processor is gone: nothing to renew.
+            }
             calls.extend(due.into_iter().map(|renewal| self.renew_message(renewal)));
             let wake = self.renewals.wake.notified();
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            // With nothing held it still wakes now and then, to notice the end above.
+            let idle = Instant::now() + self.settings.lock_renewal_interval;
+            let sleep = tokio::time::sleep_until(next.unwrap_or(idle));
             tokio::select! {
                 Some(()) = calls.next(), if !calls.is_empty() => {}
                 _ = sleep => {}
@@ -360,14 +361,5 @@ impl Shared {
             watch.set_lost();
         }
         true
-    }
-}
-
-/// Closes [`Renewals`] when dropped: when `run` returns or its future is dropped.
-pub(super) struct CloseRenewals(pub(super) Arc<Renewals>);
-
-impl Drop for CloseRenewals {
-    fn drop(&mut self) {
-        self.0.close();
     }
 }
