@@ -6,8 +6,8 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use queue_runtime::{
-    CancellationToken, HandlerError, Message, Outcome, Processor, ProcessorSettings,
-    ProcessorState, QueueSpec, SharedQueueProvider, handler_fn,
+    CancellationToken, CircuitBreakerSettings, HandlerError, Message, Outcome, Processor,
+    ProcessorSettings, ProcessorState, QueueSpec, SharedQueueProvider, handler_fn,
 };
 
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
@@ -34,7 +34,17 @@ async fn handle_reports_state_errors_and_counters_on_memory() {
             Ok(Outcome::Complete)
         }),
     )
-    .with_settings(ProcessorSettings::default().with_receive_wait(Duration::from_millis(50)));
+    // The receive and session-accept loops both fail during the outage and both feed the
+    // circuit breaker; on a loaded machine the outage can outlast the default threshold,
+    // and the default 10 s open circuit would then outlast `eventually`. This test is about
+    // the state the handle reports, so the circuit reopens for trials quickly.
+    .with_settings(
+        ProcessorSettings::default()
+            .with_receive_wait(Duration::from_millis(50))
+            .with_circuit_breaker(
+                CircuitBreakerSettings::default().with_open_duration(Duration::from_millis(200)),
+            ),
+    );
     let handle = processor.handle();
     let mut errors = handle.errors();
     assert_eq!(handle.state(), ProcessorState::Starting);
