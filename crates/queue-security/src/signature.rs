@@ -425,23 +425,7 @@ impl MessageSigner {
                 fields.signed_at_ms,
                 fields.not_before_ms,
             );
-            let mut slot = None;
-            let mut count = 0u32;
-            for (name, value) in attributes.iter_mut() {
-                if name == SIGNATURE_ATTRIBUTE {
-                    slot = Some(value);
-                    continue;
-                }
-                self.limits.check_attribute(name, value)?;
-                if self.coverage.covers(name) {
-                    canonical::encode_attribute(&mut header, name, value);
-                    if count > 0 {
-                        text.put(b",");
-                    }
-                    text.put(name.as_bytes());
-                    count += 1;
-                }
-            }
+            let (count, slot) = self.walk_attributes(attributes, &mut header, &mut text)?;
             header.patch_u32(count_at, count);
             canonical::encode_body_len(&mut header, fields.body.len());
             let mac = canonical::mac(key, header.as_slice(), fields.body);
@@ -467,6 +451,36 @@ impl MessageSigner {
                 Err(no_key)
             }
         }
+    }
+
+    /// The one walk over the attributes when signing: each is checked against the limits,
+    /// each covered one goes into the canonical `header` and its name into the envelope
+    /// `text`. Returns how many were covered, and the existing signature's value (the slot
+    /// the new envelope is written into), if the message has one.
+    fn walk_attributes<'m>(
+        &self,
+        attributes: &'m mut Attributes,
+        header: &mut Header,
+        text: &mut StackBuf<ENVELOPE_BUF>,
+    ) -> Result<(u32, Option<&'m mut String>), SecurityError> {
+        let mut slot = None;
+        let mut count = 0u32;
+        for (name, value) in attributes.iter_mut() {
+            if name == SIGNATURE_ATTRIBUTE {
+                slot = Some(value);
+                continue;
+            }
+            self.limits.check_attribute(name, value)?;
+            if self.coverage.covers(name) {
+                canonical::encode_attribute(header, name, value);
+                if count > 0 {
+                    text.put(b",");
+                }
+                text.put(name.as_bytes());
+                count += 1;
+            }
+        }
+        Ok((count, slot))
     }
 
     /// The attribute count limit, with the map searched for a signature only when the
