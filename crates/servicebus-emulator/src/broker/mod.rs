@@ -261,12 +261,7 @@ impl Broker {
         let now = self.clock.now();
         let mut st = self.lock_state();
         sweep(&mut st, now);
-        let q = st
-            .queues
-            .get_mut(queue)
-            .ok_or_else(|| EmulatorError::EntityNotFound {
-                entity: queue.to_owned(),
-            })?;
+        let q = queue_mut(&mut st, queue)?;
         check_send(q, queue, &messages)?;
         let mut due = None;
         let seqs = messages
@@ -337,12 +332,7 @@ impl Broker {
     pub fn cancel_scheduled(&self, queue: &str, seqs: &[i64]) -> Result<(), EmulatorError> {
         let now = self.clock.now();
         let mut st = self.lock_state();
-        let q = st
-            .queues
-            .get_mut(queue)
-            .ok_or_else(|| EmulatorError::EntityNotFound {
-                entity: queue.to_owned(),
-            })?;
+        let q = queue_mut(&mut st, queue)?;
         for s in seqs {
             if q.main.get(*s).is_some_and(|e| e.visible_at > now) {
                 q.main.remove(*s);
@@ -489,12 +479,7 @@ impl Broker {
         let now = self.clock.now();
         let mut st = self.lock_state();
         sweep(&mut st, now);
-        let q = st
-            .queues
-            .get_mut(queue)
-            .ok_or_else(|| EmulatorError::EntityNotFound {
-                entity: queue.to_owned(),
-            })?;
+        let q = queue_mut(&mut st, queue)?;
         if !q.cfg.requires_session {
             return Err(EmulatorError::BadRequest {
                 reason: format!("queue `{queue}` is not session-enabled"),
@@ -789,6 +774,15 @@ fn held_session<'a>(
 fn held_by(i: &SessionInfo, owner: Option<OwnerId>, now: Instant) -> bool {
     i.lock
         .is_some_and(|(o, u)| u > now && owner.is_none_or(|x| x == o))
+}
+
+/// The queue named `queue`, or `EntityNotFound` naming it.
+fn queue_mut<'s>(st: &'s mut State, queue: &str) -> Result<&'s mut QueueState, EmulatorError> {
+    st.queues
+        .get_mut(queue)
+        .ok_or_else(|| EmulatorError::EntityNotFound {
+            entity: queue.to_owned(),
+        })
 }
 
 fn not_found(e: &EntityRef) -> EmulatorError {
