@@ -364,15 +364,5 @@ pub(crate) fn error(cond: &str, desc: impl Into<String>) -> fe2o3_amqp_types::de
 }
 
 fn broker_error(e: &EmulatorError) -> fe2o3_amqp_types::definitions::Error {
-    let cond = match e {
-        EmulatorError::EntityNotFound { .. } => "amqp:not-found",
-        EmulatorError::LockLost => "com.microsoft:message-lock-lost",
-        EmulatorError::SessionLockLost => "com.microsoft:session-lock-lost",
-        EmulatorError::SessionCannotBeLocked { .. } => "com.microsoft:session-cannot-be-locked",
-        EmulatorError::NoSessionAvailable => "com.microsoft:timeout",
-        EmulatorError::QuotaExceeded { .. } => "amqp:resource-limit-exceeded",
-        EmulatorError::NotAllowed { .. } => "amqp:not-allowed",
-        _ => "amqp:invalid-field",
-    };
-    error(cond, e.to_string())
+    error(nodes::condition_of(e, "amqp:invalid-field"), e.to_string())
 }

@@ -16,6 +16,12 @@ pub(super) fn status_of(e: &EmulatorError) -> i32 {
 
 /// The `errorCondition` of a failed `$management` response.
 pub(super) fn management_condition_of(e: &EmulatorError) -> &'static str {
+    condition_of(e, "com.microsoft:argument-error")
+}
+
+/// The AMQP error condition Service Bus uses for `e`; `other` for errors without one of
+/// their own (link refusals and `$management` answers differ only there).
+pub(super) fn condition_of(e: &EmulatorError, other: &'static str) -> &'static str {
     match e {
         EmulatorError::EntityNotFound { .. } => "amqp:not-found",
         EmulatorError::LockLost => "com.microsoft:message-lock-lost",
@@ -24,7 +30,7 @@ pub(super) fn management_condition_of(e: &EmulatorError) -> &'static str {
         EmulatorError::NoSessionAvailable => "com.microsoft:timeout",
         EmulatorError::QuotaExceeded { .. } => "amqp:resource-limit-exceeded",
         EmulatorError::NotAllowed { .. } => "amqp:not-allowed",
-        _ => "com.microsoft:argument-error",
+        _ => other,
     }
 }
 
