@@ -165,10 +165,7 @@ fn parse_error(err: serde_path_to_error::Error<serde_json::Error>) -> QueueError
     let text = err.into_inner().to_string();
     // "missing field `x`" and "unknown field `x`, expected ..." name the key in the message;
     // the path then ends at the table (or already at the key, for unknown fields).
-    let named = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|p| text.strip_prefix(p))
-        .and_then(|rest| rest.split('`').next());
+    let named = serde_named_field(&text);
     let mut segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
     if let Some(key) = named
         && segments.last() != Some(&key)
@@ -179,12 +176,22 @@ fn parse_error(err: serde_path_to_error::Error<serde_json::Error>) -> QueueError
         .chain(segments)
         .collect::<Vec<_>>()
         .join(".");
-    QueueError::config(field, without_value(text))
+    QueueError::config(field, serde_message_without_value(text))
 }
 
-/// serde's `invalid type: integer `5`, expected ...` quotes the value (it could be a mistyped
-/// secret): only what was expected is kept.
-fn without_value(text: String) -> String {
+/// The key a serde message names, for `missing field `x`` and `unknown field `x`, expected
+/// ...`; `None` for other messages. Shared by the settings parsers of every crate.
+pub fn serde_named_field(text: &str) -> Option<&str> {
+    ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|p| text.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// A serde message fit for an error: `invalid type: integer `5`, expected ...` quotes the
+/// value (it could be a mistyped secret), so only what was expected is kept; other
+/// messages are returned as they are.
+pub fn serde_message_without_value(text: String) -> String {
     if !(text.starts_with("invalid type") || text.starts_with("invalid value")) {
         return text;
     }
@@ -388,7 +395,7 @@ mod tests {
             assert_eq!(field, "provider.key");
         }
         assert_eq!(
-            without_value("invalid type: integer `5`, expected a string".into()),
+            serde_message_without_value("invalid type: integer `5`, expected a string".into()),
             "invalid type or value, expected a string"
         );
         assert_eq!(redacted(&Some(SecretString::from(CANARY))), "<redacted>");

@@ -34,7 +34,10 @@
 
 use std::{collections::HashMap, fmt, path::Path, time::Duration};
 
-use queue_core::{ProviderSettings, QueueError, QueueName, Result, SharedQueueProvider};
+use queue_core::{
+    ProviderSettings, QueueError, QueueName, Result, SharedQueueProvider,
+    config::{serde_message_without_value, serde_named_field},
+};
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
 mod load;
@@ -235,13 +238,8 @@ fn config_error(err: config::ConfigError) -> QueueError {
         },
         config::ConfigError::Message(text) => {
             // serde messages: "missing field `queue`", "unknown field `regoin`, expected ...".
-            let field = ["missing field `", "unknown field `"]
-                .iter()
-                .find_map(|p| text.strip_prefix(p))
-                .and_then(|rest| rest.split('`').next())
-                .unwrap_or("<root>")
-                .to_owned();
-            QueueError::config(field, without_value(text))
+            let field = serde_named_field(&text).unwrap_or("<root>").to_owned();
+            QueueError::config(field, serde_message_without_value(text))
         }
         config::ConfigError::FileParse { uri, .. } => QueueError::config(
             "<file>",
@@ -254,18 +252,6 @@ fn config_error(err: config::ConfigError) -> QueueError {
             QueueError::config("<file>", "cannot read configuration file")
         }
         other => QueueError::config("<root>", other.to_string()),
-    }
-}
-
-/// serde's `invalid type: integer `5`, expected ...` quotes the value (a mistyped secret):
-/// keep only what was expected.
-fn without_value(text: String) -> String {
-    if !(text.starts_with("invalid type") || text.starts_with("invalid value")) {
-        return text;
-    }
-    match text.split_once(", expected ") {
-        Some((_, expected)) => format!("invalid type or value, expected {expected}"),
-        None => "invalid type or value".to_owned(),
     }
 }
 
@@ -1047,7 +1033,9 @@ mod tests {
         }
         // serde's own invalid-type messages quote values; the loader keeps only the expectation.
         assert_eq!(
-            without_value(format!("invalid type: integer `{NUM}`, expected a string")),
+            serde_message_without_value(format!(
+                "invalid type: integer `{NUM}`, expected a string"
+            )),
             "invalid type or value, expected a string"
         );
     }
